@@ -1,0 +1,53 @@
+# UniRank developer commands. `make demo` and `make test` are the two that matter.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+ARTIFACT ?= build/artifact
+PROFILE ?= profiles/cpu-realtime.toml
+PORT ?= 50151
+
+.PHONY: setup proto proto-check buf-lint lint test demo serve train clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	# torch first, pinned exactly: anything looser pulls a multi-GB CUDA build.
+	$(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+proto: setup
+	$(PYTHON) -m grpc_tools.protoc -Iprotos \
+		--python_out=client --pyi_out=client --grpc_python_out=client \
+		protos/unirank/v1/*.proto
+
+# Stubs are committed; CI regenerates them and fails on any drift.
+proto-check: proto
+	git diff --exit-code -- client/unirank/v1
+
+buf-lint:
+	npx --yes @bufbuild/buf@1 lint
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core/unirank client/unirank/client server/unirank training/unirank
+
+test: setup
+	$(BIN)/pytest -q
+
+train: setup
+	$(BIN)/unirank train --data synthetic --out $(ARTIFACT)
+
+serve: setup
+	@test -f $(ARTIFACT)/manifest.json || $(MAKE) train
+	$(BIN)/unirank serve --profile $(PROFILE) --artifact $(ARTIFACT) --port $(PORT)
+
+demo: setup
+	$(PYTHON) -m unirank.cli.demo --artifact $(ARTIFACT) --profile $(PROFILE)
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

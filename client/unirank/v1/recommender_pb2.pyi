@@ -1,0 +1,220 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_TYPE_UNSPECIFIED: _ClassVar[TaskType]
+    TASK_TYPE_NOTIFICATION: _ClassVar[TaskType]
+    TASK_TYPE_RELATED_ITEMS: _ClassVar[TaskType]
+    TASK_TYPE_SEARCH: _ClassVar[TaskType]
+    TASK_TYPE_CATEGORY: _ClassVar[TaskType]
+
+class RetrievalSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETRIEVAL_SOURCE_UNSPECIFIED: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_CALLER: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_HISTORY: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_RELATED: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_LEXICAL: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_EMBEDDING: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_CATEGORY: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_POPULAR: _ClassVar[RetrievalSource]
+
+class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FALLBACK_REASON_UNSPECIFIED: _ClassVar[FallbackReason]
+    FALLBACK_REASON_COLD_START: _ClassVar[FallbackReason]
+    FALLBACK_REASON_DEADLINE: _ClassVar[FallbackReason]
+    FALLBACK_REASON_BACKEND_ERROR: _ClassVar[FallbackReason]
+    FALLBACK_REASON_NO_CANDIDATES: _ClassVar[FallbackReason]
+TASK_TYPE_UNSPECIFIED: TaskType
+TASK_TYPE_NOTIFICATION: TaskType
+TASK_TYPE_RELATED_ITEMS: TaskType
+TASK_TYPE_SEARCH: TaskType
+TASK_TYPE_CATEGORY: TaskType
+RETRIEVAL_SOURCE_UNSPECIFIED: RetrievalSource
+RETRIEVAL_SOURCE_CALLER: RetrievalSource
+RETRIEVAL_SOURCE_HISTORY: RetrievalSource
+RETRIEVAL_SOURCE_RELATED: RetrievalSource
+RETRIEVAL_SOURCE_LEXICAL: RetrievalSource
+RETRIEVAL_SOURCE_EMBEDDING: RetrievalSource
+RETRIEVAL_SOURCE_CATEGORY: RetrievalSource
+RETRIEVAL_SOURCE_POPULAR: RetrievalSource
+FALLBACK_REASON_UNSPECIFIED: FallbackReason
+FALLBACK_REASON_COLD_START: FallbackReason
+FALLBACK_REASON_DEADLINE: FallbackReason
+FALLBACK_REASON_BACKEND_ERROR: FallbackReason
+FALLBACK_REASON_NO_CANDIDATES: FallbackReason
+
+class NotificationContext(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RelatedItemsContext(_message.Message):
+    __slots__ = ("anchor_item_id",)
+    ANCHOR_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    anchor_item_id: str
+    def __init__(self, anchor_item_id: _Optional[str] = ...) -> None: ...
+
+class SearchContext(_message.Message):
+    __slots__ = ("query",)
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    def __init__(self, query: _Optional[str] = ...) -> None: ...
+
+class CategoryContext(_message.Message):
+    __slots__ = ("category_id",)
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    category_id: str
+    def __init__(self, category_id: _Optional[str] = ...) -> None: ...
+
+class RequestContext(_message.Message):
+    __slots__ = ("request_id", "user_id", "country", "language", "device", "event_time_unix_ms", "history_item_ids", "notification", "related_items", "search", "category")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    NOTIFICATION_FIELD_NUMBER: _ClassVar[int]
+    RELATED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: str
+    country: str
+    language: str
+    device: str
+    event_time_unix_ms: int
+    history_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    notification: NotificationContext
+    related_items: RelatedItemsContext
+    search: SearchContext
+    category: CategoryContext
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., country: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., event_time_unix_ms: _Optional[int] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., notification: _Optional[_Union[NotificationContext, _Mapping]] = ..., related_items: _Optional[_Union[RelatedItemsContext, _Mapping]] = ..., search: _Optional[_Union[SearchContext, _Mapping]] = ..., category: _Optional[_Union[CategoryContext, _Mapping]] = ...) -> None: ...
+
+class RequestOptions(_message.Message):
+    __slots__ = ("max_results", "candidate_item_ids", "excluded_item_ids", "debug")
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_FIELD_NUMBER: _ClassVar[int]
+    max_results: int
+    candidate_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    excluded_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    debug: bool
+    def __init__(self, max_results: _Optional[int] = ..., candidate_item_ids: _Optional[_Iterable[str]] = ..., excluded_item_ids: _Optional[_Iterable[str]] = ..., debug: _Optional[bool] = ...) -> None: ...
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("context", "options")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    context: RequestContext
+    options: RequestOptions
+    def __init__(self, context: _Optional[_Union[RequestContext, _Mapping]] = ..., options: _Optional[_Union[RequestOptions, _Mapping]] = ...) -> None: ...
+
+class RankedItem(_message.Message):
+    __slots__ = ("item_id", "score", "title", "category_id", "retrieval_source")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    title: str
+    category_id: str
+    retrieval_source: RetrievalSource
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., title: _Optional[str] = ..., category_id: _Optional[str] = ..., retrieval_source: _Optional[_Union[RetrievalSource, str]] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "duration_ms")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    duration_ms: float
+    def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_DETAIL_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    task_type: TaskType
+    items: _containers.RepeatedCompositeFieldContainer[RankedItem]
+    model_version: str
+    profile: str
+    served_from_cache: bool
+    fallback: bool
+    fallback_reason: FallbackReason
+    fallback_detail: str
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+
+class RecommendBatchRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[RecommendRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[RecommendRequest, _Mapping]]] = ...) -> None: ...
+
+class RecommendBatchResponse(_message.Message):
+    __slots__ = ("responses",)
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    responses: _containers.RepeatedCompositeFieldContainer[RecommendResponse]
+    def __init__(self, responses: _Optional[_Iterable[_Union[RecommendResponse, _Mapping]]] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("task_type", "served", "offline_metrics")
+    class OfflineMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_METRICS_FIELD_NUMBER: _ClassVar[int]
+    task_type: TaskType
+    served: bool
+    offline_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, task_type: _Optional[_Union[TaskType, str]] = ..., served: _Optional[bool] = ..., offline_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model_version", "schema_version", "profile", "backend", "device", "tasks", "created_unix_ms", "catalog_size")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    schema_version: str
+    profile: str
+    backend: str
+    device: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    created_unix_ms: int
+    catalog_size: int
+    def __init__(self, model_version: _Optional[str] = ..., schema_version: _Optional[str] = ..., profile: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., created_unix_ms: _Optional[int] = ..., catalog_size: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,185 @@
+"""The item catalogue and the vocabularies that turn external ids into model indices.
+
+Index 0 of every vocabulary and of every per-item array is the padding / missing slot, so a
+model input of 0 always means "absent".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unirank.artifact.text import tokenize
+
+MATURITY_LEVELS: tuple[str, ...] = ("all", "7+", "13+", "16+", "18+")
+"""Maturity ratings, least to most restricted; an item stores the index into this tuple."""
+
+
+class Vocab:
+    """An ordered set of string keys with index 0 reserved for missing."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys: list[str] = [""]
+        self._index: dict[str, int] = {}
+        for key in keys:
+            if key and key not in self._index:
+                self._index[key] = len(self.keys)
+                self.keys.append(key)
+
+    def __len__(self) -> int:
+        """Number of slots including the reserved 0."""
+        return len(self.keys)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    def index(self, key: str) -> int:
+        """The index of ``key``, 0 when unknown."""
+        return self._index.get(key, 0)
+
+    def key(self, index: int) -> str:
+        return self.keys[index]
+
+
+@dataclass
+class Catalog:
+    """Items with their content, plus the user / token / category vocabularies.
+
+    Per-item lists are aligned with ``items.keys`` (position 0 is the padding item).
+    """
+
+    items: Vocab
+    titles: list[str]
+    item_categories: list[list[str]]
+    maturity: list[int]
+    release_year: list[int]
+    popularity: list[float]
+    users: Vocab
+    tokens: Vocab
+    categories: Vocab
+    max_title_tokens: int = 8
+    max_item_categories: int = 4
+    _title_tokens: np.ndarray | None = field(default=None, repr=False)
+    _category_matrix: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        item_ids: Sequence[str],
+        titles: Sequence[str],
+        item_categories: Sequence[Sequence[str]],
+        maturity: Sequence[int],
+        release_year: Sequence[int],
+        popularity: Sequence[float],
+        user_ids: Iterable[str],
+        extra_tokens: Iterable[str] = (),
+        max_title_tokens: int = 8,
+        max_item_categories: int = 4,
+    ) -> Catalog:
+        """A catalogue from per-item columns (no padding row; it is added here)."""
+        n = len(item_ids)
+        for name, column in (
+            ("titles", titles),
+            ("item_categories", item_categories),
+            ("maturity", maturity),
+            ("release_year", release_year),
+            ("popularity", popularity),
+        ):
+            if len(column) != n:
+                raise ValueError(f"{name} has {len(column)} rows, item_ids has {n}")
+        items = Vocab(item_ids)
+        if len(items) != n + 1:
+            raise ValueError("item_ids must be unique and non-empty")
+        token_keys: list[str] = []
+        for title in titles:
+            token_keys.extend(tokenize(title))
+        token_keys.extend(extra_tokens)
+        categories = Vocab(sorted({c for cats in item_categories for c in cats}))
+        return cls(
+            items=items,
+            titles=["", *titles],
+            item_categories=[[], *[list(c) for c in item_categories]],
+            maturity=[0, *[int(m) for m in maturity]],
+            release_year=[0, *[int(y) for y in release_year]],
+            popularity=[0.0, *[float(p) for p in popularity]],
+            users=Vocab(user_ids),
+            tokens=Vocab(token_keys),
+            categories=categories,
+            max_title_tokens=max_title_tokens,
+            max_item_categories=max_item_categories,
+        )
+
+    @property
+    def n_items(self) -> int:
+        """Number of real items (the padding slot excluded)."""
+        return len(self.items) - 1
+
+    def title_token_matrix(self) -> np.ndarray:
+        """int64 [n_items + 1, max_title_tokens]: token indices of each title, 0-padded."""
+        if self._title_tokens is None:
+            out = np.zeros((len(self.items), self.max_title_tokens), dtype=np.int64)
+            for i, title in enumerate(self.titles):
+                ids = [self.tokens.index(t) for t in tokenize(title)]
+                ids = [t for t in ids if t][: self.max_title_tokens]
+                out[i, : len(ids)] = ids
+            self._title_tokens = out
+        return self._title_tokens
+
+    def category_matrix(self) -> np.ndarray:
+        """int64 [n_items + 1, max_item_categories]: category indices of each item, 0-padded."""
+        if self._category_matrix is None:
+            out = np.zeros((len(self.items), self.max_item_categories), dtype=np.int64)
+            for i, cats in enumerate(self.item_categories):
+                ids = [self.categories.index(c) for c in cats][: self.max_item_categories]
+                out[i, : len(ids)] = ids
+            self._category_matrix = out
+        return self._category_matrix
+
+    def primary_category(self, item_index: int) -> str:
+        cats = self.item_categories[item_index]
+        return cats[0] if cats else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "items": self.items.keys[1:],
+            "titles": self.titles[1:],
+            "item_categories": self.item_categories[1:],
+            "maturity": self.maturity[1:],
+            "release_year": self.release_year[1:],
+            "popularity": self.popularity[1:],
+            "users": self.users.keys[1:],
+            "tokens": self.tokens.keys[1:],
+            "categories": self.categories.keys[1:],
+            "max_title_tokens": self.max_title_tokens,
+            "max_item_categories": self.max_item_categories,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Catalog:
+        catalog = cls.build(
+            item_ids=data["items"],
+            titles=data["titles"],
+            item_categories=data["item_categories"],
+            maturity=data["maturity"],
+            release_year=data["release_year"],
+            popularity=data["popularity"],
+            user_ids=data["users"],
+            max_title_tokens=int(data["max_title_tokens"]),
+            max_item_categories=int(data["max_item_categories"]),
+        )
+        # The stored token order is authoritative: rebuild it exactly.
+        catalog.tokens = Vocab(data["tokens"])
+        catalog.categories = Vocab(data["categories"])
+        return catalog
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+
+    @classmethod
+    def load(cls, path: Path) -> Catalog:
+        return cls.from_json(json.loads(path.read_text()))

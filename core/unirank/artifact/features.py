@@ -1,0 +1,141 @@
+"""The feature encoding: request context -> model input arrays.
+
+Defined once and imported by training and by every serving backend, so train/serve skew cannot
+creep in. The input contract (all int64, 0 = missing or padding):
+
+    task [B], user [B], history [B,H], query_tokens [B,Q], anchor_item [B], category [B],
+    candidates [B,N]  ->  scores [B,N]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from unirank.artifact.catalog import Catalog
+from unirank.artifact.tasks import TaskType
+from unirank.artifact.text import tokenize
+
+INPUT_NAMES: tuple[str, ...] = (
+    "task",
+    "user",
+    "history",
+    "query_tokens",
+    "anchor_item",
+    "category",
+    "candidates",
+)
+OUTPUT_NAME = "scores"
+
+
+@dataclass(frozen=True)
+class Context:
+    """A use-case neutral request context. Fields a use-case lacks keep their defaults."""
+
+    task: TaskType
+    user_id: str = ""
+    history_item_ids: tuple[str, ...] = ()
+    query: str = ""
+    anchor_item_id: str = ""
+    category_id: str = ""
+
+
+@dataclass
+class EncodedContext:
+    """One context resolved against the artifact's vocabularies (candidates not included)."""
+
+    task: int
+    user: int
+    history: np.ndarray
+    query_tokens: np.ndarray
+    anchor_item: int
+    category: int
+    unknown: list[str] = field(default_factory=list)
+    """Names of context fields whose ids the artifact does not know (cold start)."""
+
+
+@dataclass
+class ModelInputs:
+    """A batch of model inputs in the contract's order."""
+
+    task: np.ndarray
+    user: np.ndarray
+    history: np.ndarray
+    query_tokens: np.ndarray
+    anchor_item: np.ndarray
+    category: np.ndarray
+    candidates: np.ndarray
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in INPUT_NAMES}
+
+    def __len__(self) -> int:
+        return int(self.task.shape[0])
+
+
+class FeatureEncoder:
+    """Turns contexts and candidate item indices into model inputs for one catalogue."""
+
+    def __init__(self, catalog: Catalog, max_history: int = 20, max_query_tokens: int = 8) -> None:
+        if max_history < 1 or max_query_tokens < 1:
+            raise ValueError("max_history and max_query_tokens must be >= 1")
+        self.catalog = catalog
+        self.max_history = max_history
+        self.max_query_tokens = max_query_tokens
+
+    def history_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The most recent ``max_history`` known items, most recent last, left-aligned, 0-padded."""
+        known = [i for i in (self.catalog.items.index(x) for x in item_ids) if i]
+        known = known[-self.max_history :]
+        out = np.zeros(self.max_history, dtype=np.int64)
+        out[: len(known)] = known
+        return out
+
+    def query_indices(self, query: str) -> np.ndarray:
+        """Known query tokens in order, 0-padded to ``max_query_tokens``."""
+        known = [t for t in (self.catalog.tokens.index(x) for x in tokenize(query)) if t]
+        known = known[: self.max_query_tokens]
+        out = np.zeros(self.max_query_tokens, dtype=np.int64)
+        out[: len(known)] = known
+        return out
+
+    def encode(self, context: Context) -> EncodedContext:
+        catalog = self.catalog
+        unknown: list[str] = []
+        user = catalog.users.index(context.user_id)
+        if context.user_id and not user:
+            unknown.append("user_id")
+        anchor = catalog.items.index(context.anchor_item_id)
+        if context.anchor_item_id and not anchor:
+            unknown.append("anchor_item_id")
+        category = catalog.categories.index(context.category_id)
+        if context.category_id and not category:
+            unknown.append("category_id")
+        query_tokens = self.query_indices(context.query)
+        if context.query and not query_tokens.any():
+            unknown.append("query")
+        return EncodedContext(
+            task=int(context.task),
+            user=user,
+            history=self.history_indices(context.history_item_ids),
+            query_tokens=query_tokens,
+            anchor_item=anchor,
+            category=category,
+            unknown=unknown,
+        )
+
+    def batch(self, encoded: Sequence[EncodedContext], candidates: np.ndarray) -> ModelInputs:
+        """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding)."""
+        if candidates.ndim != 2 or candidates.shape[0] != len(encoded):
+            raise ValueError(f"candidates must be [B={len(encoded)}, N], got {candidates.shape}")
+        return ModelInputs(
+            task=np.fromiter((e.task for e in encoded), dtype=np.int64, count=len(encoded)),
+            user=np.fromiter((e.user for e in encoded), dtype=np.int64, count=len(encoded)),
+            history=np.stack([e.history for e in encoded]),
+            query_tokens=np.stack([e.query_tokens for e in encoded]),
+            anchor_item=np.fromiter((e.anchor_item for e in encoded), dtype=np.int64, count=len(encoded)),
+            category=np.fromiter((e.category for e in encoded), dtype=np.int64, count=len(encoded)),
+            candidates=np.ascontiguousarray(candidates, dtype=np.int64),
+        )

@@ -1,0 +1,204 @@
+"""The artifact: one versioned, checksummed directory that training writes and every profile loads.
+
+Layout (names are fixed; ``manifest.json`` lists each other file with its sha256):
+
+    manifest.json   schema version, model version, creation time, model config, encoder config,
+                    training data summary, sha256 per file
+    model.onnx      scoring graph with dynamic batch / history / query / candidate axes
+    model.pt        the same weights for the torch backend (load with ``weights_only=True``)
+    catalog.json    items, titles, categories, maturity, years, popularity, vocabularies
+    retrieval.npz   item embeddings, related-item lists, popularity, lexical and category indexes
+    metrics.json    per-task offline metrics of this version and of the baselines it beat
+
+Checksums are verified before any file is parsed, so a tampered file is never deserialised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unirank.artifact.catalog import Catalog
+from unirank.artifact.features import FeatureEncoder
+
+SCHEMA_VERSION = "1"
+MANIFEST = "manifest.json"
+MODEL_ONNX = "model.onnx"
+MODEL_TORCH = "model.pt"
+CATALOG = "catalog.json"
+RETRIEVAL = "retrieval.npz"
+METRICS = "metrics.json"
+REQUIRED_FILES: tuple[str, ...] = (MODEL_ONNX, MODEL_TORCH, CATALOG, RETRIEVAL, METRICS)
+
+RETRIEVAL_ARRAYS: tuple[str, ...] = (
+    "item_embeddings",  # float32 [n_items+1, d], L2-normalised, row 0 zeros
+    "related_items",  # int64 [n_items+1, K] co-engagement neighbours, best first, 0-padded
+    "popular_items",  # int64 [P] item indices, most popular first
+    "lexical_indptr",  # int64 [n_tokens+1]: CSR over token index -> items (most popular first)
+    "lexical_items",  # int64 [nnz]
+    "category_indptr",  # int64 [n_categories+1]: CSR over category index -> items (popular first)
+    "category_items",  # int64 [nnz]
+)
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, incomplete, tampered with or of an unknown schema."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(
+    directory: Path,
+    model_version: str,
+    model_config: dict[str, Any],
+    encoder_config: dict[str, Any],
+    training_data: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Checksum every required file in ``directory`` and write ``manifest.json`` last."""
+    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ArtifactError(f"{directory}: cannot write manifest, missing {missing}")
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model_version": model_version,
+        "created_unix_ms": int(time.time() * 1000),
+        "model_config": model_config,
+        "encoder": encoder_config,
+        "training_data": training_data,
+        "files": {name: sha256_file(directory / name) for name in REQUIRED_FILES},
+    }
+    if extra:
+        manifest.update(extra)
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+@dataclass
+class Retrieval:
+    """Candidate-retrieval data of one artifact, all indices in the catalogue's item space."""
+
+    item_embeddings: np.ndarray
+    related_items: np.ndarray
+    popular_items: np.ndarray
+    lexical_indptr: np.ndarray
+    lexical_items: np.ndarray
+    category_indptr: np.ndarray
+    category_items: np.ndarray
+
+    def lexical(self, token_index: int) -> np.ndarray:
+        """Items whose title contains the token, most popular first."""
+        if token_index <= 0 or token_index + 1 >= len(self.lexical_indptr):
+            return self.lexical_items[:0]
+        return self.lexical_items[self.lexical_indptr[token_index] : self.lexical_indptr[token_index + 1]]
+
+    def category(self, category_index: int) -> np.ndarray:
+        """Items of the category, most popular first."""
+        if category_index <= 0 or category_index + 1 >= len(self.category_indptr):
+            return self.category_items[:0]
+        return self.category_items[
+            self.category_indptr[category_index] : self.category_indptr[category_index + 1]
+        ]
+
+    def save(self, path: Path) -> None:
+        np.savez(path, **{name: getattr(self, name) for name in RETRIEVAL_ARRAYS})
+
+    @classmethod
+    def load(cls, path: Path) -> Retrieval:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in RETRIEVAL_ARRAYS if name not in data]
+            if missing:
+                raise ArtifactError(f"{path}: missing arrays {missing}")
+            return cls(**{name: np.ascontiguousarray(data[name]) for name in RETRIEVAL_ARRAYS})
+
+
+@dataclass
+class Artifact:
+    """A loaded, verified artifact. Model files stay paths: each backend loads its own."""
+
+    path: Path
+    manifest: dict[str, Any]
+    catalog: Catalog
+    retrieval: Retrieval
+    metrics: dict[str, Any]
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+    @property
+    def schema_version(self) -> str:
+        return str(self.manifest["schema_version"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / MODEL_ONNX
+
+    @property
+    def torch_path(self) -> Path:
+        return self.path / MODEL_TORCH
+
+    def encoder(self) -> FeatureEncoder:
+        cfg = self.manifest["encoder"]
+        return FeatureEncoder(
+            self.catalog,
+            max_history=int(cfg["max_history"]),
+            max_query_tokens=int(cfg["max_query_tokens"]),
+        )
+
+
+def verify_artifact(path: Path) -> dict[str, Any]:
+    """Read the manifest and check every file's sha256; returns the manifest."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact directory)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{manifest_path}: schema_version {found!r}, expected {SCHEMA_VERSION!r}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{manifest_path}: no 'files' table")
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise ArtifactError(f"{manifest_path}: {name} not listed")
+    for name, expected in files.items():
+        file_path = path / name
+        if not file_path.is_file():
+            raise ArtifactError(f"{path}: {name} is missing")
+        actual = sha256_file(file_path)
+        if actual != expected:
+            raise ArtifactError(
+                f"{path}: checksum mismatch for {name} (manifest {expected[:12]}…, file {actual[:12]}…)"
+            )
+    return manifest
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Verify checksums, then load the catalogue, retrieval data and metrics."""
+    root = Path(path)
+    manifest = verify_artifact(root)
+    try:
+        catalog = Catalog.load(root / CATALOG)
+        retrieval = Retrieval.load(root / RETRIEVAL)
+        metrics = json.loads((root / METRICS).read_text())
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a verified file that still fails to parse is a broken artifact
+        raise ArtifactError(f"{root}: cannot load artifact: {exc}") from exc
+    return Artifact(path=root, manifest=manifest, catalog=catalog, retrieval=retrieval, metrics=metrics)

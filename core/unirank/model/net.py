@@ -1,0 +1,173 @@
+"""One shared representation, one head per task, scoring [B, N] candidates for any task mix.
+
+The task id is a model input: every head runs on the shared representation and the row's own
+task selects which head scores it, so a batch may mix tasks and each head only receives gradient
+from its own task's rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+N_CROSS_FEATURES = 3  # lexical overlap, category match, log popularity
+
+
+@dataclass
+class ModelConfig:
+    """Constructor arguments of :class:`UniRankModel`; stored next to the weights."""
+
+    n_items: int
+    """Item vocabulary size including the padding slot 0."""
+    n_users: int
+    n_tokens: int
+    n_categories: int
+    n_tasks: int = 4
+    """Number of task heads (task ids 1..n_tasks)."""
+    dim: int = 64
+    """Width of item / context embeddings."""
+    hidden: int = 128
+    """Width of the shared representation."""
+    dropout: float = 0.1
+    use_task_type: bool = True
+    """False builds the ablation: no task embedding and a single shared head."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` [..., L, d] over L where ``mask`` [..., L] is true; zeros if none."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
+
+
+class TaskHead(nn.Module):
+    """Maps the shared representation to a query vector and weights for the cross features."""
+
+    def __init__(self, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden, dim)
+        self.cross = nn.Linear(hidden, N_CROSS_FEATURES)
+
+    def forward(self, shared: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.query(shared), self.cross(shared)], dim=-1)
+
+
+class UniRankModel(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        title_tokens: np.ndarray,
+        item_categories: np.ndarray,
+        item_popularity: np.ndarray,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.item_emb = nn.Embedding(config.n_items, d, padding_idx=0)
+        self.user_emb = nn.Embedding(config.n_users, d, padding_idx=0)
+        self.token_emb = nn.Embedding(config.n_tokens, d, padding_idx=0)
+        self.category_emb = nn.Embedding(config.n_categories, d, padding_idx=0)
+        self.task_emb = nn.Embedding(config.n_tasks + 1, d)
+        for emb in (self.item_emb, self.user_emb, self.token_emb, self.category_emb):
+            nn.init.normal_(emb.weight, std=0.05)
+            with torch.no_grad():
+                emb.weight[0].zero_()
+        self.shared = nn.Sequential(
+            nn.Linear(6 * d, config.hidden),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, config.hidden),
+            nn.ReLU(),
+        )
+        n_heads = config.n_tasks if config.use_task_type else 1
+        self.heads = nn.ModuleList([TaskHead(config.hidden, d) for _ in range(n_heads)])
+        # Item content lives in the graph so the serving inputs stay ids only.
+        self.register_buffer("title_tokens", torch.as_tensor(title_tokens, dtype=torch.long))
+        self.register_buffer("item_categories", torch.as_tensor(item_categories, dtype=torch.long))
+        log_pop = np.log1p(np.asarray(item_popularity, dtype=np.float32))
+        log_pop = log_pop / max(float(log_pop.max()), 1.0)
+        self.register_buffer("item_log_pop", torch.as_tensor(log_pop, dtype=torch.float32))
+
+    def item_repr(self, items: torch.Tensor) -> torch.Tensor:
+        """Content-aware item vectors [..., d] for item indices [...]."""
+        tokens = self.title_tokens[items]
+        cats = self.item_categories[items]
+        return (
+            self.item_emb(items)
+            + _masked_mean(self.token_emb(tokens), tokens > 0)
+            + _masked_mean(self.category_emb(cats), cats > 0)
+        )
+
+    def forward(
+        self,
+        task: torch.Tensor,
+        user: torch.Tensor,
+        history: torch.Tensor,
+        query_tokens: torch.Tensor,
+        anchor_item: torch.Tensor,
+        category: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        cfg = self.config
+        task_in = task if cfg.use_task_type else torch.zeros_like(task)
+        context = torch.cat(
+            [
+                self.user_emb(user),
+                _masked_mean(self.item_emb(history), history > 0),
+                _masked_mean(self.token_emb(query_tokens), query_tokens > 0),
+                self.item_repr(anchor_item),
+                self.category_emb(category),
+                self.task_emb(task_in),
+            ],
+            dim=-1,
+        )
+        shared = self.shared(context)
+        # Every head runs; the row's task picks one. [B, heads, d + F] -> [B, d + F]
+        head_out = torch.stack([head(shared) for head in self.heads], dim=1)
+        head_index = (task_in - 1).clamp(min=0, max=len(self.heads) - 1)
+        gather_index = head_index.view(-1, 1, 1).expand(-1, 1, head_out.shape[-1])
+        selected = head_out.gather(1, gather_index).squeeze(1)
+        query_vec = selected[:, : cfg.dim]
+        cross_weights = selected[:, cfg.dim :]
+
+        cand_vecs = self.item_repr(candidates)  # [B, N, d]
+        dot = (cand_vecs * query_vec.unsqueeze(1)).sum(-1)
+
+        cand_tokens = self.title_tokens[candidates]  # [B, N, L]
+        q = query_tokens.unsqueeze(1).unsqueeze(1)  # [B, 1, 1, Q]
+        matches = (cand_tokens.unsqueeze(-1) == q) & (q > 0)
+        n_query = (query_tokens > 0).sum(-1, keepdim=True).clamp(min=1).to(dot.dtype)
+        overlap = matches.any(dim=2).to(dot.dtype).sum(-1) / n_query  # share of query tokens hit
+        cand_cats = self.item_categories[candidates]  # [B, N, C]
+        cat = category.view(-1, 1, 1)
+        cat_match = ((cand_cats == cat) & (cat > 0)).any(-1).to(dot.dtype)
+        pop = self.item_log_pop[candidates]
+        cross = torch.stack([overlap, cat_match, pop], dim=-1)  # [B, N, F]
+        scores = dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
+        return torch.where(candidates > 0, scores, torch.full_like(scores, -1e9))
+
+
+def model_checkpoint(model: UniRankModel) -> dict[str, Any]:
+    """A self-describing, weights-only-loadable checkpoint: config + state dict."""
+    return {"config": model.config.to_dict(), "state_dict": model.state_dict()}
+
+
+def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> UniRankModel:
+    """Rebuild the model from :func:`model_checkpoint` output (buffers come from the state dict)."""
+    config = ModelConfig(**checkpoint["config"])
+    state = checkpoint["state_dict"]
+    model = UniRankModel(
+        config,
+        title_tokens=state["title_tokens"].numpy(),
+        item_categories=state["item_categories"].numpy(),
+        item_popularity=np.zeros(config.n_items, dtype=np.float32),
+    )
+    model.load_state_dict(state)
+    model.eval()
+    return model

@@ -1,0 +1,1 @@
+"""The UniRank model server: composition root, servicers, pipeline, backends."""

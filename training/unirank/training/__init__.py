@@ -1,0 +1,1 @@
+"""Offline side: data, labels, multi-task training, evaluation and artifact export."""
