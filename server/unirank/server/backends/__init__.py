@@ -1,0 +1,1 @@
+"""Scoring backends: ONNX Runtime (no torch) and torch with a dynamic batcher."""

@@ -1,0 +1,55 @@
+"""``unirank serve``: run one server process for a profile and an artifact."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from unirank.server.app import UniRankServer
+from unirank.server.config import ProfileError, load_profile
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unirank serve", description="Serve an artifact under a profile.")
+    parser.add_argument("--profile", required=True, help="deployment profile TOML (profiles/*.toml)")
+    parser.add_argument("--artifact", required=True, help="artifact directory written by `unirank train`")
+    parser.add_argument("--host", default=None, help="override the profile's server.host")
+    parser.add_argument("--port", type=int, default=None, help="override the profile's server.port")
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+async def _serve(server: UniRankServer) -> None:
+    await server.start()
+    print(f"unirank: serving {server.profile.name} on {server.address}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger(__name__).info("signal received: draining")
+    await server.stop()
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv[1:])
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        print(f"unirank serve: invalid profile\n{exc}", file=sys.stderr)
+        return 2
+    server = UniRankServer(profile, args.artifact, host=args.host, port=args.port)
+    try:
+        asyncio.run(_serve(server))
+    except Exception as exc:
+        from unirank.artifact import ArtifactError
+
+        if isinstance(exc, ArtifactError):
+            print(f"unirank serve: refusing artifact: {exc}", file=sys.stderr)
+            return 3
+        raise
+    return 0

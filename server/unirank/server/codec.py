@@ -1,0 +1,152 @@
+"""Protobuf <-> domain conversion, with request validation. The only module that knows both."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from unirank.artifact import Context, TaskType
+from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
+from unirank.server.errors import FieldViolation, InvalidArgument
+from unirank.v1 import recommender_pb2 as pb
+
+MAX_ID_LENGTH = 128
+MAX_QUERY_CHARS = 512
+MAX_LIST_IDS = 10_000
+MAX_SHORT_FIELD = 64
+
+_ONEOF_TO_TASK: dict[str, TaskType] = {
+    "notification": TaskType.NOTIFICATION,
+    "related_items": TaskType.RELATED_ITEMS,
+    "search": TaskType.SEARCH,
+    "category": TaskType.CATEGORY,
+}
+
+
+def _id_problem(value: str) -> str | None:
+    if len(value) > MAX_ID_LENGTH:
+        return f"longer than {MAX_ID_LENGTH} characters"
+    if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in value):
+        return "contains whitespace or control characters"
+    return None
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def optional_id(self, field: str, value: str) -> None:
+        problem = _id_problem(value) if value else None
+        if problem:
+            self.add(field, problem)
+
+    def required_id(self, field: str, value: str) -> None:
+        if not value:
+            self.add(field, "is required")
+        else:
+            self.optional_id(field, value)
+
+    def short(self, field: str, value: str) -> None:
+        if len(value) > MAX_SHORT_FIELD:
+            self.add(field, f"longer than {MAX_SHORT_FIELD} characters")
+
+    def id_list(self, field: str, values: list[str], limit: int = MAX_LIST_IDS) -> None:
+        if len(values) > limit:
+            self.add(field, f"has {len(values)} entries, at most {limit} allowed")
+            return
+        for index, value in enumerate(values):
+            problem = "is empty" if not value else _id_problem(value)
+            if problem:
+                self.add(f"{field}[{index}]", problem)
+                return
+
+
+def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankRequest:
+    """Validate and convert; raises InvalidArgument naming every bad field (``prefix`` for batches)."""
+    check = _Validator()
+    ctx = message.context
+    oneof = ctx.WhichOneof("task")
+    if oneof is None:
+        raise InvalidArgument.single(
+            f"{prefix}context.task", "no use-case set: one of notification, related_items, search, category"
+        )
+    task = _ONEOF_TO_TASK[oneof]
+    check.optional_id(f"{prefix}context.request_id", ctx.request_id)
+    check.optional_id(f"{prefix}context.user_id", ctx.user_id)
+    check.short(f"{prefix}context.country", ctx.country)
+    check.short(f"{prefix}context.language", ctx.language)
+    check.short(f"{prefix}context.device", ctx.device)
+    if ctx.event_time_unix_ms < 0:
+        check.add(f"{prefix}context.event_time_unix_ms", "must be >= 0")
+    check.id_list(f"{prefix}context.history_item_ids", list(ctx.history_item_ids))
+    query = anchor = category = ""
+    if task is TaskType.NOTIFICATION:
+        if not ctx.user_id and not ctx.history_item_ids:
+            check.add(f"{prefix}context.user_id", "notification needs a user_id or history_item_ids")
+    elif task is TaskType.RELATED_ITEMS:
+        anchor = ctx.related_items.anchor_item_id
+        check.required_id(f"{prefix}context.related_items.anchor_item_id", anchor)
+    elif task is TaskType.SEARCH:
+        query = ctx.search.query
+        if not query.strip():
+            check.add(f"{prefix}context.search.query", "is required (non-blank)")
+        elif len(query) > MAX_QUERY_CHARS:
+            check.add(f"{prefix}context.search.query", f"longer than {MAX_QUERY_CHARS} characters")
+    elif task is TaskType.CATEGORY:
+        category = ctx.category.category_id
+        check.required_id(f"{prefix}context.category.category_id", category)
+    opts = message.options
+    check.id_list(f"{prefix}options.candidate_item_ids", list(opts.candidate_item_ids))
+    check.id_list(f"{prefix}options.excluded_item_ids", list(opts.excluded_item_ids))
+    if check.violations:
+        raise InvalidArgument(check.violations)
+    return RankRequest(
+        context=Context(
+            task=task,
+            user_id=ctx.user_id,
+            history_item_ids=tuple(ctx.history_item_ids),
+            query=query,
+            anchor_item_id=anchor,
+            category_id=category,
+        ),
+        options=RankOptions(
+            max_results=opts.max_results,
+            candidate_item_ids=tuple(opts.candidate_item_ids),
+            excluded_item_ids=tuple(opts.excluded_item_ids),
+            debug=opts.debug,
+        ),
+        request_id=ctx.request_id,
+        country=ctx.country,
+        language=ctx.language,
+        device=ctx.device,
+        event_time_unix_ms=ctx.event_time_unix_ms,
+    )
+
+
+def response_to_pb(response: RankResponse, debug: bool) -> pb.RecommendResponse:
+    message = pb.RecommendResponse(
+        request_id=response.request_id,
+        task_type=int(response.task),  # type: ignore[arg-type]
+        model_version=response.model_version,
+        profile=response.profile,
+        served_from_cache=response.served_from_cache,
+        fallback=response.fallback,
+        fallback_reason=int(response.fallback_reason),  # type: ignore[arg-type]
+        fallback_detail=response.fallback_detail,
+    )
+    message.items.extend(_item_to_pb(item, debug) for item in response.items)
+    if debug:
+        message.timings.extend(pb.StageTiming(stage=s, duration_ms=ms) for s, ms in response.timings)
+    return message
+
+
+def _item_to_pb(item: RankedItem, debug: bool) -> pb.RankedItem:
+    return pb.RankedItem(
+        item_id=item.item_id,
+        score=item.score,
+        title=item.title,
+        category_id=item.category_id,
+        retrieval_source=int(item.source) if debug else 0,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,226 @@
+"""Deployment profiles: typed, validated TOML that decides how one artifact is served.
+
+A profile fails fast at load: an unknown key, a bad value or an unknown rule / task name raises
+:class:`ProfileError` naming the file, the key path and the reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from unirank.artifact.tasks import TASKS
+
+
+class ProfileError(Exception):
+    """The profile file is unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    # Typos must fail loudly, never be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching of the torch backend."""
+
+    enabled: bool = False
+    """Collect concurrent requests into one model call."""
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most requests (contexts) in one executed batch."""
+    max_queue_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
+    """Longest a request waits for a batch to fill before the batch runs anyway."""
+    max_queue_size: int = Field(1024, ge=1, le=1_000_000)
+    """Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED."""
+
+
+class ModelSection(_Strict):
+    """Which backend scores, where, and with how many threads."""
+
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    """``onnxruntime`` (lowest latency, never imports torch) or ``torch`` (batched, CPU or CUDA)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    """``cuda`` falls back to CPU with a logged warning where no GPU is present."""
+    intra_op_threads: int = Field(1, ge=1, le=256)
+    """Threads inside one model call (ONNX Runtime intra-op / torch intra-op)."""
+    inference_workers: int = Field(2, ge=1, le=64)
+    """Executor threads that run model calls off the event loop."""
+    warmup_requests: int = Field(8, ge=0, le=10_000)
+    """Scoring calls made at start-up before health reports SERVING."""
+    batching: BatchingConfig = BatchingConfig()
+
+
+class ServerSection(_Strict):
+    """Process-level limits of the gRPC server."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; ``0.0.0.0`` / ``[::]`` for all."""
+    port: int = Field(50051, ge=0, le=65535)
+    """TCP port; 0 picks a free one (tests)."""
+    max_concurrent_rpcs: int = Field(512, ge=1, le=1_000_000)
+    """Admission limit: RPCs past it get RESOURCE_EXHAUSTED with RetryInfo."""
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
+    """Largest request or response message."""
+    grace_period_s: float = Field(5.0, ge=0.0, le=600.0)
+    """On SIGTERM: time allowed for in-flight requests to finish."""
+    max_batch_requests: int = Field(64, ge=1, le=10_000)
+    """Most contexts in one RecommendBatch call."""
+    reflection: bool = True
+    """Expose gRPC server reflection."""
+
+
+class CacheConfig(_Strict):
+    """Response cache of one use-case."""
+
+    enabled: bool = False
+    ttl_s: float = Field(30.0, gt=0.0, le=86_400.0)
+    """How long a cached ranking may be served."""
+    max_entries: int = Field(10_000, ge=1, le=10_000_000)
+    """Least recently used entries are evicted beyond this."""
+
+
+class FreshnessConfig(_Strict):
+    """How fresh the data behind a use-case must be."""
+
+    max_feature_age_s: float = Field(300.0, ge=0.0)
+    """Oldest online user features (recent history) the use-case may read."""
+    artifact_poll_interval_s: float = Field(0.0, ge=0.0)
+    """How often to look for a new artifact version (0 = never; reload on demand only)."""
+
+
+FallbackStrategy = Literal["popular", "popular_in_category", "empty", "error"]
+
+
+class FallbackConfig(_Strict):
+    """What answers when the model cannot."""
+
+    strategy: FallbackStrategy = "popular"
+    """``popular``, ``popular_in_category`` (category of the context, else popular), ``empty``,
+    or ``error`` (fail the RPC instead of answering)."""
+    on_deadline: bool = True
+    """Use the fallback when the use-case's timeout runs out (else DEADLINE_EXCEEDED)."""
+    on_backend_error: bool = True
+    """Use the fallback when the backend fails (else INTERNAL)."""
+    on_cold_start: bool = True
+    """Use the fallback for unknown ids (else rank what retrieval finds)."""
+
+
+RetrievalSourceName = Literal["caller", "history", "related", "lexical", "embedding", "category", "popular"]
+
+
+class RetrievalSourceConfig(_Strict):
+    """One candidate source and how many candidates it may contribute."""
+
+    source: RetrievalSourceName
+    quota: int = Field(100, ge=1, le=100_000)
+
+
+class RetrievalConfig(_Strict):
+    """Ordered candidate sources; earlier sources win duplicates."""
+
+    sources: tuple[RetrievalSourceConfig, ...] = ()
+    max_candidates: int = Field(200, ge=1, le=100_000)
+    """Cap on candidates sent to the model after deduplication."""
+
+
+class RuleConfig(_Strict):
+    """A business rule by registered name, with its parameters."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RulesConfig(_Strict):
+    """Business rules run outside the model: ``pre`` on candidates, ``post`` on the ranking."""
+
+    pre: tuple[RuleConfig, ...] = ()
+    post: tuple[RuleConfig, ...] = ()
+
+
+class TaskConfig(_Strict):
+    """Per use-case behaviour."""
+
+    timeout_ms: float = Field(100.0, gt=0.0, le=60_000.0)
+    """Budget for the whole pipeline; the caller's gRPC deadline clamps it."""
+    default_max_results: int = Field(10, ge=1, le=10_000)
+    """Results when the request leaves ``max_results`` at 0."""
+    max_results_limit: int = Field(100, ge=1, le=10_000)
+    """Largest ``max_results`` a request may ask for (INVALID_ARGUMENT beyond)."""
+    cache: CacheConfig = CacheConfig()
+    freshness: FreshnessConfig = FreshnessConfig()
+    fallback: FallbackConfig = FallbackConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    rules: RulesConfig = RulesConfig()
+
+    @model_validator(mode="after")
+    def _limits(self) -> TaskConfig:
+        if self.default_max_results > self.max_results_limit:
+            raise ValueError("default_max_results must be <= max_results_limit")
+        return self
+
+
+_TASK_NAMES = {spec.name for spec in TASKS}
+
+
+class Profile(_Strict):
+    """One deployment of the shared model."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    model: ModelSection = ModelSection()
+    server: ServerSection = ServerSection()
+    tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
+    """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
+        unknown = sorted(set(tasks) - _TASK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(_TASK_NAMES)}")
+        return tasks
+
+    def task(self, name: str) -> TaskConfig | None:
+        return self.tasks.get(name)
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        lines.append(f"{source}: {key}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
+    """Validate an already-parsed profile table; rule names are checked against the registry."""
+    from unirank.server.rules import validate_rule_configs  # rules import config types
+
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(_format_errors(source, exc)) from None
+    problems = []
+    for task_name, task in profile.tasks.items():
+        for stage in ("pre", "post"):
+            for index, rule in enumerate(getattr(task.rules, stage)):
+                for problem in validate_rule_configs(stage, rule):
+                    problems.append(f"{source}: tasks.{task_name}.rules.{stage}.{index}: {problem}")
+    if problems:
+        raise ProfileError("\n".join(problems))
+    return profile
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read and validate a profile TOML file."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{file}: no such profile file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{file}: invalid TOML: {exc}") from None
+    return parse_profile(data, str(file))

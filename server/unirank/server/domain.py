@@ -1,0 +1,80 @@
+"""Transport-neutral request / response types of the ranking pipeline."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from unirank.artifact import Context, TaskType
+
+
+class Source(enum.IntEnum):
+    """Candidate sources; values equal ``unirank.v1.RetrievalSource``."""
+
+    UNSPECIFIED = 0
+    CALLER = 1
+    HISTORY = 2
+    RELATED = 3
+    LEXICAL = 4
+    EMBEDDING = 5
+    CATEGORY = 6
+    POPULAR = 7
+
+
+class FallbackReason(enum.IntEnum):
+    """Why a fallback answered; values equal ``unirank.v1.FallbackReason``."""
+
+    NONE = 0
+    COLD_START = 1
+    DEADLINE = 2
+    BACKEND_ERROR = 3
+    NO_CANDIDATES = 4
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    max_results: int = 0
+    candidate_item_ids: tuple[str, ...] = ()
+    excluded_item_ids: tuple[str, ...] = ()
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    context: Context
+    options: RankOptions = RankOptions()
+    request_id: str = ""
+    country: str = ""
+    language: str = ""
+    device: str = ""
+    event_time_unix_ms: int = 0
+
+    @property
+    def task(self) -> TaskType:
+        return self.context.task
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    item_id: str
+    score: float
+    title: str
+    category_id: str
+    source: Source
+
+
+@dataclass
+class RankResponse:
+    request_id: str
+    task: TaskType
+    items: list[RankedItem]
+    model_version: str
+    profile: str
+    served_from_cache: bool = False
+    fallback_reason: FallbackReason = FallbackReason.NONE
+    fallback_detail: str = ""
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def fallback(self) -> bool:
+        return self.fallback_reason is not FallbackReason.NONE

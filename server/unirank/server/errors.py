@@ -1,0 +1,134 @@
+"""One error hierarchy, one table mapping it to gRPC status codes.
+
+Domain code raises these; the interceptor in :mod:`unirank.server.interceptors` turns them into
+rich ``google.rpc.Status`` answers. Anything else that escapes a handler becomes INTERNAL with a
+generic message (the details go to the log), never UNKNOWN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "unirank.v1"
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class ServingError(Exception):
+    """Base of every error the API answers deliberately."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        text = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"invalid request: {text}")
+        self.violations = violations
+
+    @classmethod
+    def single(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class UnknownEntity(ServingError):
+    """A well-formed id the artifact does not know, where the use-case's fallback is ``error``."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "UNKNOWN_ENTITY"
+
+
+class TaskNotServed(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "TASK_NOT_SERVED"
+
+
+class Overloaded(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after_s: float = 0.05) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Draining(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DRAINING"
+
+    def __init__(self, message: str = "server is shutting down", retry_after_s: float = 0.1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class ModelUnavailable(ServingError):
+    """The backend failed and the use-case's fallback is configured to fail the call."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "MODEL_UNAVAILABLE"
+
+
+class NotReady(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "NOT_READY"
+
+
+# The table: every ServingError subclass and the code it answers with (tests drive each row).
+ERROR_TABLE: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownEntity: grpc.StatusCode.NOT_FOUND,
+    TaskNotServed: grpc.StatusCode.FAILED_PRECONDITION,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Draining: grpc.StatusCode.UNAVAILABLE,
+    NotReady: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelUnavailable: grpc.StatusCode.INTERNAL,
+}
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def to_rpc_status(error: ServingError) -> status_pb2.Status:
+    """The rich status for ``error``: ErrorInfo always, BadRequest / RetryInfo where they apply."""
+    code = ERROR_TABLE.get(type(error), error.code)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    status.details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)))
+    if isinstance(error, InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in error.violations
+            ]
+        )
+        status.details.append(_pack(bad_request))
+    retry_after = getattr(error, "retry_after_s", None)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        status.details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+    return status

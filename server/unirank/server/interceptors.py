@@ -1,0 +1,82 @@
+"""The one interceptor that applies admission control, draining and the error table to every
+UniRank RPC (health and reflection pass through untouched)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from unirank.server.errors import Draining, Overloaded, ServingError, to_rpc_status
+
+log = logging.getLogger(__name__)
+
+SERVICE_PREFIX = "/unirank.v1."
+
+
+class Admission:
+    """Counts in-flight RPCs; refuses past the limit and while draining."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.draining = False
+
+    def enter(self) -> None:
+        if self.draining:
+            raise Draining()
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self.in_flight} requests in flight, limit {self.max_in_flight}")
+        self.in_flight += 1
+
+    def exit(self) -> None:
+        self.in_flight -= 1
+
+
+async def abort_with(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    await context.abort_with_status(rpc_status.to_status(to_rpc_status(error)))
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the handler's behaviour (not just ``continuation``) so it sees handler exceptions."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+        admission = self._admission
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                admission.enter()
+            except ServingError as error:
+                await abort_with(context, error)
+            try:
+                return await behaviour(request, context)
+            except ServingError as error:
+                await abort_with(context, error)
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method)
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+            finally:
+                admission.exit()
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

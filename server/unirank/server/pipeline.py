@@ -1,0 +1,314 @@
+"""The transport-neutral ranking pipeline: cache -> validate -> pre-rules -> retrieve -> score ->
+post-rules -> respond, with the use-case's fallback around it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from unirank.artifact import EncodedContext, TaskType
+from unirank.artifact.tasks import task_by_name, task_by_type
+from unirank.server.backends.base import BackendError, QueueFull
+from unirank.server.cache import TTLCache
+from unirank.server.config import Profile, TaskConfig
+from unirank.server.domain import FallbackReason, RankedItem, RankRequest, RankResponse, Source
+from unirank.server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ModelUnavailable,
+    Overloaded,
+    TaskNotServed,
+    UnknownEntity,
+)
+from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
+from unirank.server.runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TaskRuntime:
+    """A use-case's configuration made executable."""
+
+    name: str
+    config: TaskConfig
+    pre_rules: tuple[BoundRule, ...]
+    post_rules: tuple[BoundRule, ...]
+    cache: TTLCache[RankResponse] | None
+
+
+class _Timings:
+    """Per-stage wall time of one request, in milliseconds."""
+
+    def __init__(self) -> None:
+        self.stages: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages.append((name, (time.perf_counter() - start) * 1000.0))
+
+
+class _Fallback(Exception):
+    """Internal signal: answer with the use-case's fallback."""
+
+    def __init__(self, reason: FallbackReason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class RankingPipeline:
+    """Ranks one request context at a time against the current model runtime."""
+
+    def __init__(self, profile: Profile, runtime: ModelRuntime) -> None:
+        self.profile = profile
+        self._runtime = runtime
+        self.config_epoch = 0
+        self.tasks: dict[TaskType, TaskRuntime] = {}
+        for name, config in profile.tasks.items():
+            spec = task_by_name(name)
+            cache = (
+                TTLCache[RankResponse](config.cache.max_entries, config.cache.ttl_s)
+                if config.cache.enabled
+                else None
+            )
+            self.tasks[spec.task_type] = TaskRuntime(
+                name, config, bind_rules(config.rules.pre), bind_rules(config.rules.post), cache
+            )
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self._runtime
+
+    def swap_runtime(self, runtime: ModelRuntime) -> ModelRuntime:
+        """Install a new model version; returns the old one. Cached answers of the old one die."""
+        old, self._runtime = self._runtime, runtime
+        for task in self.tasks.values():
+            if task.cache is not None:
+                task.cache.clear()
+        return old
+
+    def task_runtime(self, task: TaskType) -> TaskRuntime:
+        runtime = self.tasks.get(task)
+        if runtime is None:
+            raise TaskNotServed(
+                f"profile {self.profile.name!r} does not serve {task_by_type(task).name}; "
+                f"it serves {sorted(t.name for t in self.tasks.values())}"
+            )
+        return runtime
+
+    def check(self, request: RankRequest, field_prefix: str = "") -> TaskRuntime:
+        """Profile-dependent validation (served task, result limit)."""
+        task = self.task_runtime(request.task)
+        limit = task.config.max_results_limit
+        if request.options.max_results > limit:
+            raise InvalidArgument.single(
+                f"{field_prefix}options.max_results", f"{request.options.max_results} exceeds the limit {limit}"
+            )
+        return task
+
+    async def recommend(self, request: RankRequest, deadline: float | None = None) -> RankResponse:
+        """Rank one request. ``deadline`` is the caller's absolute ``loop.time()`` deadline."""
+        task = self.check(request)
+        runtime = self._runtime  # one version for the whole request, even across a reload
+        timings = _Timings()
+        key: Hashable | None = None
+        if task.cache is not None:
+            with timings.stage("cache"):
+                key = (runtime.version, self.config_epoch, _cache_key(request))
+                cached = task.cache.get(key)
+            if cached is not None:
+                return replace(
+                    cached, request_id=request.request_id, served_from_cache=True, timings=timings.stages
+                )
+        loop = asyncio.get_running_loop()
+        budget_s = task.config.timeout_ms / 1000.0
+        if deadline is not None:
+            budget_s = min(budget_s, max(0.0, deadline - loop.time()))
+        try:
+            async with asyncio.timeout(budget_s):
+                response = await self._rank(request, task, runtime, timings, loop.time() + budget_s)
+        except _Fallback as fallback:
+            response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, timings)
+        except TimeoutError:
+            if not task.config.fallback.on_deadline:
+                raise DeadlineExceeded(f"{task.name} ran past its {budget_s * 1000:.0f} ms budget") from None
+            response = self._fallback(
+                request, task, runtime, FallbackReason.DEADLINE, f"budget {budget_s * 1000:.0f} ms ran out", timings
+            )
+        if key is not None and task.cache is not None and not response.fallback:
+            task.cache.put(key, response)
+        return response
+
+    async def _rank(
+        self, request: RankRequest, task: TaskRuntime, runtime: ModelRuntime, timings: _Timings, deadline: float
+    ) -> RankResponse:
+        config = task.config
+        with timings.stage("encode"):
+            encoded = runtime.encoder.encode(request.context)
+            cold = _cold_start(request.task, encoded)
+        if cold and config.fallback.on_cold_start:
+            raise _Fallback(FallbackReason.COLD_START, cold)
+        rule_ctx = self._rule_context(runtime, encoded)
+        with timings.stage("retrieval"):
+            if request.options.candidate_item_ids:
+                ids = np.fromiter(
+                    (runtime.encoder.catalog.items.index(x) for x in request.options.candidate_item_ids),
+                    dtype=np.int64,
+                    count=len(request.options.candidate_item_ids),
+                )
+                candidates = runtime.retriever.caller_candidates(ids, config.retrieval.max_candidates)
+            else:
+                candidates = runtime.retriever.retrieve(encoded, config.retrieval)
+        with timings.stage("pre_rules"):
+            candidates = self._exclude_requested(request, runtime, candidates)
+            for rule in task.pre_rules:
+                candidates = rule(candidates, rule_ctx)
+        if not len(candidates):
+            raise _Fallback(FallbackReason.NO_CANDIDATES, "no candidate survived retrieval and pre-rules")
+        with timings.stage("inference"):
+            inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
+            try:
+                scores = (await runtime.backend.score(inputs, deadline))[0]
+            except QueueFull as exc:
+                raise Overloaded(f"model queue full: {exc}") from exc
+            except BackendError as exc:
+                if not config.fallback.on_backend_error:
+                    raise ModelUnavailable(f"scoring failed: {exc}") from exc
+                log.warning("backend error on %s: %s", task.name, exc)
+                raise _Fallback(FallbackReason.BACKEND_ERROR, str(exc)) from exc
+        with timings.stage("post_rules"):
+            order = np.argsort(-scores, kind="stable")
+            ranked = Candidates(candidates.items[order], candidates.sources[order], scores[order])
+            for rule in task.post_rules:
+                ranked = rule(ranked, rule_ctx)
+        return self._respond(request, task, runtime, ranked, timings)
+
+    def _rule_context(self, runtime: ModelRuntime, encoded: EncodedContext) -> RuleContext:
+        return RuleContext(
+            history_items=encoded.history[encoded.history > 0],
+            anchor_item=encoded.anchor_item,
+            maturity=runtime.maturity,
+            release_year=runtime.release_year,
+            primary_category=runtime.primary_category,
+            title_keys=runtime.title_keys,
+        )
+
+    @staticmethod
+    def _exclude_requested(request: RankRequest, runtime: ModelRuntime, c: Candidates) -> Candidates:
+        excluded = request.options.excluded_item_ids
+        if not excluded:
+            return c
+        index = runtime.encoder.catalog.items.index
+        return c.keep(~np.isin(c.items, [index(x) for x in excluded]))
+
+    def _fallback(
+        self,
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        reason: FallbackReason,
+        detail: str,
+        timings: _Timings,
+    ) -> RankResponse:
+        strategy = task.config.fallback.strategy
+        if strategy == "error":
+            if reason is FallbackReason.COLD_START:
+                raise UnknownEntity(detail)
+            if reason is FallbackReason.DEADLINE:
+                raise DeadlineExceeded(detail)
+            raise ModelUnavailable(detail)
+        with timings.stage("fallback"):
+            if strategy == "empty":
+                ranked = Candidates(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.float32))
+            else:
+                encoded = runtime.encoder.encode(request.context)
+                category = encoded.category if strategy == "popular_in_category" else 0
+                limit = self._max_results(request, task) + task.config.retrieval.max_candidates
+                items = runtime.retriever.popular(limit, category)
+                ranked = Candidates(
+                    items, np.full(len(items), Source.POPULAR, np.int8), np.zeros(len(items), np.float32)
+                )
+                rule_ctx = self._rule_context(runtime, encoded)
+                ranked = self._exclude_requested(request, runtime, ranked)
+                for rule in (*task.pre_rules, *task.post_rules):
+                    ranked = rule(ranked, rule_ctx)
+        response = self._respond(request, task, runtime, ranked, timings)
+        response.fallback_reason = reason
+        response.fallback_detail = detail
+        return response
+
+    @staticmethod
+    def _max_results(request: RankRequest, task: TaskRuntime) -> int:
+        return request.options.max_results or task.config.default_max_results
+
+    def _respond(
+        self,
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        ranked: Candidates,
+        timings: _Timings,
+    ) -> RankResponse:
+        n = min(self._max_results(request, task), len(ranked))
+        catalog = runtime.encoder.catalog
+        scores = ranked.scores if ranked.scores is not None else np.zeros(len(ranked), np.float32)
+        items = [
+            RankedItem(
+                item_id=catalog.items.key(index),
+                score=float(score),
+                title=catalog.titles[index],
+                category_id=catalog.primary_category(index),
+                source=Source(source),
+            )
+            for index, score, source in zip(
+                ranked.items[:n].tolist(), scores[:n].tolist(), ranked.sources[:n].tolist(), strict=True
+            )
+        ]
+        return RankResponse(
+            request_id=request.request_id,
+            task=request.task,
+            items=items,
+            model_version=runtime.version,
+            profile=self.profile.name,
+            timings=timings.stages,
+        )
+
+
+def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
+    """Why the request lacks the signal its use-case needs (empty string when it has it)."""
+    if task is TaskType.NOTIFICATION and not encoded.user and not encoded.history.any():
+        return "unknown user_id and no known history_item_ids"
+    if task is TaskType.RELATED_ITEMS and not encoded.anchor_item:
+        return "unknown anchor_item_id"
+    if task is TaskType.SEARCH and not encoded.query_tokens.any():
+        return "no query token is in the catalogue vocabulary"
+    if task is TaskType.CATEGORY and not encoded.category:
+        return "unknown category_id"
+    return ""
+
+
+def _cache_key(request: RankRequest) -> Hashable:
+    """Everything that changes the answer, never the request id."""
+    ctx, opts = request.context, request.options
+    return (
+        int(ctx.task),
+        ctx.user_id,
+        ctx.history_item_ids,
+        " ".join(ctx.query.lower().split()),
+        ctx.anchor_item_id,
+        ctx.category_id,
+        opts.max_results,
+        opts.candidate_item_ids,
+        opts.excluded_item_ids,
+    )

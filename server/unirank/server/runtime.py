@@ -1,0 +1,96 @@
+"""One artifact version made ready to serve: verified data, encoder, retriever, warmed backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unirank.artifact import Artifact, FeatureEncoder, load_artifact
+from unirank.artifact.tasks import TASKS
+from unirank.server.backends.base import ScoringBackend
+from unirank.server.config import ModelSection
+from unirank.server.retrieval import Retriever
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(artifact: Artifact, section: ModelSection) -> ScoringBackend:
+    """The profile's backend. torch is imported only when the profile asks for it."""
+    if section.backend == "onnxruntime":
+        from unirank.server.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(artifact.onnx_path, threads=section.intra_op_threads, workers=section.inference_workers)
+    from unirank.server.backends.torch_backend import TorchBackend
+
+    return TorchBackend(
+        artifact.torch_path,
+        device=section.device,
+        threads=section.intra_op_threads,
+        batching=section.batching if section.batching.enabled else None,
+        warmup_requests=section.warmup_requests,
+    )
+
+
+@dataclass
+class ModelRuntime:
+    """Everything that depends on one artifact version; swapped whole on reload."""
+
+    artifact: Artifact
+    encoder: FeatureEncoder
+    retriever: Retriever
+    backend: ScoringBackend
+    maturity: np.ndarray
+    release_year: np.ndarray
+    primary_category: np.ndarray
+    title_keys: np.ndarray
+
+    @property
+    def version(self) -> str:
+        return self.artifact.model_version
+
+    @classmethod
+    async def load(cls, path: str | Path, section: ModelSection) -> ModelRuntime:
+        """Verify and load the artifact off the event loop, start the backend and warm it up."""
+        artifact = await asyncio.to_thread(load_artifact, path)
+        catalog = artifact.catalog
+        categories = catalog.category_matrix()[:, 0]
+        title_keys = np.array(
+            [zlib.crc32(" ".join(t.lower().split()).encode()) for t in catalog.titles], dtype=np.int64
+        )
+        backend = make_backend(artifact, section)
+        runtime = cls(
+            artifact=artifact,
+            encoder=artifact.encoder(),
+            retriever=Retriever(artifact),
+            backend=backend,
+            maturity=np.asarray(catalog.maturity, dtype=np.int64),
+            release_year=np.asarray(catalog.release_year, dtype=np.int64),
+            primary_category=categories.astype(np.int64),
+            title_keys=title_keys,
+        )
+        await backend.start()
+        await runtime.warm_up(section.warmup_requests)
+        log.info("loaded artifact %s (%s) on %s/%s", artifact.model_version, path, backend.name, backend.device)
+        return runtime
+
+    async def warm_up(self, requests: int) -> None:
+        """Score every task at a few candidate counts so first requests pay no lazy-init cost."""
+        if requests <= 0:
+            return
+        from unirank.artifact import Context
+
+        popular = self.artifact.retrieval.popular_items
+        for i in range(requests):
+            spec = TASKS[i % len(TASKS)]
+            n = min(len(popular), (10, 100, 200)[i % 3])
+            encoded = self.encoder.encode(Context(task=spec.task_type))
+            inputs = self.encoder.batch([encoded], popular[None, :n])
+            await self.backend.score(inputs)
+
+    async def close(self) -> None:
+        await self.backend.close()

@@ -1,0 +1,83 @@
+"""Thin gRPC servicer: protobuf -> domain, call the pipeline, domain -> protobuf."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from unirank.artifact.tasks import TASKS
+from unirank.server import codec
+from unirank.server.errors import InvalidArgument
+from unirank.server.pipeline import RankingPipeline
+from unirank.v1 import recommender_pb2 as pb
+from unirank.v1 import recommender_pb2_grpc as pb_grpc
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
+
+
+class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
+    def __init__(self, pipeline: RankingPipeline, max_batch_requests: int) -> None:
+        self._pipeline = pipeline
+        self._max_batch_requests = max_batch_requests
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
+        rank_request = codec.request_from_pb(request)
+        response = await self._pipeline.recommend(rank_request, _deadline(context))
+        return codec.response_to_pb(response, rank_request.options.debug)
+
+    async def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendBatchResponse:
+        if len(request.requests) > self._max_batch_requests:
+            raise InvalidArgument.single(
+                "requests", f"{len(request.requests)} requests, at most {self._max_batch_requests} per batch"
+            )
+        # Validate everything before doing any work, so a bad member fails fast and by name.
+        rank_requests = [codec.request_from_pb(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
+        for i, rank_request in enumerate(rank_requests):
+            self._pipeline.check(rank_request, f"requests[{i}].")
+        deadline = _deadline(context)
+        responses = await asyncio.gather(*(self._pipeline.recommend(r, deadline) for r in rank_requests))
+        return pb.RecommendBatchResponse(
+            responses=[
+                codec.response_to_pb(resp, req.options.debug)
+                for req, resp in zip(rank_requests, responses, strict=True)
+            ]
+        )
+
+    async def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        pipeline = self._pipeline
+        runtime = pipeline.runtime
+        artifact = runtime.artifact
+        served = {t.task_type for t in TASKS if t.task_type in pipeline.tasks}
+        task_metrics = artifact.metrics.get("tasks", {})
+        tasks = []
+        for spec in TASKS:
+            model_metrics = task_metrics.get(spec.name, {}).get("model", {})
+            tasks.append(
+                pb.TaskInfo(
+                    task_type=int(spec.task_type),  # type: ignore[arg-type]
+                    served=spec.task_type in served,
+                    offline_metrics={k: float(v) for k, v in model_metrics.items()},
+                )
+            )
+        return pb.GetModelInfoResponse(
+            model_version=artifact.model_version,
+            schema_version=artifact.schema_version,
+            profile=pipeline.profile.name,
+            backend=runtime.backend.name,
+            device=runtime.backend.device,
+            tasks=tasks,
+            created_unix_ms=int(artifact.manifest.get("created_unix_ms", 0)),
+            catalog_size=artifact.catalog.n_items,
+        )
