@@ -26,7 +26,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 class UniRankServer:
     """One process serving one profile. ``start`` returns once health says SERVING."""
 
-    def __init__(self, profile: Profile, artifact_path: str | Path, host: str | None = None, port: int | None = None):
+    def __init__(
+        self, profile: Profile, artifact_path: str | Path, host: str | None = None, port: int | None = None
+    ):
         self.profile = profile
         self.artifact_path = Path(artifact_path)
         self.host = host if host is not None else profile.server.host
@@ -60,7 +62,11 @@ class UniRankServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if limits.reflection:
             reflection.enable_server_reflection(
-                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
                 server,
             )
         self.port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
@@ -69,9 +75,7 @@ class UniRankServer:
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address
-        )
+        log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", SERVICE_NAME):

@@ -36,7 +36,9 @@ async def _serve(server: UniRankServer) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:])
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:

@@ -89,11 +89,6 @@ class ModelUnavailable(ServingError):
     reason = "MODEL_UNAVAILABLE"
 
 
-class NotReady(ServingError):
-    code = grpc.StatusCode.UNAVAILABLE
-    reason = "NOT_READY"
-
-
 # The table: every ServingError subclass and the code it answers with (tests drive each row).
 ERROR_TABLE: dict[type[ServingError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -101,7 +96,6 @@ ERROR_TABLE: dict[type[ServingError], grpc.StatusCode] = {
     TaskNotServed: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Draining: grpc.StatusCode.UNAVAILABLE,
-    NotReady: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelUnavailable: grpc.StatusCode.INTERNAL,
 }

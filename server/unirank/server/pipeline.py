@@ -113,7 +113,8 @@ class RankingPipeline:
         limit = task.config.max_results_limit
         if request.options.max_results > limit:
             raise InvalidArgument.single(
-                f"{field_prefix}options.max_results", f"{request.options.max_results} exceeds the limit {limit}"
+                f"{field_prefix}options.max_results",
+                f"{request.options.max_results} exceeds the limit {limit}",
             )
         return task
 
@@ -144,14 +145,24 @@ class RankingPipeline:
             if not task.config.fallback.on_deadline:
                 raise DeadlineExceeded(f"{task.name} ran past its {budget_s * 1000:.0f} ms budget") from None
             response = self._fallback(
-                request, task, runtime, FallbackReason.DEADLINE, f"budget {budget_s * 1000:.0f} ms ran out", timings
+                request,
+                task,
+                runtime,
+                FallbackReason.DEADLINE,
+                f"budget {budget_s * 1000:.0f} ms ran out",
+                timings,
             )
         if key is not None and task.cache is not None and not response.fallback:
             task.cache.put(key, response)
         return response
 
     async def _rank(
-        self, request: RankRequest, task: TaskRuntime, runtime: ModelRuntime, timings: _Timings, deadline: float
+        self,
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        timings: _Timings,
+        deadline: float,
     ) -> RankResponse:
         config = task.config
         with timings.stage("encode"):

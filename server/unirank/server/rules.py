@@ -148,9 +148,7 @@ def validate_rule_configs(stage: str, rule: RuleConfig) -> list[str]:
     try:
         spec.params.model_validate(rule.params)
     except ValidationError as exc:
-        return [
-            f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        return [f"params.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
     return []
 
 

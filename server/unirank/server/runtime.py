@@ -24,7 +24,9 @@ def make_backend(artifact: Artifact, section: ModelSection) -> ScoringBackend:
     if section.backend == "onnxruntime":
         from unirank.server.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(artifact.onnx_path, threads=section.intra_op_threads, workers=section.inference_workers)
+        return OnnxBackend(
+            artifact.onnx_path, threads=section.intra_op_threads, workers=section.inference_workers
+        )
     from unirank.server.backends.torch_backend import TorchBackend
 
     return TorchBackend(
@@ -75,7 +77,9 @@ class ModelRuntime:
         )
         await backend.start()
         await runtime.warm_up(section.warmup_requests)
-        log.info("loaded artifact %s (%s) on %s/%s", artifact.model_version, path, backend.name, backend.device)
+        log.info(
+            "loaded artifact %s (%s) on %s/%s", artifact.model_version, path, backend.name, backend.device
+        )
         return runtime
 
     async def warm_up(self, requests: int) -> None:

@@ -1,0 +1,69 @@
+"""Shared fixtures: one tiny trained artifact per test session, and real servers on port 0."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from unirank.server.app import UniRankServer
+from unirank.server.config import Profile, load_profile, parse_profile
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = REPO / "profiles"
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small but really trained artifact (``UNIRANK_TEST_ARTIFACT`` reuses a prebuilt one)."""
+    prebuilt = os.environ.get("UNIRANK_TEST_ARTIFACT")
+    if prebuilt:
+        return Path(prebuilt)
+    from unirank.training.pipeline import TrainConfig, train_artifact
+
+    return train_artifact(TrainConfig.tiny(seed=0), tmp_path_factory.mktemp("artifact"))
+
+
+def profile_with(name: str = "cpu-realtime", **overrides: Any) -> Profile:
+    """A shipped profile with nested overrides, e.g. ``tasks={"search": {...}}`` merged in."""
+    import tomllib
+
+    data = tomllib.loads((PROFILES / f"{name}.toml").read_text())
+    _merge(data, overrides)
+    return parse_profile(data, f"{name}+overrides")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+@asynccontextmanager
+async def running_server(profile: Profile | str, artifact: Path) -> AsyncIterator[UniRankServer]:
+    """A real server bound to 127.0.0.1 on a free port."""
+    if isinstance(profile, str):
+        profile = load_profile(PROFILES / f"{profile}.toml")
+    server = UniRankServer(profile, artifact, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+ServerFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def server_factory(artifact_dir: Path) -> ServerFactory:
+    def make(profile: Profile | str = "cpu-realtime") -> Any:
+        return running_server(profile, artifact_dir)
+
+    return make
