@@ -1,1 +1,36 @@
 """Typed Python clients (sync and async) and the command line for the UniRank gRPC API."""
+
+from unirank.client._common import DEFAULT_TIMEOUT_S, RequestFields
+from unirank.client.aio import AsyncRecommenderClient
+from unirank.client.domain import (
+    Category,
+    ModelInfo,
+    Notification,
+    RankedItem,
+    Ranking,
+    RecommendationRequest,
+    RelatedItems,
+    Search,
+    Task,
+    TaskInfo,
+)
+from unirank.client.errors import UniRankError
+from unirank.client.sync import RecommenderClient
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "AsyncRecommenderClient",
+    "Category",
+    "ModelInfo",
+    "Notification",
+    "RankedItem",
+    "Ranking",
+    "RecommendationRequest",
+    "RecommenderClient",
+    "RelatedItems",
+    "RequestFields",
+    "Search",
+    "Task",
+    "TaskInfo",
+    "UniRankError",
+]

@@ -1,0 +1,207 @@
+"""The asyncio UniRank client (grpc.aio): the same methods as the blocking one, awaitable."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar, Unpack
+
+import grpc
+
+from unirank.client import codec
+from unirank.client._common import (
+    DEFAULT_TIMEOUT_S,
+    HEALTH_CHECK_METHOD,
+    CallSettings,
+    HealthCodec,
+    RequestFields,
+    build_request,
+    channel_credentials,
+    to_message,
+)
+from unirank.client.domain import (
+    Category,
+    ModelInfo,
+    Notification,
+    Ranking,
+    RecommendationRequest,
+    RelatedItems,
+    Search,
+)
+from unirank.client.errors import error_from_rpc
+from unirank.v1 import recommender_pb2 as pb
+from unirank.v1 import recommender_pb2_grpc as pb_grpc
+
+_Response = TypeVar("_Response")
+
+
+class AsyncRecommenderClient:
+    """Asyncio client of ``unirank.v1.RecommenderService``; create it inside the running loop.
+
+    >>> async with AsyncRecommenderClient("localhost:50151") as client:
+    ...     ranking = await client.search("space opera", user_id="u42", max_results=5)
+
+    Every call gets the client's deadline (``timeout``, 2 s by default) unless it passes its
+    own ``timeout=``; every non-OK status is raised as :class:`~unirank.client.UniRankError`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_S,
+        credentials: grpc.ChannelCredentials | None = None,
+        root_certificates: bytes | None = None,
+        tls: bool = False,
+        bearer_token: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Open a (lazy) channel to ``target`` ("host:port").
+
+        ``credentials`` wins over ``tls``/``root_certificates``; with none of them the channel
+        is plaintext. ``bearer_token`` is sent as ``authorization: Bearer ...`` metadata.
+        ``timeout`` is the default deadline in seconds; None means calls have none.
+        """
+        self.target = target
+        self._settings = CallSettings.create(timeout=timeout, bearer_token=bearer_token, metadata=metadata)
+        secure = channel_credentials(credentials, root_certificates, tls)
+        options = list(channel_options)
+        self._channel: grpc.aio.Channel = (
+            grpc.aio.secure_channel(target, secure, options=options)
+            if secure is not None
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._stub = pb_grpc.RecommenderServiceStub(self._channel)
+        self._health: HealthCodec | None = None
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(
+        self, method: Callable[..., Awaitable[_Response]], request: Any, timeout: float | None
+    ) -> _Response:
+        try:
+            return await method(
+                request, timeout=self._settings.timeout(timeout), metadata=self._settings.call_metadata()
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    # One method per use-case -------------------------------------------------------------
+
+    async def notification(
+        self,
+        user_id: str,
+        *,
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Items to push to ``user_id``."""
+        task = Notification()
+        return await self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    async def related_items(
+        self,
+        anchor_item_id: str,
+        *,
+        user_id: str = "",
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Items like ``anchor_item_id``."""
+        task = RelatedItems(anchor_item_id=anchor_item_id)
+        return await self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    async def search(
+        self,
+        query: str,
+        *,
+        user_id: str = "",
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Items matching the free-text ``query``."""
+        task = Search(query=query)
+        return await self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    async def category(
+        self,
+        category_id: str,
+        *,
+        user_id: str = "",
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Items for the category / genre row ``category_id``."""
+        task = Category(category_id=category_id)
+        return await self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    # The raw API ---------------------------------------------------------------------------
+
+    async def recommend(
+        self, request: pb.RecommendRequest | RecommendationRequest, *, timeout: float | None = None
+    ) -> Ranking:
+        """Send one request, protobuf or domain form, and decode the ranking."""
+        response = await self._call(self._stub.Recommend, to_message(request), timeout)
+        return codec.decode_ranking(response)
+
+    async def recommend_batch(
+        self,
+        requests: Sequence[pb.RecommendRequest | RecommendationRequest],
+        *,
+        timeout: float | None = None,
+    ) -> list[Ranking]:
+        """Send many requests (any mix of use-cases) in one call; rankings in request order."""
+        batch = pb.RecommendBatchRequest(requests=[to_message(request) for request in requests])
+        response = await self._call(self._stub.RecommendBatch, batch, timeout)
+        return [codec.decode_ranking(item) for item in response.responses]
+
+    async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """The server's loaded model and deployment profile."""
+        response = await self._call(self._stub.GetModelInfo, pb.GetModelInfoRequest(), timeout)
+        return codec.decode_model_info(response)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """Standard ``grpc.health.v1`` Check: ``"SERVING"``, ``"NOT_SERVING"``, ...
+
+        ``service=""`` asks about the server as a whole; an unknown service raises
+        :class:`~unirank.client.UniRankError` with code ``NOT_FOUND``.
+        """
+        if self._health is None:
+            self._health = HealthCodec.create()
+        codec_ = self._health
+        check = self._channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=codec_.request_class.SerializeToString,
+            response_deserializer=codec_.response_class.FromString,
+        )
+        return codec_.status_name(await self._call(check, codec_.request(service), timeout))

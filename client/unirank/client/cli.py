@@ -1,0 +1,342 @@
+"""The client's command line: ``unirank recommend | info | health`` against a running server.
+
+Connection settings come from flags, else the environment (``UNIRANK_TARGET``,
+``UNIRANK_TOKEN``), else the defaults (``localhost:50151``, no token); flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from unirank.client._common import DEFAULT_TIMEOUT_S
+from unirank.client.domain import (
+    Category,
+    ModelInfo,
+    Notification,
+    Ranking,
+    RecommendationRequest,
+    RelatedItems,
+    Search,
+    Task,
+)
+from unirank.client.errors import UniRankError
+from unirank.client.sync import RecommenderClient
+
+DEFAULT_TARGET = "localhost:50151"
+_TITLE_WIDTH = 40
+
+# CLI spelling of a use-case -> what its flags build.
+_TASK_HELP = {
+    "search": "rank items matching a free-text query",
+    "notification": "rank items to push to a user",
+    "related": "rank items like an anchor item",
+    "category": "rank items for a category / genre row",
+}
+
+
+def _id_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser, *, nested: bool) -> None:
+    # Flags are accepted both before and after the task name; on the nested parser they
+    # default to SUPPRESS so that an absent flag does not overwrite one given earlier.
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if nested else value
+
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "--target",
+        default=default(None),
+        metavar="HOST:PORT",
+        help=f"server address (default: $UNIRANK_TARGET or {DEFAULT_TARGET})",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=default(DEFAULT_TIMEOUT_S),
+        metavar="S",
+        help=f"deadline in seconds (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    group.add_argument("--tls", action="store_true", default=default(False), help="use TLS")
+    group.add_argument(
+        "--ca-cert", default=default(None), metavar="PEM", help="root certificates for TLS (implies --tls)"
+    )
+    group.add_argument(
+        "--token", default=default(None), help="bearer token (default: $UNIRANK_TOKEN; prefer the variable)"
+    )
+    group.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+
+
+def _add_request_flags(parser: argparse.ArgumentParser, *, nested: bool) -> None:
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if nested else value
+
+    group = parser.add_argument_group("request options")
+    group.add_argument(
+        "--max-results", type=_non_negative_int, default=default(0), metavar="N", help="items to return"
+    )
+    group.add_argument(
+        "--candidates",
+        type=_id_list,
+        action="append",
+        default=default(None),
+        metavar="ID,ID",
+        help="rank these items instead of running retrieval (comma-separated, repeatable)",
+    )
+    group.add_argument(
+        "--exclude",
+        type=_id_list,
+        action="append",
+        default=default(None),
+        metavar="ID,ID",
+        help="items that must not appear (comma-separated, repeatable)",
+    )
+    group.add_argument(
+        "--debug", action="store_true", default=default(False), help="ask for timings and sources"
+    )
+    group.add_argument("--request-id", default=default(""), metavar="ID", help="echoed back by the server")
+    group.add_argument("--country", default=default(""), help='ISO 3166-1 alpha-2, e.g. "US"')
+    group.add_argument("--language", default=default(""), help='BCP 47, e.g. "en"')
+    group.add_argument("--device", default=default(""), help='e.g. "tv", "mobile", "web"')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``unirank recommend | info | health``."""
+    parser = argparse.ArgumentParser(prog="unirank", description="Talk to a running UniRank server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    recommend = commands.add_parser("recommend", help="send a request to a running server")
+    _add_connection_flags(recommend, nested=False)
+    _add_request_flags(recommend, nested=False)
+    tasks = recommend.add_subparsers(dest="task", required=True, metavar="TASK")
+    for name, help_ in _TASK_HELP.items():
+        task = tasks.add_parser(name, help=help_, description=help_)
+        if name == "search":
+            task.add_argument("--query", required=True, help="free-text query")
+        elif name == "related":
+            task.add_argument("--item", required=True, metavar="ID", help="anchor item id")
+        elif name == "category":
+            task.add_argument("--category", required=True, metavar="ID", help="category id")
+        task.add_argument("--user", required=name == "notification", default="", metavar="ID", help="user id")
+        task.add_argument(
+            "--history", type=_id_list, default=[], metavar="ID,ID", help="recent items, most recent last"
+        )
+        _add_connection_flags(task, nested=True)
+        _add_request_flags(task, nested=True)
+
+    info = commands.add_parser("info", help="print a running server's model info")
+    _add_connection_flags(info, nested=False)
+    health = commands.add_parser("health", help="check a running server's health (exit 0 when SERVING)")
+    _add_connection_flags(health, nested=False)
+    health.add_argument("--service", default="", help='service name (default: "", the whole server)')
+    return parser
+
+
+def _task(args: argparse.Namespace) -> Task:
+    if args.task == "search":
+        return Search(query=args.query)
+    if args.task == "related":
+        return RelatedItems(anchor_item_id=args.item)
+    if args.task == "category":
+        return Category(category_id=args.category)
+    return Notification()
+
+
+def _flatten(lists: list[list[str]] | None) -> tuple[str, ...]:
+    return tuple(item for ids in lists or [] for item in ids)
+
+
+def request_from_args(args: argparse.Namespace) -> RecommendationRequest:
+    """The domain request ``unirank recommend ...`` sends."""
+    return RecommendationRequest(
+        task=_task(args),
+        user_id=args.user,
+        history_item_ids=tuple(args.history),
+        request_id=args.request_id,
+        country=args.country,
+        language=args.language,
+        device=args.device,
+        max_results=args.max_results,
+        candidate_item_ids=_flatten(args.candidates),
+        excluded_item_ids=_flatten(args.exclude),
+        debug=args.debug,
+    )
+
+
+def _client(args: argparse.Namespace) -> RecommenderClient:
+    root_certificates = None
+    if args.ca_cert:
+        with open(args.ca_cert, "rb") as pem:
+            root_certificates = pem.read()
+    return RecommenderClient(
+        args.target or os.environ.get("UNIRANK_TARGET") or DEFAULT_TARGET,
+        timeout=args.timeout,
+        tls=args.tls,
+        root_certificates=root_certificates,
+        bearer_token=args.token or os.environ.get("UNIRANK_TOKEN") or None,
+    )
+
+
+def _table(rows: list[list[str]], right_aligned: set[int]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if column in right_aligned else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def format_ranking(ranking: Ranking) -> str:
+    """A header line with the serving facts, then the ranked table (and timings under --debug)."""
+    fallback = "no"
+    if ranking.fallback:
+        fallback = ranking.fallback_reason or "yes"
+        if ranking.fallback_detail:
+            fallback += f" ({ranking.fallback_detail})"
+    header = (
+        f"task={ranking.task_type or '?'}  model={ranking.model_version or '?'}  "
+        f"profile={ranking.profile or '?'}  cache={'hit' if ranking.served_from_cache else 'miss'}  "
+        f"fallback={fallback}"
+    )
+    if ranking.request_id:
+        header += f"  request_id={ranking.request_id}"
+    lines = [header]
+    if ranking.items:
+        rows = [["rank", "item_id", "score", "title", "category", "source"]]
+        rows += [
+            [
+                str(rank),
+                item.item_id,
+                f"{item.score:.4f}",
+                _shorten(item.title, _TITLE_WIDTH),
+                item.category_id,
+                item.retrieval_source or "-",
+            ]
+            for rank, item in enumerate(ranking.items, start=1)
+        ]
+        lines += _table(rows, right_aligned={0, 2})
+    else:
+        lines.append("(no items)")
+    if ranking.timings:
+        lines.append("timings_ms: " + "  ".join(f"{stage}={ms:.2f}" for stage, ms in ranking.timings.items()))
+    return "\n".join(lines)
+
+
+def format_model_info(info: ModelInfo) -> str:
+    """Key/value lines for the model, then one line per task with its offline metrics."""
+    created = (
+        datetime.fromtimestamp(info.created_unix_ms / 1000, tz=UTC).isoformat(timespec="seconds")
+        if info.created_unix_ms
+        else "?"
+    )
+    facts = [
+        ["model_version", info.model_version],
+        ["schema_version", info.schema_version],
+        ["profile", info.profile],
+        ["backend", info.backend],
+        ["device", info.device],
+        ["catalog_size", str(info.catalog_size)],
+        ["created", created],
+    ]
+    lines = _table(facts, right_aligned=set())
+    if info.tasks:
+        rows = [["task", "served", "offline metrics"]]
+        rows += [
+            [
+                task.task_type,
+                "yes" if task.served else "no",
+                "  ".join(f"{name}={value:.4f}" for name, value in task.offline_metrics.items()) or "-",
+            ]
+            for task in info.tasks
+        ]
+        lines += ["", *_table(rows, right_aligned=set())]
+    return "\n".join(lines)
+
+
+def print_error(error: UniRankError, stream: TextIO) -> None:
+    """Status code and message, then one line per field violation, then when to retry."""
+    print(f"unirank: {error.code}: {error.message}", file=stream)
+    for field, description in error.field_violations:
+        print(f"  {field}: {description}", file=stream)
+    if error.reason:
+        print(f"  reason: {error.reason}", file=stream)
+    if error.retry_after_s is not None:
+        print(f"  retry after {error.retry_after_s:g} s", file=stream)
+
+
+def _output(args: argparse.Namespace, as_json: Any, as_text: str) -> None:
+    print(json.dumps(as_json, indent=2, ensure_ascii=False) if args.json else as_text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.command == "recommend":
+            ranking = client.recommend(request_from_args(args))
+            _output(args, asdict(ranking), format_ranking(ranking))
+            return 0
+        if args.command == "info":
+            info = client.model_info()
+            _output(args, asdict(info), format_model_info(info))
+            return 0
+        status = client.health(args.service)
+        _output(args, {"service": args.service, "status": status}, status)
+        return 0 if status == "SERVING" else 1
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``argv`` (``["recommend" | "info" | "health", *args]``); returns the exit status."""
+    parser = build_parser()
+    if not argv:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exit_:
+        # argparse exits on --help and on usage errors; a caller of main() wants a status back.
+        return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    try:
+        return _run(args)
+    except UniRankError as error:
+        print_error(error, sys.stderr)
+        return 1
+    except (OSError, ValueError, TypeError) as error:
+        print(f"unirank: {error}", file=sys.stderr)
+        return 2
+
+
+def standalone_main() -> int:
+    """Console-script entry of the client-only distribution: ``sys.argv[1]`` is the subcommand."""
+    return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(standalone_main())

@@ -1,0 +1,126 @@
+"""Plain typed values the client speaks in: requests, rankings and model info, free of protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Notification:
+    """Rank items to push to the request's user."""
+
+
+@dataclass(frozen=True)
+class RelatedItems:
+    """Rank items like ``anchor_item_id``."""
+
+    anchor_item_id: str
+
+
+@dataclass(frozen=True)
+class Search:
+    """Rank items matching the free-text ``query``."""
+
+    query: str
+
+
+@dataclass(frozen=True)
+class Category:
+    """Rank items for the category / genre row ``category_id``."""
+
+    category_id: str
+
+
+# The use-case of a request; mirrors the ``oneof task`` of ``unirank.v1.RequestContext``.
+Task = Notification | RelatedItems | Search | Category
+
+
+@dataclass(frozen=True)
+class RecommendationRequest:
+    """One request for one use-case: the context fields and the per-request options together."""
+
+    task: Task
+    """The use-case and its own context."""
+    user_id: str = ""
+    """Empty means anonymous; the server's fallback decides what that gets."""
+    history_item_ids: tuple[str, ...] = ()
+    """Items the user engaged with recently, most recent last."""
+    request_id: str = ""
+    """Caller's id for this request; the server echoes it back."""
+    country: str = ""
+    """ISO 3166-1 alpha-2 country code, e.g. "US"."""
+    language: str = ""
+    """BCP 47 language tag, e.g. "en"."""
+    device: str = ""
+    """Free-form device class, e.g. "tv", "mobile", "web"."""
+    event_time_unix_ms: int = 0
+    """When the request happened, Unix milliseconds; 0 means now."""
+    max_results: int = 0
+    """How many items to return; 0 means the profile's default."""
+    candidate_item_ids: tuple[str, ...] = ()
+    """Candidates to rank instead of running retrieval; empty means the server retrieves."""
+    excluded_item_ids: tuple[str, ...] = ()
+    """Items that must not appear in the response."""
+    debug: bool = False
+    """Ask for per-stage timings and each item's retrieval source."""
+
+
+@dataclass(frozen=True)
+class RankedItem:
+    """One item of a ranking, best first."""
+
+    item_id: str
+    score: float
+    title: str = ""
+    category_id: str = ""
+    retrieval_source: str = ""
+    """Short name such as "lexical" or "popular"; empty unless the request asked for debug."""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The answer to one request."""
+
+    items: list[RankedItem] = field(default_factory=list)
+    request_id: str = ""
+    task_type: str = ""
+    """Short task name: "notification", "related_items", "search" or "category"."""
+    model_version: str = ""
+    profile: str = ""
+    served_from_cache: bool = False
+    fallback: bool = False
+    """True when a fallback answered instead of the model."""
+    fallback_reason: str = ""
+    """Short name such as "cold_start" or "deadline"; empty when no fallback answered."""
+    fallback_detail: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    """Stage name -> milliseconds, in pipeline order; empty unless the request asked for debug."""
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ranked item ids, best first."""
+        return [item.item_id for item in self.items]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a deployment does with one use-case."""
+
+    task_type: str
+    served: bool
+    offline_metrics: dict[str, float] = field(default_factory=dict)
+    """Offline metrics of the loaded model version on this task, e.g. {"ndcg@10": 0.41}."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The loaded artifact and the deployment profile of a running server."""
+
+    model_version: str
+    schema_version: str = ""
+    profile: str = ""
+    backend: str = ""
+    device: str = ""
+    tasks: list[TaskInfo] = field(default_factory=list)
+    created_unix_ms: int = 0
+    catalog_size: int = 0
