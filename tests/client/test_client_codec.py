@@ -68,8 +68,8 @@ def test_request_round_trip_sets_the_oneof(task: Task, oneof: str) -> None:
     "task", [RelatedItems(anchor_item_id=""), Search(query=""), Category(category_id="")]
 )
 def test_empty_task_field_still_names_the_task(task: Task) -> None:
-    # An empty string would not mark a sub-message present by assignment; the server must
-    # still see which use-case was asked for (and answer INVALID_ARGUMENT on the field).
+    # The server must still see which use-case was asked for (and answer INVALID_ARGUMENT
+    # naming the empty field), not a request without a task.
     message = pb.RecommendRequest.FromString(
         codec.encode_request(RecommendationRequest(task=task)).SerializeToString()
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import sys
 
 import grpc
@@ -71,3 +72,10 @@ def test_unknown_code_name_has_no_status_code() -> None:
     error = UniRankError("FROM_THE_FUTURE", "x")
     assert error.status_code is None
     assert str(error) == "FROM_THE_FUTURE: x"
+
+
+def test_errors_survive_pickling() -> None:
+    error = UniRankError("UNAVAILABLE", "busy", field_violations=[("a", "b")], retry_after_s=2.0, reason="R")
+    copy = pickle.loads(pickle.dumps(error))
+    assert repr(copy) == repr(error)
+    assert str(copy) == str(error)

@@ -21,7 +21,7 @@ STEP_TIMEOUT_S = 240
 
 CHECK_IMPORTS = textwrap.dedent(
     """
-    import importlib.util, json, sys
+    import importlib.resources, importlib.util, json, sys
     import unirank.client
     import unirank.client.cli
     import unirank.v1.recommender_pb2
@@ -31,6 +31,14 @@ CHECK_IMPORTS = textwrap.dedent(
         "installed": [name for name in heavy if importlib.util.find_spec(name) is not None],
         "imported": [name for name in sys.modules if name.split(".")[0] in heavy],
         "client_file": unirank.client.__file__,
+        "typing_files": [
+            importlib.resources.files(package).joinpath(name).is_file()
+            for package, name in [
+                ("unirank.client", "py.typed"),
+                ("unirank.v1", "py.typed"),
+                ("unirank.v1", "recommender_pb2.pyi"),
+            ]
+        ],
     }))
     """
 )
@@ -81,8 +89,9 @@ def test_client_imports_without_torch_or_onnxruntime(client_venv: Path) -> None:
     report = json.loads(checked.stdout)
     assert report["installed"] == []
     assert report["imported"] == []
-    # Imported from the venv, not from this checkout.
+    # Imported from the venv, not from this checkout, with its typing files (PEP 561).
     assert report["client_file"].startswith(str(client_venv))
+    assert report["typing_files"] == [True, True, True]
 
 
 def test_console_script_help(client_venv: Path) -> None:

@@ -75,8 +75,8 @@ def task_of(context: pb.RequestContext) -> Task:
 
 
 def _set_task(context: pb.RequestContext, task: Task) -> None:
-    # CopyFrom, not field assignment: assigning "" to a sub-message field would not mark the
-    # oneof as set, and the server would see no task at all.
+    # CopyFrom for every task: NotificationContext has no field to assign, and merely reading
+    # ``context.notification`` leaves the oneof unset, so the server would see no task at all.
     if isinstance(task, Notification):
         context.notification.CopyFrom(pb.NotificationContext())
     elif isinstance(task, RelatedItems):

@@ -52,12 +52,26 @@ class UniRankError(Exception):
             text += f" [retry after {self.retry_after_s:g} s]"
         return text
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception pickling replays ``args`` (the text) into __init__, which wants the parts;
+        # without this an error could not cross a process boundary (multiprocessing, executors).
+        details = {
+            "field_violations": self.field_violations,
+            "retry_after_s": self.retry_after_s,
+            "reason": self.reason,
+        }
+        return (_rebuild_error, (self.code, self.message, details))
+
     def __repr__(self) -> str:
         return (
             f"UniRankError(code={self.code!r}, message={self.message!r}, "
             f"field_violations={self.field_violations!r}, retry_after_s={self.retry_after_s!r}, "
             f"reason={self.reason!r})"
         )
+
+
+def _rebuild_error(code: str, message: str, details: dict[str, Any]) -> UniRankError:
+    return UniRankError(code, message, **details)
 
 
 def _status_details(trailing_metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
