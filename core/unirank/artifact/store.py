@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,18 @@ def write_manifest(
     encoder_config: dict[str, Any],
     training_data: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    extra_files: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Checksum every required file in ``directory`` and write ``manifest.json`` last."""
-    missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+    """Checksum every required file in ``directory`` and write ``manifest.json`` last.
+
+    ``extra_files`` (names relative to ``directory``, e.g. training plots) are checksummed too,
+    so :func:`verify_artifact` covers everything the artifact ships.
+    """
+    names = list(dict.fromkeys([*REQUIRED_FILES, *extra_files]))
+    bad = [name for name in names if name == MANIFEST or Path(name).is_absolute() or ".." in Path(name).parts]
+    if bad:
+        raise ArtifactError(f"{directory}: cannot list {bad} in the manifest")
+    missing = [name for name in names if not (directory / name).is_file()]
     if missing:
         raise ArtifactError(f"{directory}: cannot write manifest, missing {missing}")
     manifest: dict[str, Any] = {
@@ -78,7 +88,7 @@ def write_manifest(
         "model_config": model_config,
         "encoder": encoder_config,
         "training_data": training_data,
-        "files": {name: sha256_file(directory / name) for name in REQUIRED_FILES},
+        "files": {name: sha256_file(directory / name) for name in names},
     }
     if extra:
         manifest.update(extra)

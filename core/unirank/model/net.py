@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-N_CROSS_FEATURES = 3  # lexical overlap, category match, log popularity
+# lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history
+N_CROSS_FEATURES = 5
 
 
 @dataclass
@@ -59,6 +60,11 @@ class TaskHead(nn.Module):
 
 
 class UniRankModel(nn.Module):
+    # Buffers (item content); declared so type checkers know they are tensors.
+    title_tokens: torch.Tensor
+    item_categories: torch.Tensor
+    item_log_pop: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig,
@@ -104,6 +110,10 @@ class UniRankModel(nn.Module):
             + _masked_mean(self.category_emb(cats), cats > 0)
         )
 
+    def item_table(self) -> torch.Tensor:
+        """:meth:`item_repr` of every item index, [n_items, d] (row 0 is the padding item)."""
+        return self.item_repr(torch.arange(self.config.n_items, device=self.item_emb.weight.device))
+
     def forward(
         self,
         task: torch.Tensor,
@@ -113,15 +123,29 @@ class UniRankModel(nn.Module):
         anchor_item: torch.Tensor,
         category: torch.Tensor,
         candidates: torch.Tensor,
+        item_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Scores [B, N]. ``item_table`` (from :meth:`item_table`) is an optional cache of item vectors.
+
+        Training and full-catalogue evaluation pass it so item content is encoded once per step
+        instead of once per (row, candidate); the result is the same. Serving never passes it, so
+        the exported graph has exactly the seven contract inputs.
+        """
         cfg = self.config
         task_in = task if cfg.use_task_type else torch.zeros_like(task)
+
+        def items(index: torch.Tensor) -> torch.Tensor:
+            return self.item_repr(index) if item_table is None else item_table[index]
+
+        # History items are content-aware too, so a rarely played item still says what it is about.
+        history_vec = _masked_mean(items(history), history > 0)
+        anchor_vec = items(anchor_item)
         context = torch.cat(
             [
                 self.user_emb(user),
-                _masked_mean(self.item_emb(history), history > 0),
+                history_vec,
                 _masked_mean(self.token_emb(query_tokens), query_tokens > 0),
-                self.item_repr(anchor_item),
+                anchor_vec,
                 self.category_emb(category),
                 self.task_emb(task_in),
             ],
@@ -136,8 +160,11 @@ class UniRankModel(nn.Module):
         query_vec = selected[:, : cfg.dim]
         cross_weights = selected[:, cfg.dim :]
 
-        cand_vecs = self.item_repr(candidates)  # [B, N, d]
+        cand_vecs = items(candidates)  # [B, N, d]
         dot = (cand_vecs * query_vec.unsqueeze(1)).sum(-1)
+        # Direct similarities: an MLP alone struggles to learn "close to this item" as a function.
+        anchor_sim = (cand_vecs * anchor_vec.unsqueeze(1)).sum(-1)
+        history_sim = (cand_vecs * history_vec.unsqueeze(1)).sum(-1)
 
         cand_tokens = self.title_tokens[candidates]  # [B, N, L]
         q = query_tokens.unsqueeze(1).unsqueeze(1)  # [B, 1, 1, Q]
@@ -148,7 +175,7 @@ class UniRankModel(nn.Module):
         cat = category.view(-1, 1, 1)
         cat_match = ((cand_cats == cat) & (cat > 0)).any(-1).to(dot.dtype)
         pop = self.item_log_pop[candidates]
-        cross = torch.stack([overlap, cat_match, pop], dim=-1)  # [B, N, F]
+        cross = torch.stack([overlap, cat_match, pop, anchor_sim, history_sim], dim=-1)  # [B, N, F]
         scores = dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
         return torch.where(candidates > 0, scores, torch.full_like(scores, -1e9))
 

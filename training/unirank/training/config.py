@@ -1,0 +1,122 @@
+"""Training configuration: one dataclass, with presets sized for tests, quick runs and the demo."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from unirank.artifact import TASKS
+
+
+def _equal_per_task() -> dict[str, float]:
+    return {spec.name: 1.0 for spec in TASKS}
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs; stored in the artifact manifest.
+
+    Precedence is simple: a preset (:meth:`tiny`, :meth:`small`, :meth:`default`) gives the
+    defaults and keyword overrides (the CLI's flags) replace single fields.
+    """
+
+    data: str = "synthetic"
+    """Data spec: ``synthetic`` (later also ``movielens:PATH``, ``logs:PATH``)."""
+    size: str = "default"
+    """Synthetic preset: ``tiny``, ``small`` or ``default``."""
+    seed: int = 0
+    """Seeds the data generator, parameter init, sampling and evaluation subsets."""
+
+    max_history: int = 20
+    """History length the encoder keeps (most recent last); the server uses the same."""
+    max_query_tokens: int = 8
+
+    dim: int = 64
+    hidden: int = 128
+    dropout: float = 0.1
+
+    epochs: int = 12
+    """Upper bound; early stopping on the validation metric usually ends sooner."""
+    patience: int = 2
+    """Epochs without validation improvement before stopping (the best epoch's weights are kept)."""
+    batch_size: int = 512
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    negatives: int = 96
+    """Sampled negatives per row; every row scores 1 + negatives candidates."""
+    popular_negative_share: float = 0.5
+    """Share of the proposal drawn by popularity (rest uniform); corrected by log-q in the loss."""
+    user_dropout: float = 0.1
+    """Chance of hiding the user id from a training row, so anonymous requests still rank well."""
+    task_weights: dict[str, float] = field(default_factory=_equal_per_task)
+    """w_t in the loss sum_t w_t * L_t, by task name."""
+    task_ratios: dict[str, float] | None = field(default_factory=_equal_per_task)
+    """Share of each task in a batch (normalised); None samples in proportion to the data."""
+
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Train / validation / test shares of the label events, cut by time."""
+    validation_rows_per_task: int = 600
+    """Validation rows per task ranked after each epoch for early stopping."""
+    eval_rows_per_task: int = 3000
+    """Test rows per task in the final evaluation (a seeded subset when there are more)."""
+    threads: int | None = None
+    """torch intra-op threads; None leaves torch's default."""
+    log_every: int = 0
+    """Print progress every N steps as well as after each epoch; 0 for per epoch only."""
+
+    def __post_init__(self) -> None:
+        names = {spec.name for spec in TASKS}
+        for label, table in (("task_weights", self.task_weights), ("task_ratios", self.task_ratios or {})):
+            unknown = sorted(set(table) - names)
+            if unknown:
+                raise ValueError(f"{label}: unknown tasks {unknown}; known: {sorted(names)}")
+            if any(v < 0 for v in table.values()):
+                raise ValueError(f"{label} must be >= 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1:
+            raise ValueError("epochs, batch_size and negatives must be >= 1")
+        if not 0.0 <= self.popular_negative_share <= 1.0 or not 0.0 <= self.user_dropout < 1.0:
+            raise ValueError("popular_negative_share must be in [0, 1] and user_dropout in [0, 1)")
+
+    def task_weight(self, name: str) -> float:
+        return float(self.task_weights.get(name, 1.0))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, **overrides: Any) -> TrainConfig:
+        """A small but working artifact in a few seconds (tests, CI)."""
+        base = cls(
+            size="tiny",
+            seed=seed,
+            dim=32,
+            hidden=64,
+            epochs=8,
+            patience=3,
+            batch_size=256,
+            learning_rate=1e-2,
+            negatives=48,
+            validation_rows_per_task=200,
+            eval_rows_per_task=500,
+        )
+        return base.replace(**overrides)
+
+    @classmethod
+    def small(cls, seed: int = 0, **overrides: Any) -> TrainConfig:
+        return cls(size="small", seed=seed, epochs=10).replace(**overrides)
+
+    @classmethod
+    def default(cls, seed: int = 0, **overrides: Any) -> TrainConfig:
+        return cls(seed=seed).replace(**overrides)
+
+    @classmethod
+    def preset(cls, size: str, seed: int = 0, **overrides: Any) -> TrainConfig:
+        presets = {"tiny": cls.tiny, "small": cls.small, "default": cls.default}
+        try:
+            return presets[size](seed, **overrides)
+        except KeyError:
+            raise ValueError(f"unknown size {size!r}; known: {sorted(presets)}") from None

@@ -1,0 +1,200 @@
+"""The offline pipeline end to end: data -> labels -> dataset -> train -> evaluate -> artifact."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirank.artifact import Catalog, FeatureEncoder, load_artifact
+from unirank.artifact.store import MANIFEST
+from unirank.model.net import build_model_from_checkpoint
+from unirank.training.baselines import CoEngagement
+from unirank.training.config import TrainConfig
+from unirank.training.dataset import (
+    Dataset,
+    SplitTimes,
+    catalog_from_logs,
+    encode_examples,
+    label_event_times,
+    temporal_split,
+)
+from unirank.training.evaluate import offline_metrics
+from unirank.training.export import write_artifact
+from unirank.training.labels import make_examples
+from unirank.training.logs import LogData
+from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
+from unirank.training.retrieval import build_retrieval
+from unirank.training.sources import load_logs, parse_data_spec
+from unirank.training.train import Progress, print_progress, train_model
+
+__all__ = ["PreparedData", "TrainConfig", "evaluate_artifact", "prepare_data", "train_artifact"]
+
+
+@dataclass
+class PreparedData:
+    """Everything derived from the logs before training: catalogue, encoder, dataset, co-engagement."""
+
+    log: LogData
+    split_times: SplitTimes
+    catalog: Catalog
+    encoder: FeatureEncoder
+    dataset: Dataset
+    co_engagement: CoEngagement
+
+
+def prepare_data(
+    log: LogData,
+    max_history: int,
+    max_query_tokens: int,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    catalog: Catalog | None = None,
+    split_times: SplitTimes | None = None,
+) -> PreparedData:
+    """Label, encode and split ``log``; pass an artifact's ``catalog`` and ``split_times`` to reproduce it."""
+    split_times = split_times or temporal_split(label_event_times(log), split_fractions)
+    catalog = catalog or catalog_from_logs(log, split_times.train_end_ms)
+    encoder = FeatureEncoder(catalog, max_history=max_history, max_query_tokens=max_query_tokens)
+    dataset = encode_examples(make_examples(log, max_history), encoder, split_times)
+    co_engagement = CoEngagement.from_logs(log, split_times.train_end_ms, np.asarray(catalog.popularity))
+    return PreparedData(log, split_times, catalog, encoder, dataset, co_engagement)
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a directory that is neither empty nor an artifact (e.g. ``--out .``)."""
+    if out_dir.exists() and (
+        not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())
+    ):
+        raise FileExistsError(f"{out_dir} exists and is not an artifact directory; refusing to replace it")
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Move the finished artifact to ``out_dir`` so readers never see a half-written one."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{time.time_ns()}")
+        out_dir.rename(old)
+        staging.rename(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+def train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | None = print_progress) -> Path:
+    """Generate or load the data, train, evaluate and write one verified artifact to ``out_dir``.
+
+    ``out_dir`` may be missing, empty, or a previous artifact (replaced atomically). Returns it.
+    """
+    say = progress or (lambda _message: None)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    started = time.perf_counter()
+    spec = parse_data_spec(config.data)
+    log = load_logs(spec, size=config.size, seed=config.seed)
+    data = prepare_data(log, config.max_history, config.max_query_tokens, config.split_fractions)
+    counts = data.dataset.counts()
+    say(
+        f"data {spec} size={config.size} seed={config.seed}: {log.n_items} items, {log.n_users} users, "
+        f"{len(log.events)} events; rows per task/split {counts} ({time.perf_counter() - started:.1f}s)"
+    )
+
+    result = train_model(data.dataset, data.catalog, config, progress)
+    model = result.model
+    metrics = offline_metrics(
+        model,
+        data.catalog,
+        data.co_engagement,
+        data.dataset,
+        config.eval_rows_per_task,
+        config.validation_rows_per_task,
+        config.seed,
+    )
+    retrieval = build_retrieval(model, data.catalog, data.co_engagement)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be read by servers
+    try:
+        plot_training_curves(result.history, staging / TRAINING_CURVES, result.best_epoch)
+        plot_task_metrics(metrics["tasks"], staging / TASK_METRICS)
+        training_data = {
+            "source": log.source,
+            "data": str(spec),
+            "size": config.size,
+            "seed": config.seed,
+            "n_items": log.n_items,
+            "n_users": log.n_users,
+            "events": log.summary()["events"],
+            "split": {**asdict(data.split_times), "fractions": list(config.split_fractions)},
+            "counts": counts,
+        }
+        training = {
+            "config": config.to_dict(),
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "steps": result.steps,
+            "seconds": round(time.perf_counter() - started, 2),
+            "torch_version": torch.__version__,
+        }
+        manifest = write_artifact(
+            staging,
+            model,
+            data.catalog,
+            retrieval,
+            metrics,
+            encoder_config={"max_history": config.max_history, "max_query_tokens": config.max_query_tokens},
+            training_data=training_data,
+            extra={"training": training},
+            extra_files=(TRAINING_CURVES, TASK_METRICS),
+        )
+        load_artifact(staging)  # the reader's own check, before anyone can see the directory
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote artifact {manifest['model_version']} to {out_dir} in {time.perf_counter() - started:.1f}s")
+    return out_dir
+
+
+def evaluate_artifact(
+    path: Path, data: str | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Recompute an artifact's offline metrics on its training data, regenerated from the manifest."""
+    say = progress or (lambda _message: None)
+    artifact = load_artifact(path)
+    recorded = artifact.manifest["training_data"]
+    spec = parse_data_spec(data or recorded["data"])
+    if str(spec) != recorded["data"]:
+        raise ValueError(f"{path} was trained on --data {recorded['data']}, not {spec}")
+    log = load_logs(spec, size=recorded["size"], seed=int(recorded["seed"]))
+    if log.items.item_ids != artifact.catalog.items.keys[1:]:
+        raise ValueError(
+            f"the regenerated {spec} catalogue differs from the artifact's; was the generator changed?"
+        )
+    split = recorded["split"]
+    encoder = artifact.encoder()
+    prepared = prepare_data(
+        log,
+        encoder.max_history,
+        encoder.max_query_tokens,
+        catalog=artifact.catalog,
+        split_times=SplitTimes(int(split["train_end_ms"]), int(split["validation_end_ms"])),
+    )
+    say(f"evaluating {artifact.model_version} on {spec} size={recorded['size']} seed={recorded['seed']}")
+    model = build_model_from_checkpoint(torch.load(artifact.torch_path, weights_only=True))
+    config = artifact.manifest.get("training", {}).get("config", {})
+    defaults = TrainConfig()
+    return offline_metrics(
+        model,
+        artifact.catalog,
+        prepared.co_engagement,
+        prepared.dataset,
+        int(config.get("eval_rows_per_task", defaults.eval_rows_per_task)),
+        int(config.get("validation_rows_per_task", defaults.validation_rows_per_task)),
+        int(recorded["seed"]),
+    )

@@ -1,0 +1,68 @@
+"""Training curves and per-task metric charts as PNG files (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: training runs on servers and in CI
+
+import matplotlib.pyplot as plt
+
+from unirank.training.train import EpochLog
+
+TRAINING_CURVES = "training_curves.png"
+TASK_METRICS = "task_metrics.png"
+
+
+def plot_training_curves(history: Sequence[EpochLog], path: Path, best_epoch: int = 0) -> None:
+    """Per-task training loss and validation NDCG@10 by epoch."""
+    fig, (loss_ax, ndcg_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [log.epoch for log in history]
+    tasks = list(dict.fromkeys(t for log in history for t in (*log.train_loss, *log.validation_ndcg)))
+    for task in tasks:
+        loss_ax.plot(
+            epochs, [log.train_loss.get(task, float("nan")) for log in history], marker="o", label=task
+        )
+        ndcg_ax.plot(
+            epochs, [log.validation_ndcg.get(task, float("nan")) for log in history], marker="o", label=task
+        )
+    ndcg_ax.plot(epochs, [log.selection_score for log in history], "k--", label="weighted mean")
+    if best_epoch:
+        for ax in (loss_ax, ndcg_ax):
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="kept")
+    loss_ax.set(title="training loss L_t (sampled softmax)", xlabel="epoch", ylabel="loss")
+    ndcg_ax.set(title="validation NDCG@10 (full catalogue)", xlabel="epoch", ylabel="NDCG@10")
+    for ax in (loss_ax, ndcg_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_task_metrics(tasks: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> None:
+    """One panel per metric: model vs the baselines, grouped by task."""
+    scorers = list(dict.fromkeys(s for by_scorer in tasks.values() for s in by_scorer))
+    metric_names = list(
+        dict.fromkeys(m for by_scorer in tasks.values() for v in by_scorer.values() for m in v)
+    )
+    fig, axes = plt.subplots(
+        1, max(len(metric_names), 1), figsize=(4 * max(len(metric_names), 1), 4), squeeze=False
+    )
+    width = 0.8 / max(len(scorers), 1)
+    task_names = list(tasks)
+    for ax, metric in zip(axes[0], metric_names, strict=False):
+        for i, scorer in enumerate(scorers):
+            values = [tasks[t].get(scorer, {}).get(metric, 0.0) for t in task_names]
+            ax.bar([x + i * width for x in range(len(task_names))], values, width, label=scorer)
+        ax.set_xticks([x + width * (len(scorers) - 1) / 2 for x in range(len(task_names))])
+        ax.set_xticklabels(task_names, rotation=20, fontsize=8)
+        ax.set_title(f"test {metric}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,96 @@
+"""Build the artifact's candidate-retrieval arrays from a trained model and training logs."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from unirank.artifact import Catalog
+from unirank.artifact.store import Retrieval
+from unirank.model.net import UniRankModel
+from unirank.training.baselines import CoEngagement, popularity_order
+
+RELATED_K = 50
+
+
+def item_embeddings(model: UniRankModel) -> np.ndarray:
+    """float32 [n_items + 1, d]: the model's item vectors, L2-normalised, row 0 zeros."""
+    with torch.no_grad():
+        table = model.eval().item_table().numpy().astype(np.float32)
+    norms = np.linalg.norm(table, axis=1, keepdims=True)
+    table = np.where(norms > 0, table / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    table[0] = 0.0
+    return table
+
+
+def related_items(
+    embeddings: np.ndarray, co_engagement: CoEngagement, k: int = RELATED_K, chunk: int = 1024
+) -> np.ndarray:
+    """int64 [n_items + 1, k]: co-engaged items first (by count), then nearest by embedding.
+
+    Co-engagement is the evidence users gave; where it is thin (new or niche items) the
+    embedding neighbours fill the remaining slots, so every item has a full list.
+    """
+    n = embeddings.shape[0]
+    k = min(k, n - 2) if n > 2 else 0
+    out = np.zeros((n, max(k, 0)), dtype=np.int64)
+    if k <= 0:
+        return out
+    for start in range(1, n, chunk):
+        rows = np.arange(start, min(start + chunk, n))
+        sims = embeddings[rows] @ embeddings.T
+        sims[:, 0] = -np.inf
+        sims[np.arange(len(rows)), rows] = -np.inf
+        # Up to 2k nearest, enough to fill k slots after dropping co-engaged duplicates.
+        width = min(2 * k, n - 2)
+        near = np.argpartition(-sims, width - 1, axis=1)[:, :width]
+        near_sims = np.take_along_axis(sims, near, axis=1)
+        near = np.take_along_axis(near, np.argsort(-near_sims, axis=1, kind="stable"), axis=1)
+        for r, item in enumerate(rows.tolist()):
+            co, _ = co_engagement.row(item)
+            picked = list(co[:k].tolist())
+            if len(picked) < k:
+                seen = set(picked)
+                picked.extend(x for x in near[r].tolist() if x not in seen)
+            out[item] = picked[:k]
+    return out
+
+
+def _csr(
+    keys: np.ndarray, items: np.ndarray, n_keys: int, pop_rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR over ``n_keys`` keys -> distinct items, most popular first; key 0 (padding) stays empty."""
+    valid = keys > 0
+    keys, items = keys[valid], items[valid]
+    codes = np.unique(keys * (len(pop_rank) + 1) + items)
+    keys, items = codes // (len(pop_rank) + 1), codes % (len(pop_rank) + 1)
+    order = np.lexsort((pop_rank[items], keys))
+    keys, items = keys[order], items[order]
+    indptr = np.searchsorted(keys, np.arange(n_keys + 1), side="left").astype(np.int64)
+    return indptr, items.astype(np.int64)
+
+
+def build_retrieval(model: UniRankModel, catalog: Catalog, co_engagement: CoEngagement) -> Retrieval:
+    """Every array of ``retrieval.npz`` for one trained model and catalogue."""
+    popularity = np.asarray(catalog.popularity, dtype=np.float64)
+    popular = popularity_order(popularity).astype(np.int64)
+    n = len(catalog.items)
+    pop_rank = np.full(n, n, dtype=np.int64)
+    pop_rank[popular] = np.arange(len(popular))
+    embeddings = item_embeddings(model)
+
+    titles = catalog.title_token_matrix()
+    item_of_token = np.repeat(np.arange(n), titles.shape[1])
+    lexical_indptr, lexical_items = _csr(titles.ravel(), item_of_token, len(catalog.tokens), pop_rank)
+    cats = catalog.category_matrix()
+    item_of_cat = np.repeat(np.arange(n), cats.shape[1])
+    category_indptr, category_items = _csr(cats.ravel(), item_of_cat, len(catalog.categories), pop_rank)
+    return Retrieval(
+        item_embeddings=embeddings,
+        related_items=related_items(embeddings, co_engagement),
+        popular_items=popular,
+        lexical_indptr=lexical_indptr,
+        lexical_items=lexical_items,
+        category_indptr=category_indptr,
+        category_items=category_items,
+    )
