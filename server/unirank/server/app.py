@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from unirank.artifact.store import ArtifactError
 from unirank.server.config import Profile
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
+from unirank.server.repository import fingerprint, resolve_artifact
 from unirank.server.runtime import ModelRuntime
 from unirank.server.service import RecommenderServicer
 from unirank.v1 import recommender_pb2 as pb
@@ -38,6 +42,12 @@ class UniRankServer:
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
         self._server: grpc.aio.Server | None = None
+        self._loaded: tuple[str, int] | None = None
+        self._rejected: tuple[str, int] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+        self.reloads = 0
+        self.reload_failures = 0
 
     @property
     def address(self) -> str:
@@ -45,7 +55,9 @@ class UniRankServer:
 
     async def start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        runtime = await ModelRuntime.load(self.artifact_path, self.profile.model)
+        version_dir = resolve_artifact(self.artifact_path)
+        runtime = await ModelRuntime.load(version_dir, self.profile.model)
+        self._loaded = fingerprint(version_dir)
         self.pipeline = RankingPipeline(self.profile, runtime)
         limits = self.profile.server
         server = grpc.aio.server(
@@ -75,7 +87,62 @@ class UniRankServer:
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        interval = self._poll_interval()
+        if interval > 0:
+            self._spawn(self._poll_artifacts(interval))
         log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
+
+    def _poll_interval(self) -> float:
+        intervals = [t.freshness.artifact_poll_interval_s for t in self.profile.tasks.values()]
+        active = [i for i in intervals if i > 0]
+        return min(active) if active else 0.0
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _poll_artifacts(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            # A refused version is logged and counted by reload; the current one keeps serving.
+            with contextlib.suppress(ArtifactError):
+                await self.reload()
+
+    async def reload(self, path: str | Path | None = None) -> str:
+        """Load the newest version off the hot path, swap atomically, retire the old one.
+
+        In-flight requests finish on the version they started with. A version that fails
+        verification or warm-up is refused (ArtifactError) and the current one keeps serving.
+        """
+        assert self.pipeline is not None, "reload() before start()"
+        async with self._reload_lock:
+            target = resolve_artifact(path if path is not None else self.artifact_path)
+            stamp = fingerprint(target)
+            if stamp == self._loaded or stamp == self._rejected:
+                return self.pipeline.runtime.version
+            try:
+                runtime = await ModelRuntime.load(target, self.profile.model)
+            except Exception as exc:
+                self._rejected = stamp
+                self.reload_failures += 1
+                current = self.pipeline.runtime.version
+                log.error("refused artifact %s: %s; still serving %s", target, exc, current)
+                if isinstance(exc, ArtifactError):
+                    raise
+                raise ArtifactError(f"{target}: {exc}") from exc
+            old = self.pipeline.swap_runtime(runtime)
+            self._loaded = stamp
+            self.reloads += 1
+            log.info("reloaded: %s -> %s", old.version, runtime.version)
+            self._spawn(self._retire(old))
+            return runtime.version
+
+    @staticmethod
+    async def _retire(runtime: ModelRuntime) -> None:
+        while runtime.in_flight > 0:
+            await asyncio.sleep(0.01)
+        await runtime.close()
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType) -> None:
         for service in ("", SERVICE_NAME):
@@ -90,6 +157,8 @@ class UniRankServer:
         until = loop.time() + grace
         while self.admission.in_flight > 0 and loop.time() < until:
             await asyncio.sleep(0.01)
+        for task in list(self._background):
+            task.cancel()
         if self._server is not None:
             await self._server.stop(max(0.0, until - loop.time()))
         if self.pipeline is not None:

@@ -15,7 +15,11 @@ from unirank.server.config import ProfileError, load_profile
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unirank serve", description="Serve an artifact under a profile.")
     parser.add_argument("--profile", required=True, help="deployment profile TOML (profiles/*.toml)")
-    parser.add_argument("--artifact", required=True, help="artifact directory written by `unirank train`")
+    parser.add_argument(
+        "--artifact",
+        required=True,
+        help="artifact directory written by `unirank train`, or a repository of version directories",
+    )
     parser.add_argument("--host", default=None, help="override the profile's server.host")
     parser.add_argument("--port", type=int, default=None, help="override the profile's server.port")
     parser.add_argument("--log-level", default="INFO")
@@ -29,9 +33,20 @@ async def _serve(server: UniRankServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(server)))
     await stop.wait()
     logging.getLogger(__name__).info("signal received: draining")
     await server.stop()
+
+
+async def _reload(server: UniRankServer) -> None:
+    from unirank.artifact import ArtifactError
+
+    try:
+        version = await server.reload()
+        print(f"unirank: serving model {version}", flush=True)
+    except ArtifactError as exc:
+        print(f"unirank: reload refused: {exc}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str]) -> int:

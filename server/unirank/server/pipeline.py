@@ -122,6 +122,15 @@ class RankingPipeline:
         """Rank one request. ``deadline`` is the caller's absolute ``loop.time()`` deadline."""
         task = self.check(request)
         runtime = self._runtime  # one version for the whole request, even across a reload
+        runtime.in_flight += 1
+        try:
+            return await self._recommend(request, task, runtime, deadline)
+        finally:
+            runtime.in_flight -= 1
+
+    async def _recommend(
+        self, request: RankRequest, task: TaskRuntime, runtime: ModelRuntime, deadline: float | None
+    ) -> RankResponse:
         timings = _Timings()
         key: Hashable | None = None
         if task.cache is not None:

@@ -50,6 +50,8 @@ class ModelRuntime:
     release_year: np.ndarray
     primary_category: np.ndarray
     title_keys: np.ndarray
+    in_flight: int = 0
+    """Requests currently using this version; a retired version closes when it reaches 0."""
 
     @property
     def version(self) -> str:

@@ -1,0 +1,139 @@
+"""Lifecycle: hot reload under load, refused corrupt artifacts, polling, drain on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unirank.artifact import ArtifactError
+from unirank.client import AsyncRecommenderClient, UniRankError
+
+from ..conftest import profile_with, running_server
+
+pytestmark = pytest.mark.asyncio
+
+
+def clone_version(src: Path, dst: Path, version: str) -> Path:
+    """A copy of ``src`` published as another model version (checksums stay valid)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["model_version"] = version
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+async def _load(
+    client: AsyncRecommenderClient, item: str, stop: asyncio.Event, versions: list[str], errors: list[str]
+) -> None:
+    while not stop.is_set():
+        try:
+            ranking = await client.category("no-such-category")  # fallback path
+            versions.append(ranking.model_version)
+            ranking = await client.related_items(item)  # model path
+            versions.append(ranking.model_version)
+        except UniRankError as error:
+            errors.append(f"{error.code}: {error.message}")
+
+
+async def test_hot_reload_under_concurrent_load_fails_no_request(artifact_dir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    clone_version(artifact_dir, repo / "v001", "v001")
+    async with running_server("cpu-realtime", repo) as server, AsyncRecommenderClient(server.address) as client:
+        stop = asyncio.Event()
+        versions: list[str] = []
+        errors: list[str] = []
+        item = server.pipeline.runtime.artifact.catalog.items.key(1)
+        workers = [asyncio.create_task(_load(client, item, stop, versions, errors)) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        clone_version(artifact_dir, repo / "v002", "v002")
+        assert await server.reload() == "v002"
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*workers)
+        info = await client.model_info()
+    assert errors == []
+    assert info.model_version == "v002"
+    assert "v001" in versions and "v002" in versions
+    switch = versions.index("v002")
+    # Once the swap is visible, requests that *start* later see the new version (a few in flight may finish on v001).
+    assert versions[switch:].count("v001") <= 16
+    assert server.reloads == 1
+
+
+@pytest.mark.parametrize("damage", ["checksum", "truncated_onnx", "missing_file"])
+async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
+    artifact_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    clone_version(artifact_dir, repo / "v001", "v001")
+    async with running_server("cpu-realtime", repo) as server, AsyncRecommenderClient(server.address) as client:
+        bad = clone_version(artifact_dir, repo / "v002", "v002")
+        if damage == "checksum":
+            with (bad / "catalog.json").open("a") as handle:
+                handle.write(" ")
+        elif damage == "truncated_onnx":
+            data = (bad / "model.onnx").read_bytes()
+            (bad / "model.onnx").write_bytes(data[: len(data) // 2])
+        else:
+            (bad / "retrieval.npz").unlink()
+        with pytest.raises(ArtifactError):
+            await server.reload()
+        ranking = await client.search("zzqx")
+        # The refused version is not retried on every poll.
+        assert await server.reload() == "v001"
+    assert ranking.model_version == "v001"
+    assert server.reload_failures == 1
+
+
+async def test_new_version_is_picked_up_by_polling(artifact_dir: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    clone_version(artifact_dir, repo / "v001", "v001")
+    profile = profile_with(tasks={"search": {"freshness": {"artifact_poll_interval_s": 0.05}}})
+    async with running_server(profile, repo) as server, AsyncRecommenderClient(server.address) as client:
+        clone_version(artifact_dir, repo / "v002", "v002")
+        for _ in range(200):
+            if (await client.model_info()).model_version == "v002":
+                break
+            await asyncio.sleep(0.05)
+        assert (await client.model_info()).model_version == "v002"
+
+
+async def test_drain_finishes_in_flight_requests_and_refuses_new_ones(artifact_dir: Path) -> None:
+    profile = profile_with(tasks={"related_items": {"timeout_ms": 8000}})
+    async with running_server(profile, artifact_dir) as server:
+        pipeline = server.pipeline
+        assert pipeline is not None
+        backend = pipeline.runtime.backend
+        real_score = backend.score
+        gate = asyncio.Event()
+
+        async def slow_score(inputs, deadline=None):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return await real_score(inputs, deadline)
+
+        backend.score = slow_score  # type: ignore[method-assign]
+        item = pipeline.runtime.artifact.catalog.items.key(1)
+        async with AsyncRecommenderClient(server.address, timeout=10) as client:
+            in_flight = [asyncio.create_task(client.related_items(item, timeout=10)) for _ in range(5)]
+            async with asyncio.timeout(10):
+                while server.admission.in_flight < 5:
+                    await asyncio.sleep(0.01)
+            stopping = asyncio.create_task(server.stop(grace_s=5.0))
+            await asyncio.sleep(0.05)
+            with pytest.raises(UniRankError) as refused:
+                await client.search("zzqx")
+            health_during_drain = await client.health()
+            gate.set()
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            await stopping
+    assert refused.value.code == "UNAVAILABLE"
+    assert health_during_drain == "NOT_SERVING"
+    assert all(not isinstance(r, BaseException) for r in results), results
+    assert all(not r.fallback and r.items for r in results)  # finished by the model, not cut short
