@@ -43,7 +43,10 @@ async def test_hot_reload_under_concurrent_load_fails_no_request(artifact_dir: P
     repo = tmp_path / "repo"
     repo.mkdir()
     clone_version(artifact_dir, repo / "v001", "v001")
-    async with running_server("cpu-realtime", repo) as server, AsyncRecommenderClient(server.address) as client:
+    async with (
+        running_server("cpu-realtime", repo) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
         stop = asyncio.Event()
         versions: list[str] = []
         errors: list[str] = []
@@ -60,7 +63,7 @@ async def test_hot_reload_under_concurrent_load_fails_no_request(artifact_dir: P
     assert info.model_version == "v002"
     assert "v001" in versions and "v002" in versions
     switch = versions.index("v002")
-    # Once the swap is visible, requests that *start* later see the new version (a few in flight may finish on v001).
+    # After the swap, requests that start later see v002; a few already in flight finish on v001.
     assert versions[switch:].count("v001") <= 16
     assert server.reloads == 1
 
@@ -72,7 +75,10 @@ async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
     repo = tmp_path / "repo"
     repo.mkdir()
     clone_version(artifact_dir, repo / "v001", "v001")
-    async with running_server("cpu-realtime", repo) as server, AsyncRecommenderClient(server.address) as client:
+    async with (
+        running_server("cpu-realtime", repo) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
         bad = clone_version(artifact_dir, repo / "v002", "v002")
         if damage == "checksum":
             with (bad / "catalog.json").open("a") as handle:
