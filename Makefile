@@ -7,7 +7,7 @@ ARTIFACT ?= build/artifact
 PROFILE ?= profiles/cpu-realtime.toml
 PORT ?= 50151
 
-.PHONY: setup proto proto-check buf-lint lint test demo serve train clean
+.PHONY: setup proto proto-check buf-lint lint test demo serve train clean docs
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,3 +51,6 @@ demo: setup
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+docs: setup
+	$(PYTHON) -m unirank.server.profile_docs docs/profiles.md

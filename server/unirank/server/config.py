@@ -21,7 +21,7 @@ class ProfileError(Exception):
 
 class _Strict(BaseModel):
     # Typos must fail loudly, never be ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class BatchingConfig(_Strict):
@@ -51,6 +51,7 @@ class ModelSection(_Strict):
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     batching: BatchingConfig = BatchingConfig()
+    """Dynamic batching (torch backend only; ``[model.batching]``)."""
 
 
 class ServerSection(_Strict):
@@ -76,6 +77,8 @@ class CacheConfig(_Strict):
     """Response cache of one use-case."""
 
     enabled: bool = False
+    """Serve repeated identical requests from memory (key: model version, config epoch, request
+    content; never the request id)."""
     ttl_s: float = Field(30.0, gt=0.0, le=86_400.0)
     """How long a cached ranking may be served."""
     max_entries: int = Field(10_000, ge=1, le=10_000_000)
@@ -115,13 +118,18 @@ class RetrievalSourceConfig(_Strict):
     """One candidate source and how many candidates it may contribute."""
 
     source: RetrievalSourceName
+    """``caller``, ``history`` (neighbours of recent history), ``related`` (co-engagement of the
+    anchor), ``lexical`` (query tokens in titles), ``embedding`` (nearest item embeddings of the
+    anchor or history), ``category`` (members of the context category), ``popular``."""
     quota: int = Field(100, ge=1, le=100_000)
+    """Most candidates this source may contribute."""
 
 
 class RetrievalConfig(_Strict):
     """Ordered candidate sources; earlier sources win duplicates."""
 
     sources: tuple[RetrievalSourceConfig, ...] = ()
+    """Ordered ``{ source = NAME, quota = N }`` entries."""
     max_candidates: int = Field(200, ge=1, le=100_000)
     """Cap on candidates sent to the model after deduplication."""
 
@@ -130,14 +138,18 @@ class RuleConfig(_Strict):
     """A business rule by registered name, with its parameters."""
 
     name: str
+    """A registered rule name (see the rules table)."""
     params: dict[str, Any] = Field(default_factory=dict)
+    """The rule's parameters, validated by the rule's own schema."""
 
 
 class RulesConfig(_Strict):
     """Business rules run outside the model: ``pre`` on candidates, ``post`` on the ranking."""
 
     pre: tuple[RuleConfig, ...] = ()
+    """Rules applied to retrieved candidates before scoring, in order."""
     post: tuple[RuleConfig, ...] = ()
+    """Rules applied to the scored ranking before truncation, in order."""
 
 
 class TaskConfig(_Strict):
@@ -150,10 +162,15 @@ class TaskConfig(_Strict):
     max_results_limit: int = Field(100, ge=1, le=10_000)
     """Largest ``max_results`` a request may ask for (INVALID_ARGUMENT beyond)."""
     cache: CacheConfig = CacheConfig()
+    """Response cache of this use-case (``[tasks.NAME.cache]``)."""
     freshness: FreshnessConfig = FreshnessConfig()
+    """Data freshness of this use-case (``[tasks.NAME.freshness]``)."""
     fallback: FallbackConfig = FallbackConfig()
+    """What answers when the model cannot (``[tasks.NAME.fallback]``)."""
     retrieval: RetrievalConfig = RetrievalConfig()
+    """Candidate sources (``[tasks.NAME.retrieval]``)."""
     rules: RulesConfig = RulesConfig()
+    """Business rules (``[tasks.NAME.rules]``)."""
 
     @model_validator(mode="after")
     def _limits(self) -> TaskConfig:
@@ -169,9 +186,13 @@ class Profile(_Strict):
     """One deployment of the shared model."""
 
     name: str = Field(min_length=1)
+    """Profile name, reported in every response and in telemetry."""
     description: str = ""
+    """Free text for operators."""
     model: ModelSection = ModelSection()
+    """Backend, device, threads and batching (``[model]``)."""
     server: ServerSection = ServerSection()
+    """Process limits (``[server]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
     """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
 
