@@ -1,0 +1,305 @@
+"""The torch scoring backend: the checkpoint on CPU or CUDA, one inference thread, optional batching."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unirank.artifact.features import INPUT_NAMES, ModelInputs
+from unirank.model.net import UniRankModel, build_model_from_checkpoint
+from unirank.server.backends.base import BackendError, DeadlineDropped
+from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
+from unirank.server.config import BatchingConfig
+
+logger = logging.getLogger(__name__)
+
+_ROW_INPUTS = ("task", "user", "anchor_item", "category")
+"""Inputs shaped [B]; the others are [B, width] and 0-padded on the right."""
+_WIDE_INPUTS = ("history", "query_tokens", "candidates")
+
+
+def resolve_device(requested: str) -> str:
+    """The device torch will really use: ``cuda[:i]`` falls back to ``cpu`` (with a warning) without a GPU."""
+    if requested == "cpu":
+        return "cpu"
+    if requested.split(":", 1)[0] != "cuda":
+        raise ValueError(f"unsupported device {requested!r}; expected 'cpu', 'cuda' or 'cuda:<index>'")
+    if not torch.cuda.is_available():
+        logger.warning(
+            "device %r requested but CUDA is not available; the torch backend runs on cpu", requested
+        )
+        return "cpu"
+    index = torch.device(requested).index
+    if index is not None and index >= torch.cuda.device_count():
+        raise ValueError(f"device {requested!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+    return requested
+
+
+def _pad_columns(array: np.ndarray, width: int) -> np.ndarray:
+    if array.shape[1] == width:
+        return array
+    return np.pad(array, ((0, 0), (0, width - array.shape[1])))
+
+
+def concat_model_inputs(requests: Sequence[ModelInputs]) -> ModelInputs:
+    """Stack requests row-wise, 0-padding history, query and candidates to the widest request.
+
+    Padding is exact rather than approximate: the model masks id 0 out of every mean and the
+    query overlap, and padded candidates score -1e9 and are cut off again by :func:`split_scores`.
+    """
+    if not requests:
+        raise ValueError("no requests to concatenate")
+    columns: dict[str, np.ndarray] = {}
+    for name in _ROW_INPUTS:
+        columns[name] = np.concatenate([np.asarray(getattr(r, name), dtype=np.int64) for r in requests])
+    for name in _WIDE_INPUTS:
+        parts = [np.asarray(getattr(r, name), dtype=np.int64) for r in requests]
+        width = max(part.shape[1] for part in parts)
+        columns[name] = np.concatenate([_pad_columns(part, width) for part in parts])
+    return ModelInputs(**columns)
+
+
+def split_scores(scores: np.ndarray, requests: Sequence[ModelInputs]) -> list[np.ndarray]:
+    """Undo :func:`concat_model_inputs`: each request's own rows and candidate columns."""
+    out: list[np.ndarray] = []
+    row = 0
+    for request in requests:
+        rows, width = request.candidates.shape
+        out.append(np.ascontiguousarray(scores[row : row + rows, :width]))
+        row += rows
+    if row != scores.shape[0]:
+        raise BackendError(f"model returned {scores.shape[0]} rows for {row} requested")
+    return out
+
+
+def _id_limits(config: Any) -> dict[str, int]:
+    """Exclusive upper bound of every input's ids under ``config`` (a ModelConfig)."""
+    return {
+        "task": config.n_tasks + 1,
+        "user": config.n_users,
+        "history": config.n_items,
+        "query_tokens": config.n_tokens,
+        "anchor_item": config.n_items,
+        "category": config.n_categories,
+        "candidates": config.n_items,
+    }
+
+
+def check_model_inputs(inputs: ModelInputs, limits: dict[str, int]) -> None:
+    """Raise :class:`BackendError` unless ``inputs`` match the input contract and the vocabularies.
+
+    Checked before batching because a bad request inside a batch would fail every batch mate.
+    """
+    rows = len(inputs)
+    for name in INPUT_NAMES:
+        array = getattr(inputs, name)
+        if not isinstance(array, np.ndarray):
+            raise BackendError(f"input {name!r} is {type(array).__name__}, not a numpy array")
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            raise BackendError(f"input {name!r} has dtype {array.dtype}, expected int64")
+        want_ndim = 1 if name in _ROW_INPUTS else 2
+        if array.ndim != want_ndim or array.shape[0] != rows:
+            expected = f"[{rows}]" if want_ndim == 1 else f"[{rows}, width]"
+            raise BackendError(f"input {name!r} has shape {list(array.shape)}, expected {expected}")
+        if array.size and (int(array.min()) < 0 or int(array.max()) >= limits[name]):
+            raise BackendError(
+                f"input {name!r} holds ids outside [0, {limits[name]}): min {array.min()}, max {array.max()}"
+            )
+
+
+class TorchBackend:
+    """Scores with the torch checkpoint in a dedicated single-thread executor, optionally batched.
+
+    Torch owns one thread (and, on CUDA, one stream): every load, warm-up and forward pass runs
+    on that thread, so the event loop never blocks and model calls never interleave.
+    """
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model_path: Path,
+        device: str = "cpu",
+        threads: int = 1,
+        batching: BatchingConfig | None = None,
+        warmup_requests: int = 8,
+        *,
+        batch_observer: BatchObserver | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if warmup_requests < 0:
+            raise ValueError(f"warmup_requests must be >= 0, got {warmup_requests}")
+        self.model_path = Path(model_path)
+        self.requested_device = device
+        self.device = resolve_device(device)
+        self.threads = threads
+        self.batching = batching
+        self.warmup_requests = warmup_requests
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unirank-torch")
+        self._model: UniRankModel | None = None
+        self._limits: dict[str, int] = {}
+        self._closed = False
+        self._batcher: DynamicBatcher[ModelInputs, np.ndarray] | None = None
+        if batching is not None and batching.enabled:
+            self._batcher = DynamicBatcher(
+                self._score_batch,
+                max_batch_size=batching.max_batch_size,
+                max_queue_delay_ms=batching.max_queue_delay_ms,
+                max_queue_size=batching.max_queue_size,
+                executor=self._executor,
+                observer=batch_observer,
+            )
+        # Unbatched calls: counted here so benchmarks read one stats shape either way.
+        self._direct_calls = 0
+        self._direct_failed = 0
+        self._direct_dropped = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None and not self._closed
+
+    async def start(self) -> None:
+        if self._closed:
+            raise BackendError("torch backend is closed")
+        if self._model is not None:
+            return
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self._executor, self._load)
+        if self.warmup_requests:
+            await loop.run_in_executor(self._executor, self._warm_up, model)
+        self._limits = _id_limits(model.config)
+        self._model = model
+        logger.info(
+            "torch backend ready: %s on %s, %d thread(s), batching %s",
+            self.model_path,
+            self.device,
+            self.threads,
+            "on" if self._batcher is not None else "off",
+        )
+
+    async def score(self, inputs: ModelInputs, deadline: float | None = None) -> np.ndarray:
+        if self._closed:
+            raise BackendError("torch backend is closed")
+        if self._model is None:
+            raise BackendError("torch backend is not started")
+        check_model_inputs(inputs, self._limits)
+        rows, width = inputs.candidates.shape
+        if rows == 0 or width == 0:
+            return np.zeros((rows, width), dtype=np.float32)
+        if self._batcher is not None:
+            return await self._batcher.submit(inputs, deadline)
+        return await self._score_direct(inputs, deadline)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._batcher is not None:
+            await self._batcher.close(drain=True)
+        # Waits for in-flight direct calls on a helper thread, never on the loop.
+        await asyncio.to_thread(self._executor.shutdown, True)
+        self._model = None
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def batch_stats(self) -> BatcherStats:
+        """Batches executed and mean batch size (unbatched: every call is a batch of one)."""
+        if self._batcher is not None:
+            return self._batcher.stats()
+        return BatcherStats(
+            batches=self._direct_calls,
+            requests=self._direct_calls,
+            failed_batches=self._direct_failed,
+            deadline_dropped=self._direct_dropped,
+            cancelled=0,
+        )
+
+    # -- executor-thread work ----------------------------------------------------------------
+
+    def _load(self) -> UniRankModel:
+        # Set here, not in __init__: OpenMP keeps the thread count per calling thread.
+        torch.set_num_threads(self.threads)
+        try:
+            # map_location is cpu whatever the device: building the model reads buffers via .numpy().
+            # weights_only refuses pickled code, so a tampered artifact cannot run on load.
+            checkpoint = torch.load(self.model_path, map_location="cpu", weights_only=True)
+            if not isinstance(checkpoint, dict):
+                raise TypeError(f"checkpoint is a {type(checkpoint).__name__}, not a dict")
+            model = build_model_from_checkpoint(checkpoint)
+        except Exception as exc:
+            raise BackendError(f"cannot load torch checkpoint {self.model_path}: {exc}") from exc
+        return model.to(self.device).eval()
+
+    def _warm_up(self, model: UniRankModel) -> None:
+        """First calls allocate and pick kernels; pay that before health says SERVING."""
+        config = model.config
+        rng = np.random.default_rng(0)
+        max_rows = self._batcher.max_batch_size if self._batcher is not None else 1
+        for i in range(self.warmup_requests):
+            rows = max_rows if i % 2 else 1
+            width = (8, 32, 128)[i % 3]
+            inputs = ModelInputs(
+                task=rng.integers(1, config.n_tasks + 1, rows),
+                user=rng.integers(0, config.n_users, rows),
+                history=rng.integers(0, config.n_items, (rows, 20)),
+                query_tokens=rng.integers(0, config.n_tokens, (rows, 8)),
+                anchor_item=rng.integers(0, config.n_items, rows),
+                category=rng.integers(0, config.n_categories, rows),
+                candidates=rng.integers(0, config.n_items, (rows, width)),
+            )
+            try:
+                self._forward(model, inputs)
+            except Exception as exc:
+                raise BackendError(
+                    f"torch warm-up failed on {self.device}: {type(exc).__name__}: {exc}"
+                ) from exc
+
+    def _forward(self, model: UniRankModel, inputs: ModelInputs) -> np.ndarray:
+        tensors = []
+        for name in INPUT_NAMES:
+            array = np.ascontiguousarray(getattr(inputs, name), dtype=np.int64)
+            if not array.flags.writeable:
+                array = array.copy()  # torch.from_numpy warns on read-only memory
+            tensors.append(torch.from_numpy(array).to(self.device))
+        with torch.inference_mode():
+            scores = model(*tensors)
+            return scores.to(device="cpu", dtype=torch.float32).numpy()
+
+    def _run_model(self, inputs: ModelInputs) -> np.ndarray:
+        model = self._model
+        if model is None:
+            raise BackendError("torch backend is closed")
+        try:
+            return self._forward(model, inputs)
+        except Exception as exc:
+            raise BackendError(f"torch scoring failed: {type(exc).__name__}: {exc}") from exc
+
+    def _score_batch(self, requests: list[ModelInputs]) -> list[np.ndarray]:
+        if len(requests) == 1:
+            return [self._run_model(requests[0])]
+        return split_scores(self._run_model(concat_model_inputs(requests)), requests)
+
+    async def _score_direct(self, inputs: ModelInputs, deadline: float | None) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+
+        def run() -> np.ndarray:
+            # loop.time() is the monotonic clock, so reading it from the worker thread is safe.
+            if deadline is not None and loop.time() >= deadline:
+                self._direct_dropped += 1
+                raise DeadlineDropped("deadline passed before the torch call started")
+            self._direct_calls += 1
+            try:
+                return self._run_model(inputs)
+            except BackendError:
+                self._direct_failed += 1
+                raise
+
+        return await loop.run_in_executor(self._executor, run)
