@@ -8,8 +8,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from unirank.artifact import Artifact
 from unirank.server.app import UniRankServer
 from unirank.server.config import Profile, load_profile, parse_profile
 
@@ -28,13 +30,19 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_artifact(TrainConfig.tiny(seed=0), tmp_path_factory.mktemp("artifact"))
 
 
-def profile_with(name: str = "cpu-realtime", **overrides: Any) -> Profile:
+def profile_with(base: str = "cpu-realtime", **overrides: Any) -> Profile:
     """A shipped profile with nested overrides, e.g. ``tasks={"search": {...}}`` merged in."""
     import tomllib
 
-    data = tomllib.loads((PROFILES / f"{name}.toml").read_text())
+    data = tomllib.loads((PROFILES / f"{base}.toml").read_text())
     _merge(data, overrides)
-    return parse_profile(data, f"{name}+overrides")
+    return parse_profile(data, f"{base}+overrides")
+
+
+def known_query(artifact: Artifact) -> str:
+    """The title token that matches the most items."""
+    counts = np.diff(artifact.retrieval.lexical_indptr)
+    return artifact.catalog.tokens.key(int(np.argmax(counts)))
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -9,14 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unirank.artifact import ModelInputs
+from unirank.artifact import ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.backends.base import BackendError
 from unirank.server.errors import ERROR_TABLE, ServingError
 
-from ..conftest import profile_with, running_server
-
-pytestmark = pytest.mark.asyncio
+from ..conftest import known_query, profile_with, running_server
 
 
 class _FaultyBackend:
@@ -47,15 +45,8 @@ async def _expect(client: AsyncRecommenderClient, call: Any) -> UniRankError:
     return error.value
 
 
-def _known_query(artifact_dir: Path) -> str:
-    from unirank.artifact import load_artifact
-
-    artifact = load_artifact(artifact_dir)
-    return artifact.catalog.tokens.key(int(np.argmax(np.diff(artifact.retrieval.lexical_indptr))))
-
-
 async def test_every_row_of_the_error_table(artifact_dir: Path) -> None:
-    query = _known_query(artifact_dir)
+    query = known_query(load_artifact(artifact_dir))
     seen: dict[str, UniRankError] = {}
     strict = {"fallback": {"strategy": "error", "on_deadline": False, "on_backend_error": False}}
     profile = profile_with(tasks={"search": strict, "category": strict})

@@ -14,8 +14,6 @@ from unirank.client import AsyncRecommenderClient, UniRankError
 
 from ..conftest import profile_with, running_server
 
-pytestmark = pytest.mark.asyncio
-
 
 def clone_version(src: Path, dst: Path, version: str) -> Path:
     """A copy of ``src`` published as another model version (checksums stay valid)."""

@@ -12,8 +12,6 @@ from unirank.artifact import Artifact, load_artifact
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.client.domain import Category, RecommendationRequest, Search
 
-pytestmark = pytest.mark.asyncio
-
 
 @pytest.fixture(scope="module")
 def artifact(artifact_dir: Path) -> Artifact:
