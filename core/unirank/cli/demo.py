@@ -52,7 +52,9 @@ def _sample_ids(artifact: Path) -> dict[str, str]:
     loaded = load_artifact(artifact)
     catalog, retrieval = loaded.catalog, loaded.retrieval
     popular = [int(i) for i in retrieval.popular_items[:50]]
-    query = next(t for i in popular[5:] for t in tokenize(catalog.titles[i]) if len(t) > 3 and not t.isdigit())
+    query = next(
+        t for i in popular[5:] for t in tokenize(catalog.titles[i]) if len(t) > 3 and not t.isdigit()
+    )
     return {
         "user": catalog.users.key(1),
         "history": ",".join(catalog.items.key(i) for i in popular[10:13]),
@@ -76,7 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"using existing artifact {artifact} (--retrain to rebuild)")
     port = _free_port()
     target = f"127.0.0.1:{port}"
-    server_cmd = [*_unirank(), "serve", "--profile", args.profile, "--artifact", str(artifact), "--port", str(port)]
+    server_cmd = [
+        *_unirank(),
+        "serve",
+        "--profile",
+        args.profile,
+        "--artifact",
+        str(artifact),
+        "--port",
+        str(port),
+    ]
     print(f"$ {' '.join(server_cmd)} &", flush=True)
     server = subprocess.Popen(server_cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

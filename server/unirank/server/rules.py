@@ -99,7 +99,7 @@ def maturity_ceiling(c: Candidates, ctx: RuleContext, p: MaturityParams) -> Cand
 
 
 def dedupe_titles(c: Candidates, ctx: RuleContext, _: NoParams) -> Candidates:
-    _, first = np.unique(ctx.title_keys[c.items], return_index=True)
+    _keys, first = np.unique(ctx.title_keys[c.items], return_index=True)
     mask = np.zeros(len(c), dtype=bool)
     mask[first] = True
     return c.keep(mask)
