@@ -12,7 +12,7 @@ import numpy as np
 
 from unirank.artifact import Artifact, FeatureEncoder, load_artifact
 from unirank.artifact.tasks import TASKS
-from unirank.server.backends.base import ScoringBackend
+from unirank.server.backends.base import BackendError, ScoringBackend
 from unirank.server.config import ModelSection
 from unirank.server.retrieval import Retriever
 
@@ -27,7 +27,12 @@ def make_backend(artifact: Artifact, section: ModelSection) -> ScoringBackend:
         return OnnxBackend(
             artifact.onnx_path, threads=section.intra_op_threads, workers=section.inference_workers
         )
-    from unirank.server.backends.torch_backend import TorchBackend
+    try:
+        from unirank.server.backends.torch_backend import TorchBackend
+    except ImportError as exc:
+        raise BackendError(
+            f"profile backend 'torch' needs torch ({exc}); install it with: pip install 'unirank[torch]'"
+        ) from exc
 
     return TorchBackend(
         artifact.torch_path,
