@@ -8,7 +8,9 @@ import logging
 import signal
 import sys
 
+from unirank.artifact import ArtifactError
 from unirank.server.app import UniRankServer
+from unirank.server.backends.base import BackendError
 from unirank.server.config import ProfileError, load_profile
 
 
@@ -40,8 +42,6 @@ async def _serve(server: UniRankServer) -> None:
 
 
 async def _reload(server: UniRankServer) -> None:
-    from unirank.artifact import ArtifactError
-
     try:
         version = await server.reload()
         print(f"unirank: serving model {version}", flush=True)
@@ -62,11 +62,10 @@ def main(argv: list[str]) -> int:
     server = UniRankServer(profile, args.artifact, host=args.host, port=args.port)
     try:
         asyncio.run(_serve(server))
-    except Exception as exc:
-        from unirank.artifact import ArtifactError
-
-        if isinstance(exc, ArtifactError):
-            print(f"unirank serve: refusing artifact: {exc}", file=sys.stderr)
-            return 3
-        raise
+    except ArtifactError as exc:
+        print(f"unirank serve: refusing artifact: {exc}", file=sys.stderr)
+        return 3
+    except BackendError as exc:
+        print(f"unirank serve: cannot start the model backend: {exc}", file=sys.stderr)
+        return 3
     return 0
