@@ -128,11 +128,6 @@ def _tracked_packages() -> set[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml [tool.setuptools] packages lacks unirank.server.backends, so a non-editable "
-    "install (the images) fails to import the server; remove this marker once packages lists it",
-)
 def test_the_installed_package_has_every_subpackage() -> None:
     """The images install the project non-editable: only the listed packages reach them."""
     listed = set(pyproject()["tool"]["setuptools"]["packages"])
