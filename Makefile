@@ -54,3 +54,9 @@ clean:
 
 docs: setup
 	$(PYTHON) -m unirank.server.profile_docs docs/profiles.md
+
+.PHONY: bench
+# Load tests, floors and the MLServer peer; not part of `make test` (see docs/benchmarks.md).
+# BENCH_ARGS=--quick is a smoke run of a few seconds that writes under build/bench-quick.
+bench: setup
+	PYTHONPATH=bench $(PYTHON) -m unirank_bench $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""UniRank benchmark harness: load generator, floors, MLServer peer, reports (see docs/benchmarks.md)."""

@@ -1,0 +1,350 @@
+"""The load generator: worker processes, each an asyncio loop with one grpc.aio channel.
+
+Closed loop: C callers, each sending its next request as soon as the previous one is answered.
+Open loop: requests scheduled at a fixed rate whatever the answers do; latency is measured from
+the *scheduled* send time, so a stalled server shows up as latency rather than as fewer requests.
+
+Requests are pre-serialized bytes and responses arrive as bytes (no stub codec on the hot path);
+responses are then parsed with the real message class so the generator can count cache hits,
+fallbacks and malformed answers. Every target (UniRank, the floors, MLServer) is driven by this
+same code; only the method path, the payloads and the response parser differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import resource
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_OUTSTANDING = 4096
+"""Open loop: scheduled requests beyond this many in flight are counted as dropped, not sent."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measurement, handed to every worker (each takes its share of concurrency or rate)."""
+
+    address: str
+    method: str
+    parser: str
+    """How to check answers: ``unirank`` (RecommendResponse), ``v2`` (ModelInferResponse), ``none``."""
+    payload_file: str
+    payload_kind: str
+    """``unirank`` or ``v2``: which serialized form of the workload to send."""
+    workload: str
+    mode: str
+    """``closed`` or ``open``."""
+    concurrency: int = 1
+    rate: float = 0.0
+    start_at: float = 0.0
+    """``time.monotonic()`` (system-wide on Linux) at which sending starts; warm-up runs until
+    ``measure_from``; only answers inside [measure_from, measure_to] are measured."""
+    measure_from: float = 0.0
+    measure_to: float = 0.0
+    timeout_s: float = 5.0
+    gen_dir: str = ""
+    """Where the generated V2 module lives (parser ``v2``)."""
+    worker_index: int = 0
+    workers: int = 1
+
+
+@dataclass
+class WorkerResult:
+    latencies_ns: np.ndarray
+    errors: Counter[str] = field(default_factory=Counter)
+    completed: int = 0
+    cache_hits: int = 0
+    fallbacks: int = 0
+    items: int = 0
+    dropped: int = 0
+    bad_answers: int = 0
+    client_cpu_s: float = 0.0
+
+
+class _Checker:
+    """Parses answers with the real message classes and counts what they say."""
+
+    def __init__(self, parser: str, gen_dir: str) -> None:
+        self.kind = parser
+        self.cache_hits = self.fallbacks = self.items = self.bad = 0
+        if parser == "unirank":
+            from unirank.v1 import recommender_pb2 as pb
+
+            self._from = pb.RecommendResponse.FromString
+        elif parser == "v2":
+            from unirank_bench import v2
+
+            self._from = v2.load(Path(gen_dir)).ModelInferResponse.FromString
+        elif parser != "none":
+            raise ValueError(f"unknown parser {parser!r}")
+
+    def check(self, answer: bytes) -> None:
+        if self.kind == "none":
+            return
+        message = self._from(answer)
+        if self.kind == "unirank":
+            self.cache_hits += message.served_from_cache
+            self.fallbacks += message.fallback
+            self.items += len(message.items)
+            if not message.items and not message.fallback:
+                self.bad += 1
+        else:
+            outputs = message.outputs
+            if not outputs or not outputs[0].contents.fp32_contents:
+                self.bad += 1
+            else:
+                self.items += len(outputs[0].contents.fp32_contents)
+
+
+_payload_cache: dict[tuple[str, str], dict[str, list[bytes]]] = {}
+
+
+def _payloads(job: Job) -> list[bytes]:
+    key = (job.payload_file, job.payload_kind)
+    if key not in _payload_cache:
+        from unirank_bench.workload import Payloads
+
+        loaded = Payloads.load(Path(job.payload_file))
+        _payload_cache[key] = loaded.unirank if job.payload_kind == "unirank" else loaded.v2
+    return _payload_cache[key][job.workload]
+
+
+async def _run(job: Job) -> WorkerResult:
+    import grpc
+
+    payloads = _payloads(job)
+    checker = _Checker(job.parser, job.gen_dir)
+    channel = grpc.aio.insecure_channel(
+        job.address,
+        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)],
+    )
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout=10)
+        call = channel.unary_unary(job.method)  # no serializers: bytes in, bytes out
+        if job.mode == "closed":
+            result = await _closed(job, call, payloads, checker)
+        elif job.mode == "open":
+            result = await _open(job, call, payloads, checker)
+        else:
+            raise ValueError(f"unknown mode {job.mode!r}")
+    finally:
+        await channel.close()
+    result.cache_hits, result.fallbacks, result.items = checker.cache_hits, checker.fallbacks, checker.items
+    result.bad_answers = checker.bad
+    return result
+
+
+async def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -> WorkerResult:
+    import grpc
+
+    share = job.concurrency // job.workers + (1 if job.worker_index < job.concurrency % job.workers else 0)
+    latencies: list[int] = []
+    errors: Counter[str] = Counter()
+    # Workers start at different offsets so they do not send the same stream in lockstep.
+    cursor = (job.worker_index * len(payloads)) // job.workers
+    lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
+    cpu_marks: list[float] = []
+
+    async def caller() -> None:
+        nonlocal cursor
+        while True:
+            sent = time.monotonic_ns()
+            if sent >= hi_ns:
+                return
+            payload = payloads[cursor % len(payloads)]
+            cursor += 1
+            try:
+                answer = await call(payload, timeout=job.timeout_s)
+            except grpc.aio.AioRpcError as error:
+                done = time.monotonic_ns()
+                if lo_ns <= done <= hi_ns:
+                    errors[error.code().name] += 1
+                continue
+            done = time.monotonic_ns()
+            if lo_ns <= done <= hi_ns:
+                latencies.append(done - sent)
+                checker.check(answer)
+
+    async def cpu_sampler() -> None:
+        await _sleep_until(job.measure_from)
+        cpu_marks.append(_cpu())
+        await _sleep_until(job.measure_to)
+        cpu_marks.append(_cpu())
+
+    await _sleep_until(job.start_at)
+    sampler = asyncio.create_task(cpu_sampler())
+    await asyncio.gather(*(caller() for _ in range(share)))
+    await sampler
+    return WorkerResult(
+        latencies_ns=np.asarray(latencies, dtype=np.int64),
+        errors=errors,
+        completed=len(latencies),
+        client_cpu_s=cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else 0.0,
+    )
+
+
+async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -> WorkerResult:
+    import grpc
+
+    rate = job.rate / job.workers
+    interval_ns = int(1e9 / rate)
+    latencies: list[int] = []
+    errors: Counter[str] = Counter()
+    lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
+    start_ns = int(job.start_at * 1e9) + (interval_ns * job.worker_index) // job.workers
+    in_flight: set[asyncio.Task[None]] = set()
+    dropped = 0
+    cpu_marks: list[float] = []
+
+    async def one(payload: bytes, scheduled: int) -> None:
+        measured = lo_ns <= scheduled <= hi_ns
+        try:
+            answer = await call(payload, timeout=job.timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if measured:
+                errors[error.code().name] += 1
+            return
+        if measured:
+            latencies.append(time.monotonic_ns() - scheduled)
+            checker.check(answer)
+
+    await _sleep_until(job.start_at)
+    cursor = (job.worker_index * len(payloads)) // job.workers
+    sent = 0
+    while True:
+        scheduled = start_ns + sent * interval_ns
+        if scheduled >= hi_ns:
+            break
+        now = time.monotonic_ns()
+        if scheduled > now:
+            await asyncio.sleep((scheduled - now) / 1e9)
+        if not cpu_marks and scheduled >= lo_ns:
+            cpu_marks.append(_cpu())
+        if len(in_flight) >= MAX_OUTSTANDING:
+            dropped += lo_ns <= scheduled <= hi_ns
+        else:
+            task = asyncio.create_task(one(payloads[cursor % len(payloads)], scheduled))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            cursor += 1
+        sent += 1
+    cpu_marks.append(_cpu())
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=job.timeout_s + 1)
+    return WorkerResult(
+        latencies_ns=np.asarray(latencies, dtype=np.int64),
+        errors=errors,
+        completed=len(latencies),
+        dropped=dropped,
+        client_cpu_s=cpu_marks[-1] - cpu_marks[0] if len(cpu_marks) == 2 else 0.0,
+    )
+
+
+def _worker_main(conn: Connection) -> None:
+    import grpc  # noqa: F401  (imported once here, not inside the first measured job)
+
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        try:
+            conn.send(("ok", asyncio.run(_run(job))))
+        except Exception as exc:  # reported to the orchestrator, which decides
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class RunResult:
+    """One job's answers, all workers merged."""
+
+    latencies_ns: np.ndarray
+    errors: dict[str, int]
+    completed: int
+    cache_hits: int
+    fallbacks: int
+    items: int
+    dropped: int
+    bad_answers: int
+    client_cpu_s: float
+
+
+class LoadGenerator:
+    """A pool of worker processes kept alive across jobs (spawning one costs ~0.5 s of imports)."""
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        context = multiprocessing.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(workers):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_worker_main, args=(child,), daemon=True)
+            proc.start()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def start(self, job: Job) -> None:
+        """Hand the job to every worker (each takes its share); collect with :meth:`collect`."""
+        workers = len(self._conns)
+        for index, conn in enumerate(self._conns):
+            conn.send(replace(job, worker_index=index, workers=workers))
+
+    def collect(self) -> RunResult:
+        parts: list[WorkerResult] = []
+        failures: list[str] = []
+        for conn in self._conns:
+            status, value = conn.recv()
+            if status == "ok":
+                parts.append(value)
+            else:
+                failures.append(value)
+        if failures:
+            raise RuntimeError(f"load generator failed: {failures}")
+        errors: Counter[str] = Counter()
+        for part in parts:
+            errors.update(part.errors)
+        return RunResult(
+            latencies_ns=np.concatenate([p.latencies_ns for p in parts]),
+            errors=dict(errors),
+            completed=sum(p.completed for p in parts),
+            cache_hits=sum(p.cache_hits for p in parts),
+            fallbacks=sum(p.fallbacks for p in parts),
+            items=sum(p.items for p in parts),
+            dropped=sum(p.dropped for p in parts),
+            bad_answers=sum(p.bad_answers for p in parts),
+            client_cpu_s=sum(p.client_cpu_s for p in parts),
+        )
+
+    def close(self) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()

@@ -1,0 +1,504 @@
+"""One benchmark run: build the workloads, measure the floors, every target under load, the peer."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unirank_bench import mlserver_peer, procstats, servers, v2
+from unirank_bench.loadgen import Job, LoadGenerator, RunResult
+from unirank_bench.servers import REPO, UNIRANK_METHOD, ServerProcess
+from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
+
+CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
+"""Quantiles stored per run for the CDF plots (dense up to p99, then the tail)."""
+RETRIEVAL_PREFIX = "retrieval/"
+"""Workloads whose requests carry no candidates: the profile's retrieval picks up to its cap."""
+
+
+@dataclass
+class Settings:
+    artifact: Path
+    out_dir: Path
+    markdown: Path | None
+    work_dir: Path
+    profiles: list[str]
+    concurrency: list[int]
+    open_rate: float
+    warmup_s: float
+    duration_s: float
+    client_procs: int
+    requests_per_use_case: int
+    seed: int
+    mlserver: bool
+    retrieval_runs: bool
+    compute_seconds: float
+    compute_torch: bool
+    startup_repeats: int
+    quick: bool
+    wait_idle: bool = False
+    max_load: float = 0.5
+    max_wait_s: float = 900.0
+    use_cases: list[str] = field(default_factory=lambda: [*USE_CASES, MIXED])
+
+
+@dataclass
+class Target:
+    """Something the load generator drives."""
+
+    name: str
+    """``unirank/<profile>``, ``floor/transport``, ``floor/aio-ort`` or ``mlserver``."""
+    kind: str
+    method: str
+    parser: str
+    payload_kind: str
+    workloads: list[str]
+    start: Callable[[], ServerProcess]
+    profile: str = ""
+    probe: bool = False
+    extra_closed: list[tuple[str, int]] = field(default_factory=list)
+    """(workload, concurrency) runs beyond the matrix (retrieval-mode runs)."""
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def latency_summary(latencies_ns: np.ndarray) -> dict[str, Any]:
+    if not len(latencies_ns):
+        return {
+            "p50_ms": None,
+            "p90_ms": None,
+            "p99_ms": None,
+            "p999_ms": None,
+            "mean_ms": None,
+            "max_ms": None,
+        }
+    ms = latencies_ns / 1e6
+    p50, p90, p99, p999 = np.percentile(ms, [50, 90, 99, 99.9])
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "p999_ms": float(p999),
+        "mean_ms": float(ms.mean()),
+        "max_ms": float(ms.max()),
+    }
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "dirty_paths_outside_bench": sorted(
+            p for p in dirty if not p.startswith(("bench/", "tests/bench/", "docs/bench"))
+        ),
+    }
+
+
+def gpu_batched_without_batching(source: Path, dest: Path) -> Path:
+    """The gpu-batched profile with ``batching.enabled = false`` and nothing else changed."""
+    text = source.read_text()
+    changed, count = re.subn(r"(batching\s*=\s*\{\s*enabled\s*=\s*)true", r"\1false", text)
+    if count != 1:
+        raise RuntimeError(f"{source}: cannot find `batching = {{ enabled = true ...}}` to switch off")
+    changed = re.sub(
+        r'^name\s*=\s*"gpu-batched"', 'name = "gpu-batched-nobatch"', changed, count=1, flags=re.M
+    )
+    dest.write_text(changed)
+    data = tomllib.loads(changed)
+    if data["model"]["batching"]["enabled"] is not False:
+        raise RuntimeError(f"{dest}: batching still on")
+    return dest
+
+
+class Bench:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.work = settings.work_dir
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.gen_dir = self.work / "gen"
+        self.results: dict[str, Any] = {
+            "schema": 1,
+            "started_unix_s": time.time(),
+            "quick": settings.quick,
+            "host": self._host(),
+            "git": git_state(),
+            "settings": {
+                "artifact": str(settings.artifact),
+                "profiles": settings.profiles,
+                "concurrency": settings.concurrency,
+                "open_rate_rps": settings.open_rate,
+                "warmup_s": settings.warmup_s,
+                "duration_s": settings.duration_s,
+                "client_processes": settings.client_procs,
+                "requests_per_use_case": settings.requests_per_use_case,
+                "seed": settings.seed,
+            },
+            "load": {"before": None, "waited_s": 0.0},
+            "runs": [],
+            "floors": {},
+            "startup": {},
+            "mlserver": {"status": "not run"},
+            "notes": [],
+        }
+
+    # -- setup -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _host() -> dict[str, Any]:
+        import grpc
+        import onnxruntime
+
+        return {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        }
+
+    def wait_for_quiet_machine(self) -> None:
+        before = procstats.loadavg()
+        waited = 0.0
+        if self.s.wait_idle:
+            while before[0] > self.s.max_load and waited < self.s.max_wait_s:
+                log(f"load average {before[0]:.2f} > {self.s.max_load}: waiting (waited {waited:.0f} s)")
+                time.sleep(20)
+                waited += 20
+                before = procstats.loadavg()
+        self.results["load"] = {"before": list(before), "waited_s": waited}
+        log(f"load average before the run: {before}")
+
+    def prepare(self) -> Payloads:
+        from unirank.artifact import load_artifact
+
+        artifact = load_artifact(self.s.artifact)
+        self.results["artifact"] = {
+            "model_version": artifact.model_version,
+            "items": artifact.catalog.n_items,
+            "users": len(artifact.catalog.users) - 1,
+            "model_config": artifact.manifest.get("model_config", {}),
+        }
+        v2_module = v2.load(self.gen_dir)
+        workloads = build_workloads(artifact, self.s.requests_per_use_case, self.s.seed)
+        if self.s.retrieval_runs:
+            plain = build_workloads(
+                artifact, self.s.requests_per_use_case, self.s.seed + 1, caller_candidates=False
+            )
+            workloads.update({RETRIEVAL_PREFIX + k: v for k, v in plain.items()})
+        payloads = build_payloads(artifact, workloads, v2_module)
+        self.payload_file = self.work / "payloads.pickle"
+        payloads.save(self.payload_file)
+        self.response_file = self.work / "response.bin"
+        self.response_file.write_bytes(payloads.response)
+        self.results["workloads"] = {
+            name: {
+                "requests": len(reqs),
+                "candidates_min": int(min(payloads.candidate_counts[name])),
+                "candidates_max": int(max(payloads.candidate_counts[name])),
+                "candidates_mean": float(np.mean(payloads.candidate_counts[name])),
+                "request_bytes_mean": float(np.mean([len(b) for b in payloads.unirank[name]])),
+                "v2_request_bytes_mean": (
+                    float(np.mean([len(b) for b in payloads.v2[name]])) if name in payloads.v2 else None
+                ),
+            }
+            for name, reqs in payloads.requests.items()
+        }
+        self.results["workloads"]["_response_bytes"] = len(payloads.response)
+        return payloads
+
+    def compute_floor(self) -> None:
+        log("compute floor: in-process scoring, no server")
+        argv = [
+            sys.executable, "-m", "unirank_bench.floors", "compute",
+            "--artifact", str(self.s.artifact), "--payloads", str(self.payload_file),
+            "--seconds", str(self.s.compute_seconds),
+        ]  # fmt: skip
+        env = servers.bench_env({} if self.s.compute_torch else {"UNIRANK_BENCH_NO_TORCH": "1"})
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"compute floor failed:\n{done.stderr[-3000:]}")
+        self.results["floors"]["compute"] = json.loads(done.stdout.strip().splitlines()[-1])
+
+    def startup(self) -> None:
+        unirank_bin = Path(sys.executable).parent / "unirank"
+        for profile in self.s.profiles:
+            repeats = self.s.startup_repeats if profile == "cpu-realtime" else 1
+            samples = []
+            for i in range(repeats):
+                log(f"start-up: {profile} #{i + 1}")
+                samples.append(
+                    servers.measure_startup(
+                        unirank_bin,
+                        REPO / "profiles" / f"{profile}.toml",
+                        self.s.artifact,
+                        free_port(),
+                        self.work / "logs" / f"startup-{profile}-{i}.log",
+                    )
+                )
+            times = [x["startup_to_serving_s"] for x in samples]
+            self.results["startup"][profile] = {
+                "samples_s": times,
+                "median_s": float(np.median(times)),
+                "rss_mb": max(x["rss_mb"] for x in samples),
+                "libtorch_mapped": any(x["libtorch_mapped"] for x in samples),
+                "onnxruntime_mapped": any(x["onnxruntime_mapped"] for x in samples),
+            }
+
+    # -- targets ---------------------------------------------------------------------------
+
+    def targets(self, payloads: Payloads) -> list[Target]:
+        caller_workloads = [w for w in self.s.use_cases if w in payloads.unirank]
+        out: list[Target] = [
+            Target(
+                "floor/transport", "floor", UNIRANK_METHOD, "none", "unirank", caller_workloads,
+                lambda: servers.start_floor(
+                    "echo", ["--response", str(self.response_file)], self.work / "logs" / "echo.log"
+                ),
+            ),
+            Target(
+                "floor/aio-ort", "floor", UNIRANK_METHOD, "unirank", "unirank", caller_workloads,
+                lambda: servers.start_floor(
+                    "aio-ort", ["--artifact", str(self.s.artifact)], self.work / "logs" / "aio-ort.log"
+                ),
+            ),
+        ]  # fmt: skip
+        for profile in self.s.profiles:
+            profile_path = REPO / "profiles" / f"{profile}.toml"
+            served = list(tomllib.loads(profile_path.read_text()).get("tasks", {}))
+            workloads = [w for w in caller_workloads if w in served or (w == MIXED and len(served) > 1)]
+            extra = []
+            if self.s.retrieval_runs and profile == "cpu-realtime":
+                extra = [(RETRIEVAL_PREFIX + w, c) for w in workloads for c in (1, 32)]
+            variants = [(profile, profile_path)]
+            if profile == "gpu-batched":
+                nobatch = gpu_batched_without_batching(profile_path, self.work / "gpu-batched-nobatch.toml")
+                variants.append(("gpu-batched-nobatch", nobatch))
+            for name, path in variants:
+                out.append(
+                    Target(
+                        f"unirank/{name}", "unirank", UNIRANK_METHOD, "unirank", "unirank", workloads,
+                        lambda path=path, name=name: servers.start_unirank(  # type: ignore[misc]
+                            path, self.s.artifact, self.work / "logs" / f"unirank-{name}.log"
+                        ),
+                        profile=name, probe=True, extra_closed=extra if name == "cpu-realtime" else [],
+                    )
+                )  # fmt: skip
+        if self.s.mlserver:
+            v2_workloads = [w for w in caller_workloads if w in payloads.v2]
+            out.append(
+                Target("mlserver", "peer", v2.MODEL_INFER, "v2", "v2", v2_workloads, self._start_mlserver)
+            )
+        return out
+
+    def _start_mlserver(self) -> ServerProcess:
+        venv = REPO / "build" / "mlserver-venv"
+        versions = mlserver_peer.ensure_venv(venv, log=self.work / "logs" / "mlserver-install.log")
+        grpc_port, http_port = free_port(), free_port()
+        repository = mlserver_peer.write_repository(
+            self.work / "mlserver-repo", self.s.artifact / "model.onnx", grpc_port, http_port
+        )
+        server = mlserver_peer.start(
+            venv, repository, grpc_port, self.work / "logs" / "mlserver.log", v2.load(self.gen_dir)
+        )
+        self.results["mlserver"] = {
+            "status": "ran",
+            "versions": versions,
+            "settings": json.loads((repository / "settings.json").read_text()),
+            "startup_s": server.startup_s,
+        }
+        return server
+
+    # -- measuring -------------------------------------------------------------------------
+
+    def run_target(self, target: Target, loadgen: LoadGenerator) -> None:
+        log(f"starting {target.name}")
+        try:
+            server = target.start()
+        except mlserver_peer.MLServerUnavailable as exc:
+            self.results["mlserver"] = {"status": "unavailable", "error": str(exc)}
+            log(f"MLServer unavailable: {exc}")
+            return
+        try:
+            log(f"{target.name} on {server.address} (pid {server.pid}, ready in {server.startup_s:.2f} s)")
+            if target.probe:
+                server.probe(timeout_s=30)  # first call finds the backend; keep it out of the runs
+            plan: list[tuple[str, str, int, float]] = []
+            for workload in target.workloads:
+                plan += [(workload, "closed", c, 0.0) for c in self.s.concurrency]
+            open_workload = MIXED if MIXED in target.workloads else target.workloads[0]
+            if self.s.open_rate > 0:
+                plan.append((open_workload, "open", 0, self.s.open_rate))
+            plan += [(w, "closed", c, 0.0) for w, c in target.extra_closed]
+            for workload, mode, concurrency, rate in plan:
+                record = self.measure(target, server, loadgen, workload, mode, concurrency, rate)
+                self.results["runs"].append(record)
+                lat = record["latency_ms"]
+                log(
+                    f"  {target.name:<28} {workload:<24} "
+                    + (f"C={concurrency:<5}" if mode == "closed" else f"{rate:.0f}/s ")
+                    + f" {record['throughput_rps']:8.0f} rps  p50 {lat['p50_ms'] or 0:7.2f}  "
+                    + f"p99 {lat['p99_ms'] or 0:7.2f} ms  "
+                    f"cpu/req {record['server_cpu_ms_per_request'] or 0:.3f} ms  "
+                    f"foreign {record['foreign_cpu_cores']:.2f} cores"
+                    + (f"  batch {record['batch_size_mean']:.1f}" if record["batch_size_mean"] else "")
+                    + (f"  errors {record['errors']}" if record["errors"] else "")
+                )
+        finally:
+            code = server.stop()
+            log(f"stopped {target.name} (exit {code})")
+
+    def measure(
+        self,
+        target: Target,
+        server: ServerProcess,
+        loadgen: LoadGenerator,
+        workload: str,
+        mode: str,
+        concurrency: int,
+        rate: float,
+    ) -> dict[str, Any]:
+        start_at = time.monotonic() + 0.2
+        job = Job(
+            address=server.address,
+            method=target.method,
+            parser=target.parser,
+            payload_file=str(self.payload_file),
+            payload_kind=target.payload_kind,
+            workload=workload,
+            mode=mode,
+            concurrency=max(concurrency, 1),
+            rate=rate,
+            start_at=start_at,
+            measure_from=start_at + self.s.warmup_s,
+            measure_to=start_at + self.s.warmup_s + self.s.duration_s,
+            gen_dir=str(self.gen_dir),
+        )
+        loadgen.start(job)
+        server_pids = server.pids()
+        own = [os.getpid(), *loadgen.pids]
+
+        def sample() -> dict[str, Any]:
+            return {
+                "server_cpu": procstats.tree_cpu_seconds(server_pids),
+                "own_cpu": procstats.tree_cpu_seconds(own),
+                "machine": procstats.machine_busy_seconds()[0],
+                "loadgen_cpu": procstats.tree_cpu_seconds(loadgen.pids),
+                "probe": server.probe() if target.probe else None,
+            }
+
+        _sleep_until(job.measure_from)
+        first = sample()
+        _sleep_until(job.measure_to)
+        last = sample()
+        memory = {pid: procstats.memory(pid) for pid in server_pids}
+        load = procstats.loadavg()
+        result = loadgen.collect()
+        return self._record(target, workload, mode, concurrency, rate, result, first, last, memory, load)
+
+    def _record(
+        self,
+        target: Target,
+        workload: str,
+        mode: str,
+        concurrency: int,
+        rate: float,
+        result: RunResult,
+        first: dict[str, Any],
+        last: dict[str, Any],
+        memory: dict[int, procstats.Memory],
+        load: tuple[float, float, float],
+    ) -> dict[str, Any]:
+        duration = self.s.duration_s
+        n = result.completed
+        server_cpu = last["server_cpu"] - first["server_cpu"]
+        loadgen_cpu = last["loadgen_cpu"] - first["loadgen_cpu"]
+        own_cpu = last["own_cpu"] - first["own_cpu"]
+        foreign = (last["machine"] - first["machine"]) - server_cpu - own_cpu
+        batch = None
+        if first["probe"] is not None and last["probe"] is not None:
+            batches = last["probe"]["batches"] - first["probe"]["batches"]
+            batched = last["probe"]["batched_requests"] - first["probe"]["batched_requests"]
+            batch = batched / batches if batches else 1.0  # no batcher: one request per model call
+        elif target.kind != "unirank":
+            batch = 1.0
+        latencies = np.sort(result.latencies_ns)
+        cdf = (np.quantile(latencies, CDF_POINTS) / 1e6).round(4).tolist() if len(latencies) else []
+        return {
+            "target": target.name,
+            "kind": target.kind,
+            "profile": target.profile,
+            "workload": workload,
+            "mode": mode,
+            "concurrency": concurrency if mode == "closed" else None,
+            "rate_rps": rate if mode == "open" else None,
+            "duration_s": duration,
+            "requests": n,
+            "errors": result.errors,
+            "dropped": result.dropped,
+            "bad_answers": result.bad_answers,
+            "throughput_rps": n / duration,
+            "latency_ms": latency_summary(latencies),
+            "server_cpu_cores": server_cpu / duration,
+            "server_cpu_ms_per_request": server_cpu / n * 1e3 if n else None,
+            "client_cpu_ms_per_request": loadgen_cpu / n * 1e3 if n else None,
+            "server_rss_mb": {str(pid): round(m.rss_mb, 1) for pid, m in memory.items()},
+            "server_rss_mb_main": round(memory[min(memory)].rss_mb, 1) if memory else None,
+            "server_peak_rss_mb_main": round(memory[min(memory)].peak_rss_mb, 1) if memory else None,
+            "batch_size_mean": batch,
+            "cache_hit_fraction": result.cache_hits / n if n and target.parser == "unirank" else None,
+            "fallback_fraction": result.fallbacks / n if n and target.parser == "unirank" else None,
+            "torch_imported": last["probe"]["torch_imported"] if last["probe"] else None,
+            "foreign_cpu_cores": foreign / duration,
+            "loadavg_1m": load[0],
+            "cdf_ms": cdf,
+        }
+
+    # -- the whole run ---------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self.wait_for_quiet_machine()
+        payloads = self.prepare()
+        self.compute_floor()
+        self.startup()
+        loadgen = LoadGenerator(self.s.client_procs)
+        try:
+            for target in self.targets(payloads):
+                self.run_target(target, loadgen)
+        finally:
+            loadgen.close()
+        self.results["load"]["after"] = list(procstats.loadavg())
+        self.results["finished_unix_s"] = time.time()
+        return self.results
+
+
+def _sleep_until(when: float) -> None:
+    delay = when - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
