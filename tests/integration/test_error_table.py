@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ class _FaultyBackend:
     def __init__(self, inner: Any, mode: str) -> None:
         self.inner, self.mode = inner, mode
 
-    async def score(self, inputs: ModelInputs, deadline: float | None = None) -> np.ndarray:
+    async def score(
+        self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
+    ) -> np.ndarray:
         if self.mode == "raise":
             raise BackendError("injected failure")
         if self.mode == "hang":
             await asyncio.sleep(30)
-        return await self.inner.score(inputs, deadline)
+        return await self.inner.score(inputs, deadline, tag=tag)
 
     async def start(self) -> None: ...
 

@@ -118,9 +118,9 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_ones(artifact_d
         real_score = backend.score
         gate = asyncio.Event()
 
-        async def slow_score(inputs, deadline=None):  # type: ignore[no-untyped-def]
+        async def slow_score(inputs, deadline=None, *, tag=None):  # type: ignore[no-untyped-def]
             await gate.wait()
-            return await real_score(inputs, deadline)
+            return await real_score(inputs, deadline, tag=tag)
 
         backend.score = slow_score  # type: ignore[method-assign]
         item = pipeline.runtime.artifact.catalog.items.key(1)

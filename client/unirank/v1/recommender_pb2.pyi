@@ -218,3 +218,79 @@ class GetModelInfoResponse(_message.Message):
     created_unix_ms: int
     catalog_size: int
     def __init__(self, model_version: _Optional[str] = ..., schema_version: _Optional[str] = ..., profile: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., created_unix_ms: _Optional[int] = ..., catalog_size: _Optional[int] = ...) -> None: ...
+
+class GetServingStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TaskServingStats(_message.Message):
+    __slots__ = ("task", "rpcs_by_code", "latency_bucket_counts", "latency_sum_s", "in_flight", "served_by_model", "served_by_cache", "served_by_fallback", "fallbacks_by_reason", "cache_hits", "cache_misses", "drift")
+    class RpcsByCodeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FallbacksByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    RPCS_BY_CODE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_SUM_S_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_MODEL_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    rpcs_by_code: _containers.ScalarMap[str, int]
+    latency_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    latency_sum_s: float
+    in_flight: int
+    served_by_model: int
+    served_by_cache: int
+    served_by_fallback: int
+    fallbacks_by_reason: _containers.ScalarMap[str, int]
+    cache_hits: int
+    cache_misses: int
+    drift: ScoreDrift
+    def __init__(self, task: _Optional[str] = ..., rpcs_by_code: _Optional[_Mapping[str, int]] = ..., latency_bucket_counts: _Optional[_Iterable[int]] = ..., latency_sum_s: _Optional[float] = ..., in_flight: _Optional[int] = ..., served_by_model: _Optional[int] = ..., served_by_cache: _Optional[int] = ..., served_by_fallback: _Optional[int] = ..., fallbacks_by_reason: _Optional[_Mapping[str, int]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., drift: _Optional[_Union[ScoreDrift, _Mapping]] = ...) -> None: ...
+
+class ScoreDrift(_message.Message):
+    __slots__ = ("has_reference", "window_samples", "psi", "bin_edges", "reference_fractions", "live_fractions")
+    HAS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PSI_FIELD_NUMBER: _ClassVar[int]
+    BIN_EDGES_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FRACTIONS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FRACTIONS_FIELD_NUMBER: _ClassVar[int]
+    has_reference: bool
+    window_samples: int
+    psi: float
+    bin_edges: _containers.RepeatedScalarFieldContainer[float]
+    reference_fractions: _containers.RepeatedScalarFieldContainer[float]
+    live_fractions: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, has_reference: _Optional[bool] = ..., window_samples: _Optional[int] = ..., psi: _Optional[float] = ..., bin_edges: _Optional[_Iterable[float]] = ..., reference_fractions: _Optional[_Iterable[float]] = ..., live_fractions: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetServingStatsResponse(_message.Message):
+    __slots__ = ("model_version", "profile", "uptime_s", "latency_bucket_bounds_s", "tasks")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BUCKET_BOUNDS_S_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    profile: str
+    uptime_s: float
+    latency_bucket_bounds_s: _containers.RepeatedScalarFieldContainer[float]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskServingStats]
+    def __init__(self, model_version: _Optional[str] = ..., profile: _Optional[str] = ..., uptime_s: _Optional[float] = ..., latency_bucket_bounds_s: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[TaskServingStats, _Mapping]]] = ...) -> None: ...

@@ -50,6 +50,11 @@ class RecommenderServiceStub:
                 request_serializer=unirank_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=unirank_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetServingStats = channel.unary_unary(
+                '/unirank.v1.RecommenderService/GetServingStats',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -77,6 +82,14 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServingStats(self, request, context):
+        """Per-task traffic, latency, errors, fallbacks and score drift since the server
+        started (what `unirank monitor` shows). Not traced, not admission-controlled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=unirank_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
                     response_serializer=unirank_dot_v1_dot_recommender__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GetServingStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServingStats,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +196,33 @@ class RecommenderService:
             '/unirank.v1.RecommenderService/GetModelInfo',
             unirank_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
             unirank_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServingStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/GetServingStats',
+            unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

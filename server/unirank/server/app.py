@@ -19,6 +19,7 @@ from unirank.server.pipeline import RankingPipeline
 from unirank.server.repository import fingerprint, resolve_artifact
 from unirank.server.runtime import ModelRuntime
 from unirank.server.service import RecommenderServicer
+from unirank.server.telemetry import ScoreReference, Telemetry
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -28,12 +29,23 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
 
 
 class UniRankServer:
-    """One process serving one profile. ``start`` returns once health says SERVING."""
+    """One process serving one profile. ``start`` returns once health says SERVING.
+
+    ``telemetry`` defaults to the profile's ``[telemetry]`` section resolved against the OTEL_*
+    environment variables; tests pass one built with in-memory exporters.
+    """
 
     def __init__(
-        self, profile: Profile, artifact_path: str | Path, host: str | None = None, port: int | None = None
+        self,
+        profile: Profile,
+        artifact_path: str | Path,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        telemetry: Telemetry | None = None,
     ):
         self.profile = profile
+        self._telemetry = telemetry
         self.artifact_path = Path(artifact_path)
         self.host = host if host is not None else profile.server.host
         self.requested_port = port if port is not None else profile.server.port
@@ -53,15 +65,41 @@ class UniRankServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def telemetry(self) -> Telemetry:
+        if self._telemetry is None:
+            # Built here rather than in __init__: exporters start threads and bind ports.
+            self._telemetry = Telemetry.create(self.profile)
+        return self._telemetry
+
+    def _announce(self, runtime: ModelRuntime) -> None:
+        """Telemetry labels the new version and measures drift against its reference."""
+        self.telemetry.set_model(
+            runtime.version,
+            runtime.backend.name,
+            runtime.backend.device,
+            ScoreReference.from_metrics(runtime.artifact.metrics),
+        )
+
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            if self._telemetry is not None:  # a refused start must not leave an exporter running
+                await asyncio.to_thread(self._telemetry.shutdown)
+            raise
+
+    async def _start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        telemetry = self.telemetry
         version_dir = resolve_artifact(self.artifact_path)
-        runtime = await ModelRuntime.load(version_dir, self.profile.model)
+        runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
+        self._announce(runtime)
         self._loaded = fingerprint(version_dir)
-        self.pipeline = RankingPipeline(self.profile, runtime)
+        self.pipeline = RankingPipeline(self.profile, runtime, telemetry)
         limits = self.profile.server
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(self.admission)],
+            interceptors=[ErrorInterceptor(self.admission, telemetry)],
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -69,7 +107,7 @@ class UniRankServer:
             ],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
-            RecommenderServicer(self.pipeline, limits.max_batch_requests), server
+            RecommenderServicer(self.pipeline, limits.max_batch_requests, telemetry), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if limits.reflection:
@@ -84,6 +122,7 @@ class UniRankServer:
         self.port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
         if self.port == 0:
             raise RuntimeError(f"cannot bind {self.host}:{self.requested_port}")
+        telemetry.set_server_address(self.host, self.port)
         await server.start()
         self._server = server
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -122,7 +161,7 @@ class UniRankServer:
             if stamp == self._loaded or stamp == self._rejected:
                 return self.pipeline.runtime.version
             try:
-                runtime = await ModelRuntime.load(target, self.profile.model)
+                runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
             except Exception as exc:
                 self._rejected = stamp
                 self.reload_failures += 1
@@ -132,6 +171,7 @@ class UniRankServer:
                     raise
                 raise ArtifactError(f"{target}: {exc}") from exc
             old = self.pipeline.swap_runtime(runtime)
+            self._announce(runtime)
             self._loaded = stamp
             self.reloads += 1
             log.info("reloaded: %s -> %s", old.version, runtime.version)
@@ -163,6 +203,9 @@ class UniRankServer:
             await self._server.stop(max(0.0, until - loop.time()))
         if self.pipeline is not None:
             await self.pipeline.runtime.close()
+        if self._telemetry is not None:
+            # Off the loop: flushing exporters may block on the network.
+            await asyncio.to_thread(self._telemetry.shutdown)
 
     async def wait(self) -> None:
         if self._server is not None:

@@ -35,7 +35,8 @@ class BatchInfo:
     size: int
     """Requests executed together."""
     request_ids: tuple[Hashable, ...]
-    """Member ids in execution order (the caller's ``request_id`` or a sequence number)."""
+    """Member ids in execution order: the caller's ``request_id`` (the server's telemetry passes a
+    ``BatchMember`` naming the request's task and span) or a sequence number."""
     queue_wait_s: tuple[float, ...]
     """Per member: seconds from ``submit`` to the batch being formed."""
     started_at: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -12,6 +13,8 @@ from unirank.artifact import ArtifactError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
 from unirank.server.config import ProfileError, load_profile
+from unirank.server.telemetry import Telemetry, TelemetrySettingsError, resolve
+from unirank.server.telemetry.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,12 +28,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help="override the profile's server.host")
     parser.add_argument("--port", type=int, default=None, help="override the profile's server.port")
     parser.add_argument("--log-level", default="INFO")
+    telemetry = parser.add_argument_group(
+        "telemetry", "override the profile's [telemetry] section and the OTEL_* variables"
+    )
+    telemetry.add_argument("--log-format", choices=("text", "json"), default=None)
+    telemetry.add_argument("--traces-exporter", choices=("none", "console", "otlp"), default=None)
+    telemetry.add_argument(
+        "--metrics-exporter", choices=("none", "console", "otlp", "prometheus"), default=None
+    )
+    telemetry.add_argument("--sampling-ratio", type=float, default=None, metavar="R", help="0.0 to 1.0")
+    telemetry.add_argument("--prometheus-port", type=int, default=None, metavar="PORT")
     return parser
 
 
 async def _serve(server: UniRankServer) -> None:
     await server.start()
     print(f"unirank: serving {server.profile.name} on {server.address}", flush=True)
+    prometheus = server.telemetry.prometheus
+    if prometheus is not None:
+        print(f"unirank: metrics on http://{prometheus.host}:{prometheus.port}/metrics", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -51,15 +67,32 @@ async def _reload(server: UniRankServer) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:])
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
         print(f"unirank serve: invalid profile\n{exc}", file=sys.stderr)
         return 2
-    server = UniRankServer(profile, args.artifact, host=args.host, port=args.port)
+    flags = {
+        "log_format": args.log_format,
+        "traces_exporter": args.traces_exporter,
+        "metrics_exporter": args.metrics_exporter,
+        "sampling_ratio": args.sampling_ratio,
+        "prometheus_port": args.prometheus_port,
+    }
+    try:
+        # Precedence: the profile file < OTEL_* environment variables < these flags.
+        settings = resolve(profile.telemetry, os.environ, flags)
+    except TelemetrySettingsError as exc:
+        print(f"unirank serve: invalid telemetry settings\n{exc}", file=sys.stderr)
+        return 2
+    profile = profile.model_copy(update={"telemetry": settings})
+    configure_logging(args.log_level, settings.log_format)
+    try:
+        telemetry = Telemetry.create(profile, settings)
+    except OSError as exc:  # e.g. the Prometheus port is taken
+        print(f"unirank serve: cannot start telemetry: {exc}", file=sys.stderr)
+        return 3
+    server = UniRankServer(profile, args.artifact, host=args.host, port=args.port, telemetry=telemetry)
     try:
         asyncio.run(_serve(server))
     except ArtifactError as exc:

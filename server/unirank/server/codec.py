@@ -7,6 +7,7 @@ import unicodedata
 from unirank.artifact import Context, TaskType
 from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument
+from unirank.server.telemetry.stats import LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb
 
 MAX_ID_LENGTH = 128
@@ -150,3 +151,38 @@ def _item_to_pb(item: RankedItem, debug: bool) -> pb.RankedItem:
         category_id=item.category_id,
         retrieval_source=int(item.source) if debug else 0,  # type: ignore[arg-type]
     )
+
+
+def serving_stats_to_pb(stats: ServingStats, model_version: str, profile: str) -> pb.GetServingStatsResponse:
+    """The in-process per-task counters as ``GetServingStats`` answers them."""
+    message = pb.GetServingStatsResponse(
+        model_version=model_version,
+        profile=profile,
+        uptime_s=stats.uptime_s,
+        latency_bucket_bounds_s=LATENCY_BUCKETS_S,
+    )
+    for task, counters in stats.items():
+        entry = message.tasks.add(
+            task=task,
+            rpcs_by_code=counters.rpcs_by_code(),
+            latency_bucket_counts=counters.latency_counts,
+            latency_sum_s=counters.latency_sum_s,
+            in_flight=max(0, counters.in_flight),
+            served_by_model=counters.rankings["model"],
+            served_by_cache=counters.rankings["cache"],
+            served_by_fallback=counters.rankings["fallback"],
+            fallbacks_by_reason=counters.fallbacks,
+            cache_hits=counters.cache_hits,
+            cache_misses=counters.cache_misses,
+        )
+        window = counters.drift
+        if window is not None:
+            entry.drift.has_reference = True
+            entry.drift.window_samples = window.samples
+            entry.drift.bin_edges.extend(window.reference.edges)
+            entry.drift.reference_fractions.extend(window.reference.fractions)
+            entry.drift.live_fractions.extend(window.live_fractions())
+            value = window.psi()
+            if value is not None:
+                entry.drift.psi = value
+    return message

@@ -179,6 +179,53 @@ class TaskConfig(_Strict):
         return self
 
 
+class TelemetrySection(_Strict):
+    """Traces, metrics and request logs (``[telemetry]``).
+
+    The standard ``OTEL_*`` environment variables override these keys and ``unirank serve`` flags
+    override both (file < env < flags; docs/observability.md lists which variable maps to which key).
+    """
+
+    service_name: str = Field("unirank", min_length=1)
+    """``service.name`` of every span and metric (``OTEL_SERVICE_NAME``)."""
+    traces_exporter: Literal["none", "console", "otlp"] = "none"
+    """Where spans go: ``none`` (no tracer is built, so requests pay nothing for tracing),
+    ``console`` (one JSON object per span on stdout) or ``otlp`` (OTLP over gRPC)
+    (``OTEL_TRACES_EXPORTER``)."""
+    metrics_exporter: Literal["none", "console", "otlp", "prometheus"] = "none"
+    """Where metrics go: ``none``, ``console``, ``otlp`` (OTLP over gRPC) or ``prometheus`` (a scrape
+    endpoint at ``prometheus_host:prometheus_port``) (``OTEL_METRICS_EXPORTER``). The per-task
+    counters behind ``unirank monitor`` are kept whatever this says."""
+    sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of new traces recorded (``OTEL_TRACES_SAMPLER_ARG`` with a ``traceidratio`` sampler)."""
+    parent_based: bool = True
+    """Follow the caller's sampling decision when its trace context carries one
+    (``OTEL_TRACES_SAMPLER=parentbased_*``)."""
+    otlp_endpoint: str = ""
+    """OTLP/gRPC collector, e.g. ``http://otel-collector:4317``; empty means the exporter's default
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` and its ``_TRACES_`` / ``_METRICS_`` variants win)."""
+    metric_export_interval_s: float = Field(60.0, gt=0.0, le=3600.0)
+    """How often the console and OTLP metric exporters push (``OTEL_METRIC_EXPORT_INTERVAL``, in ms)."""
+    prometheus_host: str = "127.0.0.1"
+    """Interface of the Prometheus scrape endpoint (``OTEL_EXPORTER_PROMETHEUS_HOST``)."""
+    prometheus_port: int = Field(9464, ge=0, le=65535)
+    """Port of the Prometheus scrape endpoint; 0 picks a free one (``OTEL_EXPORTER_PROMETHEUS_PORT``)."""
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line; either way, lines written while handling a request
+    carry its task type, request id and trace id (``unirank serve --log-format``)."""
+    drift_window: int = Field(2000, ge=10, le=1_000_000)
+    """Most recent model-scored requests per task whose top score is compared with the artifact's
+    offline reference distribution (PSI)."""
+    drift_min_samples: int = Field(200, ge=1, le=1_000_000)
+    """PSI is reported once a task's window holds this many scores; fewer would be noise."""
+
+    @model_validator(mode="after")
+    def _window(self) -> TelemetrySection:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError("drift_min_samples must be <= drift_window")
+        return self
+
+
 _TASK_NAMES = {spec.name for spec in TASKS}
 
 
@@ -193,6 +240,8 @@ class Profile(_Strict):
     """Backend, device, threads and batching (``[model]``)."""
     server: ServerSection = ServerSection()
     """Process limits (``[server]``)."""
+    telemetry: TelemetrySection = TelemetrySection()
+    """Traces, metrics and logs (``[telemetry]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
     """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
 

@@ -1,8 +1,9 @@
-"""The one interceptor that applies admission control, draining and the error table to every
-UniRank RPC (health and reflection pass through untouched)."""
+"""The one interceptor that applies admission control, draining, the error table and RPC telemetry
+to every UniRank RPC (health, reflection and GetServingStats pass through untouched)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 from grpc_status import rpc_status
 
 from unirank.server.errors import Draining, Overloaded, ServingError, to_rpc_status
+from unirank.server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +43,15 @@ async def abort_with(context: grpc.aio.ServicerContext, error: ServingError) -> 
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the handler's behaviour (not just ``continuation``) so it sees handler exceptions."""
+    """Wraps the handler's behaviour (not just ``continuation``) so it sees handler exceptions.
 
-    def __init__(self, admission: Admission) -> None:
+    Every RPC it wraps gets a telemetry scope (SERVER span, call duration, status code) opened
+    before admission, so refused and failed calls are counted and traced like served ones.
+    """
+
+    def __init__(self, admission: Admission, telemetry: Telemetry | None = None) -> None:
         self._admission = admission
+        self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
 
     async def intercept_service(
         self,
@@ -55,25 +62,41 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
             return handler
+        telemetry = self._telemetry
+        info = telemetry.method(method)
+        if info is None:  # GetServingStats: monitoring must work when the server is saturated
+            return handler
         behaviour = handler.unary_unary
         admission = self._admission
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            scope = telemetry.start_rpc(info, request, context)
             try:
-                admission.enter()
-            except ServingError as error:
-                await abort_with(context, error)
-            try:
-                return await behaviour(request, context)
-            except ServingError as error:
-                await abort_with(context, error)
-            except grpc.aio.AbortError:
+                try:
+                    admission.enter()
+                except ServingError as error:
+                    scope.fail(error.code, error)
+                    await abort_with(context, error)
+                try:
+                    return await behaviour(request, context)
+                except ServingError as error:
+                    scope.fail(error.code, error)
+                    await abort_with(context, error)
+                except grpc.aio.AbortError:
+                    if scope.code is grpc.StatusCode.OK:  # aborted by the handler itself
+                        scope.fail(context.code() or grpc.StatusCode.UNKNOWN)
+                    raise
+                except Exception as exc:
+                    log.exception("unhandled error in %s", method)
+                    scope.fail(grpc.StatusCode.INTERNAL, exc)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
+                finally:
+                    admission.exit()
+            except asyncio.CancelledError:
+                scope.fail(grpc.StatusCode.CANCELLED)
                 raise
-            except Exception:
-                log.exception("unhandled error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
             finally:
-                admission.exit()
+                telemetry.end_rpc(scope)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,

@@ -4,10 +4,8 @@ post-rules -> respond, with the use-case's fallback around it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,6 +26,7 @@ from unirank.server.errors import (
 )
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
+from unirank.server.telemetry import RequestTrace, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +42,6 @@ class TaskRuntime:
     cache: TTLCache[RankResponse] | None
 
 
-class _Timings:
-    """Per-stage wall time of one request, in milliseconds."""
-
-    def __init__(self) -> None:
-        self.stages: list[tuple[str, float]] = []
-
-    @contextlib.contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages.append((name, (time.perf_counter() - start) * 1000.0))
-
-
 class _Fallback(Exception):
     """Internal signal: answer with the use-case's fallback."""
 
@@ -70,9 +54,12 @@ class _Fallback(Exception):
 class RankingPipeline:
     """Ranks one request context at a time against the current model runtime."""
 
-    def __init__(self, profile: Profile, runtime: ModelRuntime) -> None:
+    def __init__(self, profile: Profile, runtime: ModelRuntime, telemetry: Telemetry | None = None) -> None:
         self.profile = profile
         self._runtime = runtime
+        self._telemetry = (
+            telemetry if telemetry is not None else Telemetry.disabled(profile.name, profile.tasks)
+        )
         self.config_epoch = 0
         self.tasks: dict[TaskType, TaskRuntime] = {}
         for name, config in profile.tasks.items():
@@ -123,23 +110,34 @@ class RankingPipeline:
         task = self.check(request)
         runtime = self._runtime  # one version for the whole request, even across a reload
         runtime.in_flight += 1
+        trace = self._telemetry.start_request(task.name, request.request_id, runtime.version)
         try:
-            return await self._recommend(request, task, runtime, deadline)
+            response = await self._recommend(request, task, runtime, deadline, trace)
+        except BaseException as exc:
+            trace.abandon(exc)
+            raise
         finally:
             runtime.in_flight -= 1
+        trace.finish(response)
+        return response
 
     async def _recommend(
-        self, request: RankRequest, task: TaskRuntime, runtime: ModelRuntime, deadline: float | None
+        self,
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        deadline: float | None,
+        trace: RequestTrace,
     ) -> RankResponse:
-        timings = _Timings()
         key: Hashable | None = None
         if task.cache is not None:
-            with timings.stage("cache"):
+            with trace.stage("cache"):
                 key = (runtime.version, self.config_epoch, _cache_key(request))
                 cached = task.cache.get(key)
+            trace.cache_lookup(cached is not None)
             if cached is not None:
                 return replace(
-                    cached, request_id=request.request_id, served_from_cache=True, timings=timings.stages
+                    cached, request_id=request.request_id, served_from_cache=True, timings=trace.stages
                 )
         loop = asyncio.get_running_loop()
         budget_s = task.config.timeout_ms / 1000.0
@@ -147,9 +145,9 @@ class RankingPipeline:
             budget_s = min(budget_s, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(budget_s):
-                response = await self._rank(request, task, runtime, timings, loop.time() + budget_s)
+                response = await self._rank(request, task, runtime, trace, loop.time() + budget_s)
         except _Fallback as fallback:
-            response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, timings)
+            response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, trace)
         except TimeoutError:
             if not task.config.fallback.on_deadline:
                 raise DeadlineExceeded(f"{task.name} ran past its {budget_s * 1000:.0f} ms budget") from None
@@ -159,7 +157,7 @@ class RankingPipeline:
                 runtime,
                 FallbackReason.DEADLINE,
                 f"budget {budget_s * 1000:.0f} ms ran out",
-                timings,
+                trace,
             )
         if key is not None and task.cache is not None and not response.fallback:
             task.cache.put(key, response)
@@ -170,17 +168,17 @@ class RankingPipeline:
         request: RankRequest,
         task: TaskRuntime,
         runtime: ModelRuntime,
-        timings: _Timings,
+        trace: RequestTrace,
         deadline: float,
     ) -> RankResponse:
         config = task.config
-        with timings.stage("encode"):
+        with trace.stage("encode"):
             encoded = runtime.encoder.encode(request.context)
             cold = _cold_start(request.task, encoded)
         if cold and config.fallback.on_cold_start:
             raise _Fallback(FallbackReason.COLD_START, cold)
         rule_ctx = self._rule_context(runtime, encoded)
-        with timings.stage("retrieval"):
+        with trace.stage("retrieval"):
             if request.options.candidate_item_ids:
                 ids = np.fromiter(
                     (runtime.encoder.catalog.items.index(x) for x in request.options.candidate_item_ids),
@@ -190,29 +188,34 @@ class RankingPipeline:
                 candidates = runtime.retriever.caller_candidates(ids, config.retrieval.max_candidates)
             else:
                 candidates = runtime.retriever.retrieve(encoded, config.retrieval)
-        with timings.stage("pre_rules"):
+        with trace.stage("pre_rules"):
             candidates = self._exclude_requested(request, runtime, candidates)
             for rule in task.pre_rules:
                 candidates = rule(candidates, rule_ctx)
         if not len(candidates):
             raise _Fallback(FallbackReason.NO_CANDIDATES, "no candidate survived retrieval and pre-rules")
-        with timings.stage("inference"):
+        failure: BackendError | None = None
+        with trace.stage("inference"):
             inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
             try:
-                scores = (await runtime.backend.score(inputs, deadline))[0]
+                scores = (await runtime.backend.score(inputs, deadline, tag=trace.batch_member()))[0]
             except QueueFull as exc:
                 raise Overloaded(f"model queue full: {exc}") from exc
             except BackendError as exc:
                 if not config.fallback.on_backend_error:
                     raise ModelUnavailable(f"scoring failed: {exc}") from exc
-                log.warning("backend error on %s: %s", task.name, exc)
-                raise _Fallback(FallbackReason.BACKEND_ERROR, str(exc)) from exc
-        with timings.stage("post_rules"):
+                trace.stage_failed(exc)
+                failure = exc
+        if failure is not None:
+            log.warning("backend error on %s: %s", task.name, failure)
+            raise _Fallback(FallbackReason.BACKEND_ERROR, str(failure)) from failure
+        with trace.stage("post_rules"):
             order = np.argsort(-scores, kind="stable")
             ranked = Candidates(candidates.items[order], candidates.sources[order], scores[order])
+            trace.scored(len(scores), float(scores[order[0]]))
             for rule in task.post_rules:
                 ranked = rule(ranked, rule_ctx)
-        return self._respond(request, task, runtime, ranked, timings)
+        return self._respond(request, task, runtime, ranked, trace)
 
     def _rule_context(self, runtime: ModelRuntime, encoded: EncodedContext) -> RuleContext:
         return RuleContext(
@@ -239,7 +242,7 @@ class RankingPipeline:
         runtime: ModelRuntime,
         reason: FallbackReason,
         detail: str,
-        timings: _Timings,
+        trace: RequestTrace,
     ) -> RankResponse:
         strategy = task.config.fallback.strategy
         if strategy == "error":
@@ -248,7 +251,7 @@ class RankingPipeline:
             if reason is FallbackReason.DEADLINE:
                 raise DeadlineExceeded(detail)
             raise ModelUnavailable(detail)
-        with timings.stage("fallback"):
+        with trace.stage("fallback"):
             if strategy == "empty":
                 ranked = Candidates(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.float32))
             else:
@@ -263,7 +266,7 @@ class RankingPipeline:
                 ranked = self._exclude_requested(request, runtime, ranked)
                 for rule in (*task.pre_rules, *task.post_rules):
                     ranked = rule(ranked, rule_ctx)
-        response = self._respond(request, task, runtime, ranked, timings)
+        response = self._respond(request, task, runtime, ranked, trace)
         response.fallback_reason = reason
         response.fallback_detail = detail
         return response
@@ -278,7 +281,7 @@ class RankingPipeline:
         task: TaskRuntime,
         runtime: ModelRuntime,
         ranked: Candidates,
-        timings: _Timings,
+        trace: RequestTrace,
     ) -> RankResponse:
         n = min(self._max_results(request, task), len(ranked))
         catalog = runtime.encoder.catalog
@@ -301,7 +304,7 @@ class RankingPipeline:
             items=items,
             model_version=runtime.version,
             profile=self.profile.name,
-            timings=timings.stages,
+            timings=trace.stages,
         )
 
 

@@ -20,6 +20,7 @@ from unirank.server.config import (
     RulesConfig,
     ServerSection,
     TaskConfig,
+    TelemetrySection,
 )
 from unirank.server.rules import RULES
 
@@ -31,6 +32,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[model]", ModelSection),
     ("[model.batching]", BatchingConfig),
     ("[server]", ServerSection),
+    ("[telemetry]", TelemetrySection),
     ("[tasks.NAME]", TaskConfig),
     ("[tasks.NAME.cache]", CacheConfig),
     ("[tasks.NAME.freshness]", FreshnessConfig),

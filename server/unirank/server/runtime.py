@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +14,20 @@ import numpy as np
 from unirank.artifact import Artifact, FeatureEncoder, load_artifact
 from unirank.artifact.tasks import TASKS
 from unirank.server.backends.base import BackendError, ScoringBackend
+from unirank.server.batching import BatchObserver
 from unirank.server.config import ModelSection
 from unirank.server.retrieval import Retriever
 
 log = logging.getLogger(__name__)
 
 
-def make_backend(artifact: Artifact, section: ModelSection) -> ScoringBackend:
-    """The profile's backend. torch is imported only when the profile asks for it."""
+def make_backend(
+    artifact: Artifact, section: ModelSection, batch_observer: BatchObserver | None = None
+) -> ScoringBackend:
+    """The profile's backend. torch is imported only when the profile asks for it.
+
+    ``batch_observer`` sees every batch a batching backend executes (telemetry).
+    """
     if section.backend == "onnxruntime":
         from unirank.server.backends.onnx_backend import OnnxBackend
 
@@ -40,6 +47,7 @@ def make_backend(artifact: Artifact, section: ModelSection) -> ScoringBackend:
         threads=section.intra_op_threads,
         batching=section.batching if section.batching.enabled else None,
         warmup_requests=section.warmup_requests,
+        batch_observer=batch_observer,
     )
 
 
@@ -63,15 +71,24 @@ class ModelRuntime:
         return self.artifact.model_version
 
     @classmethod
-    async def load(cls, path: str | Path, section: ModelSection) -> ModelRuntime:
-        """Verify and load the artifact off the event loop, start the backend and warm it up."""
+    async def load(
+        cls,
+        path: str | Path,
+        section: ModelSection,
+        batch_observer: Callable[[str], BatchObserver | None] | None = None,
+    ) -> ModelRuntime:
+        """Verify and load the artifact off the event loop, start the backend and warm it up.
+
+        ``batch_observer(model_version)`` gives the observer of this version's batches, if any.
+        """
         artifact = await asyncio.to_thread(load_artifact, path)
         catalog = artifact.catalog
         categories = catalog.category_matrix()[:, 0]
         title_keys = np.array(
             [zlib.crc32(" ".join(t.lower().split()).encode()) for t in catalog.titles], dtype=np.int64
         )
-        backend = make_backend(artifact, section)
+        observer = batch_observer(artifact.model_version) if batch_observer is not None else None
+        backend = make_backend(artifact, section, observer)
         runtime = cls(
             artifact=artifact,
             encoder=artifact.encoder(),

@@ -10,6 +10,7 @@ from unirank.artifact.tasks import TASKS
 from unirank.server import codec
 from unirank.server.errors import InvalidArgument
 from unirank.server.pipeline import RankingPipeline
+from unirank.server.telemetry import Telemetry
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -22,9 +23,10 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
-    def __init__(self, pipeline: RankingPipeline, max_batch_requests: int) -> None:
+    def __init__(self, pipeline: RankingPipeline, max_batch_requests: int, telemetry: Telemetry) -> None:
         self._pipeline = pipeline
         self._max_batch_requests = max_batch_requests
+        self._telemetry = telemetry
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -80,4 +82,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             tasks=tasks,
             created_unix_ms=int(artifact.manifest.get("created_unix_ms", 0)),
             catalog_size=artifact.catalog.n_items,
+        )
+
+    async def GetServingStats(
+        self, request: pb.GetServingStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServingStatsResponse:
+        return codec.serving_stats_to_pb(
+            self._telemetry.stats, self._pipeline.runtime.version, self._pipeline.profile.name
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Protocol
 
 import numpy as np
@@ -14,7 +15,9 @@ class ScoringBackend(Protocol):
 
     ``score`` returns float32 scores [B, N] aligned with ``inputs.candidates``. ``deadline`` is an
     absolute ``loop.time()`` after which the caller no longer needs the result: a batching backend
-    may drop the request before executing it and raise :class:`DeadlineDropped`.
+    may drop the request before executing it and raise :class:`DeadlineDropped`. ``tag`` names
+    the request to a batching backend's observer (telemetry passes a ``BatchMember``); other
+    backends ignore it.
     """
 
     name: str
@@ -24,7 +27,9 @@ class ScoringBackend(Protocol):
         """Load the model and warm it up; return only when ``score`` is ready."""
         ...
 
-    async def score(self, inputs: ModelInputs, deadline: float | None = None) -> np.ndarray: ...
+    async def score(
+        self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
+    ) -> np.ndarray: ...
 
     async def close(self) -> None:
         """Release threads / devices; in-flight calls may finish first."""

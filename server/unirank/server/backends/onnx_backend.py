@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,7 +59,9 @@ class OnnxBackend:
             raise BackendError(f"onnxruntime failed: {exc}") from exc
         return np.asarray(scores, dtype=np.float32)
 
-    async def score(self, inputs: ModelInputs, deadline: float | None = None) -> np.ndarray:
+    async def score(
+        self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
+    ) -> np.ndarray:
         if self._executor is None:
             raise BackendError("backend not started")
         loop = asyncio.get_running_loop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -185,7 +185,9 @@ class TorchBackend:
             "on" if self._batcher is not None else "off",
         )
 
-    async def score(self, inputs: ModelInputs, deadline: float | None = None) -> np.ndarray:
+    async def score(
+        self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
+    ) -> np.ndarray:
         if self._closed:
             raise BackendError("torch backend is closed")
         if self._model is None:
@@ -195,7 +197,7 @@ class TorchBackend:
         if rows == 0 or width == 0:
             return np.zeros((rows, width), dtype=np.float32)
         if self._batcher is not None:
-            return await self._batcher.submit(inputs, deadline)
+            return await self._batcher.submit(inputs, deadline, request_id=tag)
         return await self._score_direct(inputs, deadline)
 
     async def close(self) -> None:
