@@ -1,4 +1,4 @@
-"""The client's command line: ``unirank recommend | info | health`` against a running server.
+"""The client's command line: ``unirank recommend | info | health | monitor`` against a running server.
 
 Connection settings come from flags, else the environment (``UNIRANK_TARGET``,
 ``UNIRANK_TOKEN``), else the defaults (``localhost:50151``, no token); flags win.
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from unirank.client.domain import (
     Task,
 )
 from unirank.client.errors import UniRankError
+from unirank.client.monitor import StatsClient, format_views, summarize, views_as_json
 from unirank.client.sync import RecommenderClient
 
 DEFAULT_TARGET = "localhost:50151"
@@ -122,8 +124,15 @@ def _add_request_flags(parser: argparse.ArgumentParser, *, nested: bool) -> None
     group.add_argument("--device", default=default(""), help='e.g. "tv", "mobile", "web"')
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``unirank recommend | info | health``."""
+    """The parser of ``unirank recommend | info | health | monitor``."""
     parser = argparse.ArgumentParser(prog="unirank", description="Talk to a running UniRank server.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -151,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     health = commands.add_parser("health", help="check a running server's health (exit 0 when SERVING)")
     _add_connection_flags(health, nested=False)
     health.add_argument("--service", default="", help='service name (default: "", the whole server)')
+    monitor = commands.add_parser(
+        "monitor",
+        help="per-task traffic, latency, errors, fallbacks and drift of a running server",
+        description="Per-task traffic, latency percentiles, error and fallback rates, cache hits and "
+        "score drift (PSI) of a running server, from its GetServingStats counters. One reading covers "
+        "the server's uptime; --watch prints one update per interval covering that interval.",
+    )
+    _add_connection_flags(monitor, nested=False)
+    monitor.add_argument("--watch", action="store_true", help="keep printing updates until interrupted")
+    monitor.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="seconds between updates (default: 5)",
+    )
+    monitor.add_argument(
+        "--count", type=_positive_int, default=None, metavar="N", help="with --watch: stop after N updates"
+    )
     return parser
 
 
@@ -297,7 +325,47 @@ def _output(args: argparse.Namespace, as_json: Any, as_text: str) -> None:
     print(json.dumps(as_json, indent=2, ensure_ascii=False) if args.json else as_text)
 
 
+def _stats_client(args: argparse.Namespace) -> StatsClient:
+    root_certificates = None
+    if args.ca_cert:
+        with open(args.ca_cert, "rb") as pem:
+            root_certificates = pem.read()
+    return StatsClient(
+        args.target or os.environ.get("UNIRANK_TARGET") or DEFAULT_TARGET,
+        timeout=args.timeout,
+        tls=args.tls,
+        root_certificates=root_certificates,
+        bearer_token=args.token or os.environ.get("UNIRANK_TOKEN") or None,
+    )
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    with _stats_client(args) as client:
+        previous = None
+        updates = 0
+        try:
+            while True:
+                current = client.fetch()
+                interval = current.uptime_s - previous.uptime_s if previous is not None else None
+                views = summarize(current, previous)
+                if args.json:
+                    # One JSON object per update (JSON lines) so a watch can be piped into jq.
+                    print(json.dumps(views_as_json(current, views, interval), ensure_ascii=False), flush=True)
+                else:
+                    stamp = datetime.now(tz=UTC).isoformat(timespec="seconds")
+                    print(f"{stamp}  {format_views(current, views, interval)}\n", flush=True)
+                updates += 1
+                if not args.watch or (args.count is not None and updates >= args.count):
+                    return 0
+                previous = current
+                time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "monitor":
+        return _monitor(args)
     with _client(args) as client:
         if args.command == "recommend":
             ranking = client.recommend(request_from_args(args))
@@ -313,7 +381,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run ``argv`` (``["recommend" | "info" | "health", *args]``); returns the exit status."""
+    """Run ``argv`` (``["recommend" | "info" | "health" | "monitor", *args]``); returns the exit status."""
     parser = build_parser()
     if not argv:
         parser.print_help(sys.stderr)

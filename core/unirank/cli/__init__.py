@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recommend": ("unirank.client.cli", "send a request to a running server"),
     "info": ("unirank.client.cli", "print a running server's model info"),
     "health": ("unirank.client.cli", "check a running server's health"),
+    "monitor": ("unirank.client.cli", "per-task traffic, latency, errors, fallbacks and drift of a server"),
 }
 
 
