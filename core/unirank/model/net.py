@@ -161,10 +161,11 @@ class UniRankModel(nn.Module):
         cross_weights = selected[:, cfg.dim :]
 
         cand_vecs = items(candidates)  # [B, N, d]
-        dot = (cand_vecs * query_vec.unsqueeze(1)).sum(-1)
-        # Direct similarities: an MLP alone struggles to learn "close to this item" as a function.
-        anchor_sim = (cand_vecs * anchor_vec.unsqueeze(1)).sum(-1)
-        history_sim = (cand_vecs * history_vec.unsqueeze(1)).sum(-1)
+        # The head's query vector, plus direct similarity to the anchor and to the history (an
+        # MLP alone learns "close to this item" poorly), all in one batched matmul.
+        row_vecs = torch.stack([query_vec, anchor_vec, history_vec], dim=-1)  # [B, d, 3]
+        sims = torch.matmul(cand_vecs, row_vecs)  # [B, N, 3]
+        dot, anchor_sim, history_sim = sims[..., 0], sims[..., 1], sims[..., 2]
 
         cand_tokens = self.title_tokens[candidates]  # [B, N, L]
         q = query_tokens.unsqueeze(1).unsqueeze(1)  # [B, 1, 1, Q]

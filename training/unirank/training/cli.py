@@ -33,7 +33,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of data, init and sampling (default 0)")
     parser.add_argument("--size", choices=SIZES, default="default", help="preset (default: default)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default 1: reproducible, robust on busy CPUs)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 

@@ -28,6 +28,17 @@ METRIC_ORDER: tuple[str, ...] = (
 )
 
 
+def trim_padding(values: np.ndarray) -> np.ndarray:
+    """Drop trailing all-padding columns of a left-aligned [B, L] id matrix (keeping at least one).
+
+    Masked means and the lexical overlap ignore padding, so scores are unchanged; a batch of
+    category rows then compares no query tokens at all instead of eight zeros per candidate.
+    """
+    used = np.flatnonzero((values != 0).any(axis=0))
+    width = int(used[-1]) + 1 if len(used) else 1
+    return values[:, :width]
+
+
 class ModelScorer:
     """Scores every catalogue item with the model, item vectors computed once."""
 
@@ -44,8 +55,8 @@ class ModelScorer:
             scores = self.model(
                 torch.from_numpy(inputs.task),
                 torch.from_numpy(inputs.user),
-                torch.from_numpy(inputs.history),
-                torch.from_numpy(inputs.query_tokens),
+                torch.from_numpy(np.ascontiguousarray(trim_padding(inputs.history))),
+                torch.from_numpy(np.ascontiguousarray(trim_padding(inputs.query_tokens))),
                 torch.from_numpy(inputs.anchor_item),
                 torch.from_numpy(inputs.category),
                 candidates,

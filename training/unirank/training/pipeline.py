@@ -32,7 +32,7 @@ from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
 from unirank.training.retrieval import build_retrieval
 from unirank.training.sources import load_logs, parse_data_spec
-from unirank.training.train import Progress, print_progress, train_model
+from unirank.training.train import Progress, print_progress, torch_threads, train_model
 
 __all__ = ["PreparedData", "TrainConfig", "evaluate_artifact", "prepare_data", "train_artifact"]
 
@@ -90,8 +90,12 @@ def train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | None
 
     ``out_dir`` may be missing, empty, or a previous artifact (replaced atomically). Returns it.
     """
+    with torch_threads(config.threads):
+        return _train_artifact(config, Path(out_dir), progress)
+
+
+def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | None) -> Path:
     say = progress or (lambda _message: None)
-    out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     started = time.perf_counter()
     spec = parse_data_spec(config.data)
@@ -165,6 +169,11 @@ def evaluate_artifact(
     path: Path, data: str | None = None, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Recompute an artifact's offline metrics on its training data, regenerated from the manifest."""
+    with torch_threads(TrainConfig().threads):
+        return _evaluate_artifact(Path(path), data, progress)
+
+
+def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) -> dict[str, Any]:
     say = progress or (lambda _message: None)
     artifact = load_artifact(path)
     recorded = artifact.manifest["training_data"]

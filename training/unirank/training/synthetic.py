@@ -198,20 +198,24 @@ class SyntheticConfig:
     latent_dim: int = 16
     plays_per_user: float = 30.0
     """Mean plays per user (log-normal activity, so some users are far more active)."""
-    notifications_per_user: float = 3.0
-    related_per_user: float = 4.0
-    searches_per_user: float = 4.0
-    category_clicks_per_user: float = 4.0
+    notifications_per_user: float = 6.0
+    related_per_user: float = 8.0
+    searches_per_user: float = 8.0
+    category_clicks_per_user: float = 8.0
     days: int = 120
-    pool_size: int = 96
+    pool_size: int = 200
     """Popularity-sampled candidates per engagement before the taste-driven choice."""
     popularity_sigma: float = 1.3
     """Log-normal spread of item popularity (heavy tail)."""
     taste_strength: float = 7.0
     anchor_strength: float = 9.0
+    related_taste_share: float = 1.0
+    """Weight of the user's own taste in related clicks, relative to ``taste_strength``."""
     item_noise: float = 0.7
     """How far items stray from their genres' centroid (within-genre variety)."""
-    taste_drift: float = 0.6
+    taste_drift: float = 0.4
+    query_mix: tuple[float, float, float] = (0.5, 0.15, 0.35)
+    """Shares of search queries that are one title word, two title words, or a genre descriptor."""
     play_after_click: float = 0.5
     """Share of clicks followed by a play of the clicked item (so clicks enter later histories)."""
 
@@ -219,17 +223,7 @@ class SyntheticConfig:
     def preset(cls, size: str) -> SyntheticConfig:
         """``tiny`` (tests, seconds), ``small`` or ``default``."""
         presets = {
-            "tiny": cls(
-                n_items=400,
-                n_users=400,
-                n_genres=10,
-                plays_per_user=20.0,
-                notifications_per_user=3.0,
-                related_per_user=3.0,
-                searches_per_user=3.0,
-                category_clicks_per_user=3.0,
-                pool_size=64,
-            ),
+            "tiny": cls(n_items=400, n_users=400, n_genres=10, plays_per_user=20.0, pool_size=100),
             "small": cls(n_items=1500, n_users=1500, n_genres=14),
             "default": cls(),
         }
@@ -469,14 +463,16 @@ class _World:
         anchor_affinity = np.einsum("npd,nd->np", self.item_vecs[pool], self.item_vecs[anchors])
         logits = self.config.anchor_strength * anchor_affinity.astype(np.float32)
         logits[pool == anchors[:, None]] = -np.inf
-        items = self._choose(rng, users, times, pool, 0.5 * self.config.taste_strength, logits)
+        items = self._choose(
+            rng, users, times, pool, self.config.related_taste_share * self.config.taste_strength, logits
+        )
         return EventTable.build(users, items, times, EventType.RELATED_CLICK, anchor_item=anchors)
 
     def search_clicks(self, rng: np.random.Generator) -> EventTable:
         users, times = self._event_times(rng, self.config.searches_per_user)
         pool = self._popular_pool(rng, len(users), self.item_log_pop)
         items = self._choose(rng, users, times, pool, self.config.taste_strength)
-        kinds = rng.choice(3, size=len(items), p=[0.45, 0.25, 0.30])
+        kinds = rng.choice(3, size=len(items), p=self.config.query_mix)
         queries: list[str] = []
         for item, kind in zip(items.tolist(), kinds.tolist(), strict=True):
             words = self.item_words[item]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -117,6 +118,13 @@ class NegativeSampler:
         return torch.where(negatives == positives[:, None], torch.zeros_like(negatives), negatives)
 
 
+def _trim_padding(values: torch.Tensor) -> torch.Tensor:
+    """Drop trailing all-padding columns of a left-aligned [B, L] id matrix (keeping at least one)."""
+    used = torch.nonzero((values != 0).any(dim=0)).flatten()
+    width = int(used[-1]) + 1 if len(used) else 1
+    return values[:, :width]
+
+
 def _as_tensors(dataset: Dataset, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return {
         name: torch.from_numpy(np.ascontiguousarray(value[rows]))
@@ -136,15 +144,30 @@ def validation_ndcg(
     return out
 
 
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then restore the caller's setting."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_model(
     dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Progress | None = print_progress
 ) -> TrainResult:
     """Train on the dataset's train split, early-stopping on its validation split."""
+    with torch_threads(config.threads):
+        return _train(dataset, catalog, config, progress)
+
+
+def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Progress | None) -> TrainResult:
     say = progress or (lambda _message: None)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     model = build_model(catalog, config)
     weights = task_weight_vector(config)
     names = {int(spec.task_type): spec.name for spec in TASKS}
@@ -185,11 +208,14 @@ def train_model(
         for step, index in enumerate(sampler.epoch(), start=1):
             batch = {name: value[torch.from_numpy(index)] for name, value in tensors.items()}
             positives = batch.pop("candidates")[:, 0]
+            for name in ("history", "query_tokens"):  # same scores, less padding to compare
+                batch[name] = _trim_padding(batch[name])
             if config.user_dropout > 0:
                 hide = torch.rand(positives.shape[0], generator=generator) < config.user_dropout
                 batch["user"] = torch.where(hide, torch.zeros_like(batch["user"]), batch["user"])
             candidates = torch.cat([positives[:, None], negatives.sample(positives, config.negatives)], dim=1)
-            scores = model(**batch, candidates=candidates, item_table=model.item_table())
+            item_table = model.item_table()
+            scores = model(**batch, candidates=candidates, item_table=item_table)
             scores = scores - negatives.log_q[candidates]
             loss, per_task, counts = multitask_loss(scores, batch["task"], weights)
             optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,135 @@
+"""The multi-task loss: sum_t w_t * L_t, and each head learns only from its own task's rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unirank.artifact import TASKS, TaskType, task_by_name
+from unirank.model.net import ModelConfig, UniRankModel
+from unirank.training.config import TrainConfig
+from unirank.training.train import NegativeSampler, multitask_loss, task_weight_vector
+
+N_ITEMS = 30
+
+
+def _model(seed: int = 0) -> UniRankModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = ModelConfig(
+        n_items=N_ITEMS, n_users=10, n_tokens=20, n_categories=5, dim=8, hidden=16, dropout=0.0
+    )
+    return UniRankModel(
+        config,
+        title_tokens=rng.integers(0, 20, size=(N_ITEMS, 4)),
+        item_categories=rng.integers(0, 5, size=(N_ITEMS, 2)),
+        item_popularity=rng.random(N_ITEMS),
+    )
+
+
+def _batch(task: list[int], seed: int = 0, candidates: int = 6) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    b = len(task)
+    return {
+        "task": torch.tensor(task),
+        "user": torch.randint(1, 10, (b,), generator=g),
+        "history": torch.randint(0, N_ITEMS, (b, 5), generator=g),
+        "query_tokens": torch.randint(0, 20, (b, 3), generator=g),
+        "anchor_item": torch.randint(1, N_ITEMS, (b,), generator=g),
+        "category": torch.randint(1, 5, (b,), generator=g),
+        "candidates": torch.randint(1, N_ITEMS, (b, candidates), generator=g),
+    }
+
+
+def _head_grad_norms(model: UniRankModel) -> list[float]:
+    return [
+        sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in head.parameters())
+        for head in model.heads
+    ]
+
+
+def test_a_search_only_batch_trains_only_the_search_head() -> None:
+    model = _model()
+    scores = model(**_batch([int(TaskType.SEARCH)] * 8))
+    loss, _, _ = multitask_loss(scores, torch.full((8,), int(TaskType.SEARCH)), torch.ones(len(TASKS) + 1))
+    loss.backward()
+    grads = _head_grad_norms(model)
+    search = task_by_name("search").head_index
+    assert grads[search] > 0
+    assert all(g == 0.0 for i, g in enumerate(grads) if i != search), grads
+
+
+def test_a_mixed_batch_trains_every_head_present() -> None:
+    model = _model()
+    task = [int(TaskType.NOTIFICATION), int(TaskType.CATEGORY)] * 4
+    scores = model(**_batch(task))
+    loss, _, _ = multitask_loss(scores, torch.tensor(task), torch.ones(len(TASKS) + 1))
+    loss.backward()
+    grads = _head_grad_norms(model)
+    assert grads[task_by_name("notification").head_index] > 0
+    assert grads[task_by_name("category").head_index] > 0
+    assert grads[task_by_name("search").head_index] == 0.0
+    assert grads[task_by_name("related_items").head_index] == 0.0
+
+
+def test_a_zero_weight_task_gives_its_head_no_gradient() -> None:
+    model = _model()
+    task = [int(TaskType.SEARCH), int(TaskType.RELATED_ITEMS)] * 4
+    weights = task_weight_vector(TrainConfig(task_weights={"search": 0.0}))
+    scores = model(**_batch(task))
+    loss, _, _ = multitask_loss(scores, torch.tensor(task), weights)
+    loss.backward()
+    grads = _head_grad_norms(model)
+    assert grads[task_by_name("search").head_index] == 0.0
+    assert grads[task_by_name("related_items").head_index] > 0
+
+
+def test_loss_is_the_weighted_sum_of_per_task_means() -> None:
+    torch.manual_seed(0)
+    task = torch.tensor([1, 1, 1, 2, 3, 3])
+    scores = torch.randn(6, 5)
+    weights = torch.tensor([0.0, 2.0, 0.5, 1.5, 7.0])  # task 4 has no rows: its weight must not matter
+    loss, per_task, counts = multitask_loss(scores, task, weights)
+    ce = F.cross_entropy(scores, torch.zeros(6, dtype=torch.long), reduction="none")
+    expected = 2.0 * ce[:3].mean() + 0.5 * ce[3] + 1.5 * ce[4:].mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(per_task[1:4], torch.stack([ce[:3].mean(), ce[3], ce[4:].mean()]))
+    assert counts.tolist() == [0, 3, 1, 2, 0]
+
+
+def test_per_task_mean_does_not_depend_on_how_many_rows_a_task_has() -> None:
+    torch.manual_seed(1)
+    scores = torch.randn(2, 4)
+    weights = torch.ones(5)
+    one, _, _ = multitask_loss(scores, torch.tensor([1, 2]), weights)
+    # Repeating task 1's row three times leaves L_1 (a mean) and so the loss unchanged.
+    repeated, _, _ = multitask_loss(scores[[0, 0, 0, 1]], torch.tensor([1, 1, 1, 2]), weights)
+    torch.testing.assert_close(one, repeated)
+
+
+def test_unknown_task_weights_are_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown tasks"):
+        TrainConfig(task_weights={"podcasts": 1.0})
+
+
+def test_cached_item_table_gives_the_same_scores() -> None:
+    model = _model().eval()
+    batch = _batch([1, 2, 3, 4, 1, 3], candidates=9)
+    with torch.no_grad():
+        plain = model(**batch)
+        cached = model(**batch, item_table=model.item_table())
+    torch.testing.assert_close(plain, cached, rtol=1e-5, atol=1e-5)
+
+
+def test_negative_sampler_never_returns_the_positive() -> None:
+    popularity = np.r_[0.0, np.arange(1, N_ITEMS, dtype=np.float64) ** 2]
+    sampler = NegativeSampler(popularity, popular_share=0.5, generator=torch.Generator().manual_seed(0))
+    positives = torch.full((200,), N_ITEMS - 1)  # the most popular item: often drawn
+    negatives = sampler.sample(positives, 20)
+    assert negatives.shape == (200, 20)
+    assert not (negatives == positives[:, None]).any()
+    assert (negatives == 0).any()  # accidental hits became padding rather than being resampled
+    assert float(sampler.proposal.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert sampler.proposal[0] == 0  # the padding item is never proposed

@@ -1,0 +1,65 @@
+"""The stratified-by-task batch sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unirank.training.dataset import StratifiedTaskSampler
+
+# Very unequal tasks: 1000 rows of task 1, 100 of task 2, 10 of task 3.
+TASK = np.repeat(np.array([1, 2, 3]), [1000, 100, 10])
+
+
+def _composition(batch: np.ndarray) -> dict[int, int]:
+    values, counts = np.unique(TASK[batch], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def test_every_batch_follows_the_ratios() -> None:
+    sampler = StratifiedTaskSampler(TASK, batch_size=64, ratios={1: 1.0, 2: 1.0, 3: 2.0}, seed=0)
+    assert sampler.quota == {1: 16, 2: 16, 3: 32}
+    batches = list(sampler.epoch())
+    assert len(batches) == sampler.steps_per_epoch == int(np.ceil(len(TASK) / 64))
+    for batch in batches:
+        assert _composition(batch) == {1: 16, 2: 16, 3: 32}
+
+
+def test_quota_sums_to_the_batch_size() -> None:
+    sampler = StratifiedTaskSampler(TASK, batch_size=10, ratios={1: 1.0, 2: 1.0, 3: 1.0}, seed=0)
+    assert sum(sampler.quota.values()) == 10
+    assert sorted(sampler.quota.values()) == [3, 3, 4]
+
+
+def test_no_ratios_means_proportional_to_the_data() -> None:
+    sampler = StratifiedTaskSampler(TASK, batch_size=111, ratios=None, seed=0)
+    assert sampler.quota == {1: 100, 2: 10, 3: 1}
+
+
+def test_small_task_is_cycled_without_repeats_within_a_pass() -> None:
+    sampler = StratifiedTaskSampler(TASK, batch_size=64, ratios={1: 1.0, 2: 1.0, 3: 2.0}, seed=0)
+    drawn = np.concatenate([batch[TASK[batch] == 2] for batch in sampler.epoch()])
+    assert len(drawn) > 100
+    first_pass = drawn[:100]
+    assert sorted(first_pass.tolist()) == list(range(1000, 1100))  # each row once before any repeat
+
+
+def test_zero_ratio_leaves_a_task_out() -> None:
+    sampler = StratifiedTaskSampler(TASK, batch_size=32, ratios={1: 1.0, 2: 0.0, 3: 1.0}, seed=0)
+    for batch in sampler.epoch():
+        assert 2 not in _composition(batch)
+
+
+def test_same_seed_same_batches() -> None:
+    def draw(seed: int) -> list[np.ndarray]:
+        return list(StratifiedTaskSampler(TASK, 64, {1: 1.0, 2: 1.0, 3: 1.0}, seed=seed).epoch())
+
+    assert all(np.array_equal(a, b) for a, b in zip(draw(5), draw(5), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(draw(5), draw(6), strict=True))
+
+
+def test_bad_ratios_are_rejected() -> None:
+    with pytest.raises(ValueError, match="no rows"):
+        StratifiedTaskSampler(TASK, 64, {1: 1.0, 4: 1.0})
+    with pytest.raises(ValueError, match="positive ratio"):
+        StratifiedTaskSampler(TASK, 64, {1: 0.0, 2: 0.0, 3: 0.0})
