@@ -245,6 +245,7 @@ class RankingPipeline:
         trace: RequestTrace,
     ) -> RankResponse:
         strategy = task.config.fallback.strategy
+        log.debug("%s answered by its %r fallback (%s): %s", task.name, strategy, reason.name.lower(), detail)
         if strategy == "error":
             if reason is FallbackReason.COLD_START:
                 raise UnknownEntity(detail)
