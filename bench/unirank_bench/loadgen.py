@@ -53,6 +53,9 @@ class Job:
     timeout_s: float = 5.0
     gen_dir: str = ""
     """Where the generated V2 module lives (parser ``v2``)."""
+    nonce: str = ""
+    """UniRank payloads only: makes every pass over the workload distinct to the response cache
+    (see :func:`_stream`). Unique per run, so one run never answers from another's cache."""
     worker_index: int = 0
     workers: int = 1
 
@@ -118,6 +121,43 @@ def _payloads(job: Job) -> list[bytes]:
     return _payload_cache[key][job.workload]
 
 
+class _Stream:
+    """The requests of one worker, endless: pass k over the workload is tagged with pass k.
+
+    A workload is a few thousand sampled requests; replayed verbatim, every pass after the first
+    would be answered by the server's response cache, which real traffic (caller-supplied
+    candidates, user ids, histories) almost never is. So each UniRank request gets one more
+    ``context.history_item_ids`` entry, ``<nonce>-<pass>``, appended as serialized bytes (protobuf
+    appends to a repeated field of a merged message). No catalogue has that item, so the encoder
+    drops it like any unknown history item (one dict lookup): scores, rules and the answer are
+    unchanged, but the cache key differs. Repeats *within* a pass (the same head query sampled
+    twice) still hit the cache; repeats *across* passes and runs do not.
+    """
+
+    def __init__(self, job: Job, payloads: list[bytes]) -> None:
+        self._payloads = payloads
+        self._tagged = job.payload_kind == "unirank" and bool(job.nonce)
+        self._nonce = job.nonce
+        self._suffixes: dict[int, bytes] = {}
+        self.cursor = (job.worker_index * len(payloads)) // job.workers
+
+    def _suffix(self, lap: int) -> bytes:
+        suffix = self._suffixes.get(lap)
+        if suffix is None:
+            from unirank.v1 import recommender_pb2 as pb
+
+            tag = pb.RecommendRequest(context=pb.RequestContext(history_item_ids=[f"{self._nonce}-{lap}"]))
+            suffix = self._suffixes[lap] = tag.SerializeToString()
+        return suffix
+
+    def next(self) -> bytes:
+        index = self.cursor
+        self.cursor += 1
+        lap, position = divmod(index, len(self._payloads))
+        payload = self._payloads[position]
+        return payload + self._suffix(lap) if self._tagged else payload
+
+
 async def _run(job: Job) -> WorkerResult:
     import grpc
 
@@ -161,18 +201,16 @@ async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker)
     latencies: list[int] = []
     errors: Counter[str] = Counter()
     # Workers start at different offsets so they do not send the same stream in lockstep.
-    cursor = (job.worker_index * len(payloads)) // job.workers
+    stream = _Stream(job, payloads)
     lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
     cpu_marks: list[float] = []
 
     async def caller() -> None:
-        nonlocal cursor
         while True:
             sent = time.monotonic_ns()
             if sent >= hi_ns:
                 return
-            payload = payloads[cursor % len(payloads)]
-            cursor += 1
+            payload = stream.next()
             try:
                 answer = await call(payload, timeout=job.timeout_s)
             except grpc.aio.AioRpcError as error:
@@ -229,7 +267,7 @@ async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -
             checker.check(answer)
 
     await _sleep_until(job.start_at)
-    cursor = (job.worker_index * len(payloads)) // job.workers
+    stream = _Stream(job, payloads)
     sent = 0
     while True:
         scheduled = start_ns + sent * interval_ns
@@ -243,10 +281,9 @@ async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -
         if len(in_flight) >= MAX_OUTSTANDING:
             dropped += lo_ns <= scheduled <= hi_ns
         else:
-            task = asyncio.create_task(one(payloads[cursor % len(payloads)], scheduled))
+            task = asyncio.create_task(one(stream.next(), scheduled))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
-            cursor += 1
         sent += 1
     cpu_marks.append(_cpu())
     if in_flight:

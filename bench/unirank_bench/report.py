@@ -312,6 +312,9 @@ def markdown(results: dict[str, Any], verdicts: list[dict[str, Any]], plots: dic
         )
     else:
         lines.append(f"Not measured: {peer.get('status')}. {peer.get('error', '')}")
+    if results.get("failures"):
+        lines += ["", "### Failures", ""]
+        lines += [f"- `{f['target']}`: " + f["error"].splitlines()[0] for f in results["failures"]]
     lines += ["", "### All runs", ""]
     lines += [
         "Closed loop: C callers each sending the next request when the last is answered; open loop: "

@@ -164,7 +164,7 @@ class Bench:
             "floors": {},
             "startup": {},
             "mlserver": {"status": "not run"},
-            "notes": [],
+            "failures": [],
         }
 
     # -- setup -----------------------------------------------------------------------------
@@ -253,15 +253,22 @@ class Bench:
             samples = []
             for i in range(repeats):
                 log(f"start-up: {profile} #{i + 1}")
-                samples.append(
-                    servers.measure_startup(
-                        unirank_bin,
-                        REPO / "profiles" / f"{profile}.toml",
-                        self.s.artifact,
-                        free_port(),
-                        self.work / "logs" / f"startup-{profile}-{i}.log",
+                try:
+                    samples.append(
+                        servers.measure_startup(
+                            unirank_bin,
+                            REPO / "profiles" / f"{profile}.toml",
+                            self.s.artifact,
+                            free_port(),
+                            self.work / "logs" / f"startup-{profile}-{i}.log",
+                        )
                     )
-                )
+                except RuntimeError as exc:
+                    self.results["failures"].append({"target": f"startup/{profile}", "error": str(exc)})
+                    log(f"start-up of {profile} failed: {exc}")
+                    break
+            if not samples:
+                continue
             times = [x["startup_to_serving_s"] for x in samples]
             self.results["startup"][profile] = {
                 "samples_s": times,
@@ -345,6 +352,10 @@ class Bench:
             self.results["mlserver"] = {"status": "unavailable", "error": str(exc)}
             log(f"MLServer unavailable: {exc}")
             return
+        except RuntimeError as exc:  # recorded; the other targets still run
+            self.results["failures"].append({"target": target.name, "error": str(exc)})
+            log(f"{target.name} did not start: {exc}")
+            return
         try:
             log(f"{target.name} on {server.address} (pid {server.pid}, ready in {server.startup_s:.2f} s)")
             if target.probe:
@@ -399,6 +410,7 @@ class Bench:
             measure_from=start_at + self.s.warmup_s,
             measure_to=start_at + self.s.warmup_s + self.s.duration_s,
             gen_dir=str(self.gen_dir),
+            nonce=f"bench{len(self.results['runs'])}",
         )
         loadgen.start(job)
         server_pids = server.pids()

@@ -159,15 +159,15 @@ def start_floor(kind: str, args: list[str], log_path: Path, python: str = sys.ex
     return server
 
 
-def wait_serving(address: str, timeout_s: float) -> bool:
-    """Poll the standard health service until SERVING."""
+def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[str] | None = None) -> bool:
+    """Poll the standard health service until SERVING (False on timeout or once ``proc`` exits)."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and (proc is None or proc.poll() is None):
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
@@ -198,7 +198,7 @@ def measure_startup(
         log_path,
     )
     try:
-        serving = wait_serving(f"127.0.0.1:{port}", 60)
+        serving = wait_serving(f"127.0.0.1:{port}", 60, server.proc)
         elapsed = time.monotonic() - started
         if not serving:
             raise RuntimeError(f"{profile.stem} never reported SERVING; log:\n{tail(log_path)}")
