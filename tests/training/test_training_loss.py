@@ -133,3 +133,19 @@ def test_negative_sampler_never_returns_the_positive() -> None:
     assert (negatives == 0).any()  # accidental hits became padding rather than being resampled
     assert float(sampler.proposal.sum()) == pytest.approx(1.0, abs=1e-5)
     assert sampler.proposal[0] == 0  # the padding item is never proposed
+
+
+def test_score_all_items_equals_forward_over_the_whole_catalogue() -> None:
+    model = _model().eval()
+    batch = _batch([1, 2, 3, 4, 2], candidates=1)
+    batch["history"][0] = 0  # an empty history and query still score
+    batch["query_tokens"][1] = 0
+    every = torch.arange(1, N_ITEMS).expand(5, -1)
+    with torch.no_grad():
+        expected = model(**{**batch, "candidates": every})
+        table = model.item_table()
+        context = {k: v for k, v in batch.items() if k != "candidates"}
+        fast = model.score_all_items(**context, item_table=table)
+        uncached = model.score_all_items(**context)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(uncached, expected, rtol=1e-5, atol=1e-5)

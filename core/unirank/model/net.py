@@ -7,6 +7,7 @@ from its own task's rows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,16 +128,66 @@ class UniRankModel(nn.Module):
     ) -> torch.Tensor:
         """Scores [B, N]. ``item_table`` (from :meth:`item_table`) is an optional cache of item vectors.
 
-        Training and full-catalogue evaluation pass it so item content is encoded once per step
-        instead of once per (row, candidate); the result is the same. Serving never passes it, so
-        the exported graph has exactly the seven contract inputs.
+        Training passes it so item content is encoded once per step instead of once per (row,
+        candidate); the result is the same. Serving never passes it, so the exported graph has
+        exactly the seven contract inputs.
         """
-        cfg = self.config
-        task_in = task if cfg.use_task_type else torch.zeros_like(task)
 
         def items(index: torch.Tensor) -> torch.Tensor:
             return self.item_repr(index) if item_table is None else item_table[index]
 
+        context = self._context(task, user, history, query_tokens, anchor_item, category, items)
+        scores = self._score(
+            context,
+            query_tokens,
+            category,
+            cand_vecs=items(candidates),
+            cand_tokens=self.title_tokens[candidates],
+            cand_cats=self.item_categories[candidates],
+            cand_pop=self.item_log_pop[candidates],
+        )
+        return torch.where(candidates > 0, scores, torch.full_like(scores, -1e9))
+
+    def score_all_items(
+        self,
+        task: torch.Tensor,
+        user: torch.Tensor,
+        history: torch.Tensor,
+        query_tokens: torch.Tensor,
+        anchor_item: torch.Tensor,
+        category: torch.Tensor,
+        item_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores [B, n_items - 1] of every real item (column j is item j + 1).
+
+        Equal to :meth:`forward` with every item as a candidate, but the item side is broadcast
+        instead of gathered per row, which makes full-catalogue evaluation several times cheaper.
+        """
+        table = self.item_table() if item_table is None else item_table
+        context = self._context(task, user, history, query_tokens, anchor_item, category, table.__getitem__)
+        return self._score(
+            context,
+            query_tokens,
+            category,
+            cand_vecs=table[1:].unsqueeze(0),
+            cand_tokens=self.title_tokens[1:].unsqueeze(0),
+            cand_cats=self.item_categories[1:].unsqueeze(0),
+            cand_pop=self.item_log_pop[1:].unsqueeze(0),
+        )
+
+    def _context(
+        self,
+        task: torch.Tensor,
+        user: torch.Tensor,
+        history: torch.Tensor,
+        query_tokens: torch.Tensor,
+        anchor_item: torch.Tensor,
+        category: torch.Tensor,
+        items: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(query vector [B, d], cross-feature weights [B, F], anchor vector, history vector) per row."""
+        cfg = self.config
+        task_in = task if cfg.use_task_type else torch.zeros_like(task)
         # History items are content-aware too, so a rarely played item still says what it is about.
         history_vec = _masked_mean(items(history), history > 0)
         anchor_vec = items(anchor_item)
@@ -157,28 +208,35 @@ class UniRankModel(nn.Module):
         head_index = (task_in - 1).clamp(min=0, max=len(self.heads) - 1)
         gather_index = head_index.view(-1, 1, 1).expand(-1, 1, head_out.shape[-1])
         selected = head_out.gather(1, gather_index).squeeze(1)
-        query_vec = selected[:, : cfg.dim]
-        cross_weights = selected[:, cfg.dim :]
+        return selected[:, : cfg.dim], selected[:, cfg.dim :], anchor_vec, history_vec
 
-        cand_vecs = items(candidates)  # [B, N, d]
+    def _score(
+        self,
+        context: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        query_tokens: torch.Tensor,
+        category: torch.Tensor,
+        cand_vecs: torch.Tensor,
+        cand_tokens: torch.Tensor,
+        cand_cats: torch.Tensor,
+        cand_pop: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores [B, N]; the candidate tensors are [B, N, ...] or [1, N, ...] (shared by every row)."""
+        query_vec, cross_weights, anchor_vec, history_vec = context
         # The head's query vector, plus direct similarity to the anchor and to the history (an
         # MLP alone learns "close to this item" poorly), all in one batched matmul.
         row_vecs = torch.stack([query_vec, anchor_vec, history_vec], dim=-1)  # [B, d, 3]
         sims = torch.matmul(cand_vecs, row_vecs)  # [B, N, 3]
         dot, anchor_sim, history_sim = sims[..., 0], sims[..., 1], sims[..., 2]
 
-        cand_tokens = self.title_tokens[candidates]  # [B, N, L]
         q = query_tokens.unsqueeze(1).unsqueeze(1)  # [B, 1, 1, Q]
-        matches = (cand_tokens.unsqueeze(-1) == q) & (q > 0)
+        matches = (cand_tokens.unsqueeze(-1) == q) & (q > 0)  # [B, N, L, Q]
         n_query = (query_tokens > 0).sum(-1, keepdim=True).clamp(min=1).to(dot.dtype)
         overlap = matches.any(dim=2).to(dot.dtype).sum(-1) / n_query  # share of query tokens hit
-        cand_cats = self.item_categories[candidates]  # [B, N, C]
         cat = category.view(-1, 1, 1)
         cat_match = ((cand_cats == cat) & (cat > 0)).any(-1).to(dot.dtype)
-        pop = self.item_log_pop[candidates]
+        pop = cand_pop.expand_as(dot)
         cross = torch.stack([overlap, cat_match, pop, anchor_sim, history_sim], dim=-1)  # [B, N, F]
-        scores = dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
-        return torch.where(candidates > 0, scores, torch.full_like(scores, -1e9))
+        return dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
 
 
 def model_checkpoint(model: UniRankModel) -> dict[str, Any]:

@@ -46,20 +46,16 @@ class ModelScorer:
         self.model = model.eval()
         with torch.no_grad():
             self.item_table = model.item_table()
-        self.n_items = model.config.n_items - 1
 
     def __call__(self, inputs: ModelInputs) -> np.ndarray:
-        b = len(inputs)
-        candidates = torch.arange(1, self.n_items + 1).expand(b, -1)
         with torch.no_grad():
-            scores = self.model(
+            scores = self.model.score_all_items(
                 torch.from_numpy(inputs.task),
                 torch.from_numpy(inputs.user),
                 torch.from_numpy(np.ascontiguousarray(trim_padding(inputs.history))),
                 torch.from_numpy(np.ascontiguousarray(trim_padding(inputs.query_tokens))),
                 torch.from_numpy(inputs.anchor_item),
                 torch.from_numpy(inputs.category),
-                candidates,
                 item_table=self.item_table,
             )
         return scores.numpy()

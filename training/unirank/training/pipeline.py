@@ -104,11 +104,15 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
     counts = data.dataset.counts()
     say(
         f"data {spec} size={config.size} seed={config.seed}: {log.n_items} items, {log.n_users} users, "
-        f"{len(log.events)} events; rows per task/split {counts} ({time.perf_counter() - started:.1f}s)"
+        f"{len(log.events)} events ({time.perf_counter() - started:.1f}s); train/validation/test rows: "
+        + ", ".join(
+            f"{task} {'/'.join(str(n) for n in by_split.values())}" for task, by_split in counts.items()
+        )
     )
 
     result = train_model(data.dataset, data.catalog, config, progress)
     model = result.model
+    phase = time.perf_counter()
     metrics = offline_metrics(
         model,
         data.catalog,
@@ -119,6 +123,7 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
         config.seed,
     )
     retrieval = build_retrieval(model, data.catalog, data.co_engagement)
+    say(f"evaluated and built retrieval in {time.perf_counter() - phase:.1f}s")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))

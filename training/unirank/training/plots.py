@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: training runs on servers and in CI
-
-import matplotlib.pyplot as plt
+# The object-oriented API renders with Agg and touches no global pyplot state or backend, so
+# importing this module never changes plotting for anyone else in the process.
+from matplotlib.figure import Figure
 
 from unirank.training.train import EpochLog
 
@@ -19,7 +17,8 @@ TASK_METRICS = "task_metrics.png"
 
 def plot_training_curves(history: Sequence[EpochLog], path: Path, best_epoch: int = 0) -> None:
     """Per-task training loss and validation NDCG@10 by epoch."""
-    fig, (loss_ax, ndcg_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    loss_ax, ndcg_ax = fig.subplots(1, 2)
     epochs = [log.epoch for log in history]
     tasks = list(dict.fromkeys(t for log in history for t in (*log.train_loss, *log.validation_ndcg)))
     for task in tasks:
@@ -40,7 +39,6 @@ def plot_training_curves(history: Sequence[EpochLog], path: Path, best_epoch: in
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def plot_task_metrics(tasks: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> None:
@@ -49,9 +47,9 @@ def plot_task_metrics(tasks: Mapping[str, Mapping[str, Mapping[str, float]]], pa
     metric_names = list(
         dict.fromkeys(m for by_scorer in tasks.values() for v in by_scorer.values() for m in v)
     )
-    fig, axes = plt.subplots(
-        1, max(len(metric_names), 1), figsize=(4 * max(len(metric_names), 1), 4), squeeze=False
-    )
+    n_panels = max(len(metric_names), 1)
+    fig = Figure(figsize=(4 * n_panels, 4))
+    axes = fig.subplots(1, n_panels, squeeze=False)
     width = 0.8 / max(len(scorers), 1)
     task_names = list(tasks)
     for ax, metric in zip(axes[0], metric_names, strict=False):
@@ -65,4 +63,3 @@ def plot_task_metrics(tasks: Mapping[str, Mapping[str, Mapping[str, float]]], pa
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

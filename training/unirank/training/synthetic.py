@@ -203,8 +203,10 @@ class SyntheticConfig:
     searches_per_user: float = 8.0
     category_clicks_per_user: float = 8.0
     days: int = 120
-    pool_size: int = 200
-    """Popularity-sampled candidates per engagement before the taste-driven choice."""
+    pool_size: int = 128
+    """Popularity-sampled candidates per play before the taste-driven choice."""
+    click_pool_size: int = 256
+    """The same for clicks; larger pools let taste and anchor similarity weigh more against popularity."""
     popularity_sigma: float = 1.3
     """Log-normal spread of item popularity (heavy tail)."""
     taste_strength: float = 7.0
@@ -223,7 +225,9 @@ class SyntheticConfig:
     def preset(cls, size: str) -> SyntheticConfig:
         """``tiny`` (tests, seconds), ``small`` or ``default``."""
         presets = {
-            "tiny": cls(n_items=400, n_users=400, n_genres=10, plays_per_user=20.0, pool_size=100),
+            "tiny": cls(
+                n_items=400, n_users=400, n_genres=10, plays_per_user=20.0, pool_size=100, click_pool_size=150
+            ),
             "small": cls(n_items=1500, n_users=1500, n_genres=14),
             "default": cls(),
         }
@@ -261,13 +265,31 @@ def generate(config: SyntheticConfig, seed: int) -> LogData:
     return log
 
 
+def _alias_table(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker's alias table: O(1) draws from a fixed discrete distribution (Vose's construction)."""
+    n = len(weight)
+    scaled = weight * (n / weight.sum())
+    accept = np.ones(n)
+    alias = np.arange(n)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        accept[s], alias[s] = scaled[s], g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    return accept, alias
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-9)
 
 
 def _gumbel_choice(rng: np.random.Generator, logits: np.ndarray) -> np.ndarray:
     """Column index per row sampled from softmax(logits) (Gumbel-max)."""
-    return np.argmax(logits + rng.gumbel(size=logits.shape).astype(np.float32), axis=1)
+    uniform = rng.random(logits.shape, dtype=np.float32)
+    gumbel = -np.log(-np.log(np.clip(uniform, 1e-7, 1.0 - 1e-7)))
+    return np.argmax(logits + gumbel, axis=1)
 
 
 @dataclass
@@ -397,21 +419,25 @@ class _World:
         s = ((times - LOG_START_MS) / self.span_ms)[:, None]
         return _normalise((1 - s) * self.user_start[users] + s * self.user_end[users])
 
-    def _popular_pool(self, rng: np.random.Generator, n: int, log_weight: np.ndarray) -> np.ndarray:
-        """[n, pool_size] items drawn with probability ~ exp(log_weight)."""
-        weight = np.exp(log_weight - log_weight.max())
-        cdf = np.cumsum(weight)
-        cdf /= cdf[-1]
-        draws = rng.random((n, self.config.pool_size))
-        return np.minimum(np.searchsorted(cdf, draws), len(cdf) - 1)
+    def _popular_pool(
+        self, rng: np.random.Generator, n: int, log_weight: np.ndarray, size: int | None = None
+    ) -> np.ndarray:
+        """[n, size] items drawn with probability ~ exp(log_weight) (size: ``click_pool_size``)."""
+        accept, alias = _alias_table(np.exp(log_weight - log_weight.max()))
+        shape = (n, size or self.config.click_pool_size)
+        column = rng.integers(0, len(accept), size=shape)
+        return np.where(rng.random(shape) < accept[column], column, alias[column])
 
     def _affinity(self, vecs: np.ndarray, pool: np.ndarray) -> np.ndarray:
         """[n, P] dot products of per-row vectors [n, D] with pooled items, in row chunks."""
         out = np.empty(pool.shape, dtype=np.float32)
-        step = 8192
+        items = self.item_vecs.astype(np.float32).T
+        step = 4096
         for start in range(0, len(pool), step):
             chunk = slice(start, start + step)
-            out[chunk] = np.einsum("npd,nd->np", self.item_vecs[pool[chunk]], vecs[chunk])
+            # Scoring every item with one matmul and picking the pool is faster than gathering.
+            every = vecs[chunk].astype(np.float32) @ items
+            out[chunk] = np.take_along_axis(every, pool[chunk], axis=1)
         return out
 
     def _choose(
@@ -433,7 +459,7 @@ class _World:
 
     def plays(self, rng: np.random.Generator) -> EventTable:
         users, times = self._event_times(rng, self.config.plays_per_user)
-        pool = self._popular_pool(rng, len(users), self.item_log_pop)
+        pool = self._popular_pool(rng, len(users), self.item_log_pop, self.config.pool_size)
         items = self._choose(rng, users, times, pool, self.config.taste_strength)
         return EventTable.build(users, items, times, EventType.PLAY)
 
