@@ -6,6 +6,7 @@ import pytest
 
 from unirank.server.config import ProfileError, TelemetrySection
 from unirank.server.telemetry import TelemetrySettingsError, resolve
+from unirank.server.telemetry.providers import otlp_endpoint
 
 from ..conftest import profile_with
 
@@ -76,3 +77,14 @@ def test_the_profile_section_is_strict_and_documented() -> None:
     )
     for name, field in TelemetrySection.model_fields.items():
         assert field.description, name
+
+
+def test_the_otlp_endpoint_of_each_signal_follows_the_same_precedence() -> None:
+    file = TelemetrySection(traces_exporter="otlp", otlp_endpoint="http://from-file:4317")
+    assert otlp_endpoint(resolve(file, {}), {}, "TRACES") == "http://from-file:4317"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://from-env:4317"}
+    assert otlp_endpoint(resolve(file, env), env, "TRACES") == "http://from-env:4317"
+    env["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] = "http://metrics-only:4317"
+    assert otlp_endpoint(resolve(file, env), env, "METRICS") == "http://metrics-only:4317"
+    assert otlp_endpoint(resolve(file, env), env, "TRACES") == "http://from-env:4317"
+    assert otlp_endpoint(TelemetrySection(), {}, "TRACES") is None  # the exporter's default

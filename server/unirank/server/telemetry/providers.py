@@ -79,11 +79,11 @@ def make_resource(settings: TelemetrySection, profile_name: str, version: str) -
     )
 
 
-def _otlp_endpoint(settings: TelemetrySection, environ: Mapping[str, str], signal: str) -> str | None:
-    # None lets the exporter read OTEL_EXPORTER_OTLP_[<SIGNAL>_]ENDPOINT itself (env wins over file).
-    if environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        return None
-    return settings.otlp_endpoint or None
+def otlp_endpoint(settings: TelemetrySection, environ: Mapping[str, str], signal: str) -> str | None:
+    """The collector of ``signal`` (``TRACES`` / ``METRICS``): its own variable, else the resolved
+    ``otlp_endpoint`` (which already holds ``OTEL_EXPORTER_OTLP_ENDPOINT`` over the file), else
+    None for the exporter's default. Resolved here so an explicit ``environ`` is honoured too."""
+    return environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT", "").strip() or settings.otlp_endpoint or None
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Providers:
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()
         if self.meter_provider is not None:
-            self.meter_provider.shutdown()
+            # Bounded: an unreachable collector must not hold a stopping server for long.
+            self.meter_provider.shutdown(timeout_millis=5_000)
         if self.prometheus is not None:
             self.prometheus.close()
 
@@ -137,7 +138,7 @@ def build_providers(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         processors.append(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=_otlp_endpoint(settings, environ, "TRACES")))
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint(settings, environ, "TRACES")))
         )
     tracer_provider = None
     if processors:
@@ -159,7 +160,7 @@ def build_providers(
     elif settings.metrics_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
 
-        exporter = OTLPMetricExporter(endpoint=_otlp_endpoint(settings, environ, "METRICS"))
+        exporter = OTLPMetricExporter(endpoint=otlp_endpoint(settings, environ, "METRICS"))
         readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=interval_ms))
     elif settings.metrics_exporter == "prometheus":
         reader, prometheus = _prometheus(settings)
