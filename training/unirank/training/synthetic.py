@@ -216,6 +216,8 @@ class SyntheticConfig:
     item_noise: float = 0.7
     """How far items stray from their genres' centroid (within-genre variety)."""
     taste_drift: float = 0.4
+    title_words_per_genre: int = 16
+    """Distinct title words per genre (at most 16); fewer make each query word match more titles."""
     query_mix: tuple[float, float, float] = (0.5, 0.15, 0.35)
     """Shares of search queries that are one title word, two title words, or a genre descriptor."""
     play_after_click: float = 0.5
@@ -226,7 +228,14 @@ class SyntheticConfig:
         """``tiny`` (tests, seconds), ``small`` or ``default``."""
         presets = {
             "tiny": cls(
-                n_items=400, n_users=400, n_genres=10, plays_per_user=20.0, pool_size=100, click_pool_size=150
+                n_items=400,
+                n_users=400,
+                n_genres=10,
+                plays_per_user=20.0,
+                pool_size=100,
+                click_pool_size=150,
+                # A small catalogue still needs query words that match many titles.
+                title_words_per_genre=8,
             ),
             "small": cls(n_items=1500, n_users=1500, n_genres=14),
             "default": cls(),
@@ -241,6 +250,8 @@ def generate(config: SyntheticConfig, seed: int) -> LogData:
     """The catalogue and logs for ``config``; identical output for identical (config, seed)."""
     if not 1 <= config.n_genres <= len(GENRES):
         raise ValueError(f"n_genres must be in [1, {len(GENRES)}]")
+    if not 1 <= config.title_words_per_genre <= min(len(words) for words, _, _ in GENRES.values()):
+        raise ValueError("title_words_per_genre must be in [1, 16]")
     rng = np.random.default_rng(seed)
     world = _World.create(config, rng)
     plays = world.plays(rng)
@@ -345,7 +356,9 @@ class _World:
         item_fresh = (release_year >= 2025).astype(np.float64)
         base_maturity = np.array([GENRES[names[gs[0]]][2] for gs in item_genres])
         maturity = np.clip(base_maturity + rng.integers(-1, 2, size=n_items), 0, 4).astype(np.int64)
-        item_words = [cls._title_words(rng, [names[x] for x in gs]) for gs in item_genres]
+        item_words = [
+            cls._title_words(rng, [names[x] for x in gs], config.title_words_per_genre) for gs in item_genres
+        ]
 
         n_users = config.n_users
         favourite = rng.choice(g, size=(n_users, 2), p=genre_share)
@@ -376,7 +389,7 @@ class _World:
         )
 
     @staticmethod
-    def _title_words(rng: np.random.Generator, genres: list[str]) -> list[str]:
+    def _title_words(rng: np.random.Generator, genres: list[str], words_per_genre: int) -> list[str]:
         """2-4 distinct words, mostly from the item's genres (primary first), some common."""
         n_words = int(rng.choice([2, 3, 4], p=[0.35, 0.45, 0.2]))
         genre_weights = np.array([2.0] + [1.0] * (len(genres) - 1))
@@ -384,7 +397,7 @@ class _World:
         words: list[str] = []
         while len(words) < n_words:
             if rng.random() < 0.72:
-                pool = GENRES[genres[int(rng.choice(len(genres), p=genre_weights))]][0]
+                pool = GENRES[genres[int(rng.choice(len(genres), p=genre_weights))]][0][:words_per_genre]
             else:
                 pool = COMMON_WORDS
             word = pool[int(rng.integers(len(pool)))]
@@ -392,7 +405,7 @@ class _World:
                 words.append(word)
         # At least one genre word, so a title always says something about its content.
         if all(w in COMMON_WORDS for w in words):
-            pool = GENRES[genres[0]][0]
+            pool = GENRES[genres[0]][0][:words_per_genre]
             words[0] = pool[int(rng.integers(len(pool)))]
         return words
 
