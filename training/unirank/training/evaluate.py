@@ -32,7 +32,7 @@ def trim_padding(values: np.ndarray) -> np.ndarray:
     """Drop trailing all-padding columns of a left-aligned [B, L] id matrix (keeping at least one).
 
     Masked means and the lexical overlap ignore padding, so scores are unchanged; a batch of
-    category rows then compares no query tokens at all instead of eight zeros per candidate.
+    category rows then compares one padding token per title word instead of eight.
     """
     used = np.flatnonzero((values != 0).any(axis=0))
     width = int(used[-1]) + 1 if len(used) else 1

@@ -30,6 +30,8 @@ def print_progress(message: str) -> None:
 
 @dataclass
 class EpochLog:
+    """What one epoch did: the curves in ``training_curves.png`` and the manifest come from these."""
+
     epoch: int
     train_loss: dict[str, float]
     """Mean per-task loss L_t over the epoch's steps (only steps where the task had rows)."""
@@ -41,6 +43,8 @@ class EpochLog:
 
 @dataclass
 class TrainResult:
+    """The trained model (best validation epoch's weights, in eval mode) and its history."""
+
     model: UniRankModel
     history: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
