@@ -41,10 +41,12 @@ async def _rank_all(address: str, requests: list[RecommendationRequest]) -> list
 async def test_onnxruntime_and_torch_batched_give_identical_top_k(artifact_dir: Path) -> None:
     requests = _requests(artifact_dir)
     # Same per-use-case pipeline on both; only the model section differs.
+    relaxed = {name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")}
     batched = profile_with(
         "cpu-realtime",
         name="cpu-realtime-torch",
         model={"backend": "torch", "device": "cuda", "batching": {"enabled": True, "max_queue_delay_ms": 5}},
+        tasks=relaxed,
     )
     async with running_server("cpu-realtime", artifact_dir) as onnx_server:
         onnx = await _rank_all(onnx_server.address, requests)

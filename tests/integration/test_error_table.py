@@ -92,7 +92,8 @@ async def test_every_row_of_the_error_table(artifact_dir: Path) -> None:
 async def test_backend_failure_and_timeout_fall_back_when_configured(
     server_factory, artifact_dir: Path
 ) -> None:
-    async with server_factory() as server, AsyncRecommenderClient(server.address) as client:
+    profile = profile_with(tasks={"notification": {"timeout_ms": 80}})
+    async with server_factory(profile) as server, AsyncRecommenderClient(server.address) as client:
         pipeline = server.pipeline
         real = pipeline.runtime.backend
         pipeline.runtime.backend = _FaultyBackend(real, "raise")

@@ -9,9 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_status import rpc_status
 
-from unirank.server.errors import Draining, Overloaded, ServingError, to_rpc_status
+from unirank.server.errors import Draining, InvalidArgument, Overloaded, ServingError, to_rpc_status
 from unirank.server.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,28 @@ class Admission:
 
     def exit(self) -> None:
         self.in_flight -= 1
+
+
+class _Undecodable:
+    """Stands in for a request body that is not valid protobuf, so the handler can refuse it."""
+
+    def __init__(self, error: str, empty: Any) -> None:
+        self.error = error
+        self.empty = empty
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """grpc.aio answers UNKNOWN when deserialisation raises; decode here and refuse precisely."""
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            return _Undecodable(str(exc), deserializer(b""))
+
+    return decode
 
 
 async def abort_with(context: grpc.aio.ServicerContext, error: ServingError) -> None:
@@ -70,6 +93,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         admission = self._admission
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            undecodable = request if isinstance(request, _Undecodable) else None
+            if undecodable is not None:
+                request = undecodable.empty
             scope = telemetry.start_rpc(info, request, context)
             try:
                 try:
@@ -78,6 +104,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     scope.fail(error.code, error)
                     await abort_with(context, error)
                 try:
+                    if undecodable is not None:
+                        raise InvalidArgument.single(
+                            "(request)", f"not a valid {type(request).__name__} message: {undecodable.error}"
+                        )
                     return await behaviour(request, context)
                 except ServingError as error:
                     scope.fail(error.code, error)
@@ -100,6 +130,6 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
