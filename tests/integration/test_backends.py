@@ -41,7 +41,9 @@ async def _rank_all(address: str, requests: list[RecommendationRequest]) -> list
 async def test_onnxruntime_and_torch_batched_give_identical_top_k(artifact_dir: Path) -> None:
     requests = _requests(artifact_dir)
     # Same per-use-case pipeline on both; only the model section differs.
-    relaxed = {name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")}
+    relaxed = {
+        name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")
+    }
     batched = profile_with(
         "cpu-realtime",
         name="cpu-realtime-torch",
