@@ -1,0 +1,23 @@
+"""The online feature store: each user's recent engagements, read by the pipeline per request."""
+
+import os
+
+from unirank.server.config import FeaturesSection
+from unirank.server.features.base import FeatureStore, FeatureStoreError, RecentEvent
+from unirank.server.features.memory import InMemoryFeatureStore
+
+__all__ = ["FeatureStore", "FeatureStoreError", "InMemoryFeatureStore", "RecentEvent", "make_feature_store"]
+
+
+def make_feature_store(section: FeaturesSection) -> FeatureStore | None:
+    """The profile's store; the redis client is imported only when the profile asks for it."""
+    if section.store == "none":
+        return None
+    if section.store == "memory":
+        return InMemoryFeatureStore(section.max_items_per_user)
+    from unirank.server.features.redis_store import RedisFeatureStore
+
+    url = os.environ.get("UNIRANK_REDIS_URL", section.redis_url)
+    return RedisFeatureStore(
+        url, section.max_items_per_user, ttl_s=section.ttl_s, timeout_s=section.timeout_ms / 1000.0
+    )
