@@ -21,10 +21,12 @@ from unirank.client._common import (
 )
 from unirank.client.domain import (
     Category,
+    Event,
     ModelInfo,
     Notification,
     Ranking,
     RecommendationRequest,
+    RecordedEvents,
     RelatedItems,
     Search,
 )
@@ -184,6 +186,12 @@ class AsyncRecommenderClient:
         batch = pb.RecommendBatchRequest(requests=[to_message(request) for request in requests])
         response = await self._call(self._stub.RecommendBatch, batch, timeout)
         return [codec.decode_ranking(item) for item in response.responses]
+
+    async def record_events(self, events: Sequence[Event], *, timeout: float | None = None) -> RecordedEvents:
+        """Feed users' engagements to the online feature store (within each use-case's freshness window
+        the next requests reflect them)."""
+        response = await self._call(self._stub.RecordEvents, codec.encode_events(events), timeout)
+        return codec.decode_recorded(response)
 
     async def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The server's loaded model and deployment profile."""

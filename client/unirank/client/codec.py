@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from unirank.client.domain import (
     Category,
+    Event,
     ModelInfo,
     Notification,
     RankedItem,
     Ranking,
     RecommendationRequest,
+    RecordedEvents,
     RelatedItems,
     Search,
     Task,
@@ -229,3 +233,21 @@ def decode_model_info(message: pb.GetModelInfoResponse) -> ModelInfo:
         created_unix_ms=message.created_unix_ms,
         catalog_size=message.catalog_size,
     )
+
+
+def encode_events(events: Sequence[Event]) -> pb.RecordEventsRequest:
+    return pb.RecordEventsRequest(
+        events=[
+            pb.Event(
+                user_id=e.user_id,
+                item_id=e.item_id,
+                event_type=enum_value(pb.EventType, "EVENT_TYPE_", e.event_type),  # type: ignore[arg-type]
+                event_time_unix_ms=e.event_time_unix_ms,
+            )
+            for e in events
+        ]
+    )
+
+
+def decode_recorded(message: pb.RecordEventsResponse) -> RecordedEvents:
+    return RecordedEvents(accepted=message.accepted, ignored=message.ignored)

@@ -124,3 +124,23 @@ class ModelInfo:
     tasks: list[TaskInfo] = field(default_factory=list)
     created_unix_ms: int = 0
     catalog_size: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """One engagement to record: the user's next requests reflect it."""
+
+    user_id: str
+    item_id: str
+    event_type: str = "play"
+    """``play``, ``click``, ``search_click`` or ``notification_open``."""
+    event_time_unix_ms: int = 0
+    """When it happened; 0 means now (the server's clock)."""
+
+
+@dataclass(frozen=True)
+class RecordedEvents:
+    accepted: int
+    """Events stored in users' recent history."""
+    ignored: int
+    """Well-formed events about items the model does not know."""

@@ -21,10 +21,12 @@ from unirank.client._common import (
 )
 from unirank.client.domain import (
     Category,
+    Event,
     ModelInfo,
     Notification,
     Ranking,
     RecommendationRequest,
+    RecordedEvents,
     RelatedItems,
     Search,
 )
@@ -182,6 +184,12 @@ class RecommenderClient:
         batch = pb.RecommendBatchRequest(requests=[to_message(request) for request in requests])
         response = self._call(self._stub.RecommendBatch, batch, timeout)
         return [codec.decode_ranking(item) for item in response.responses]
+
+    def record_events(self, events: Sequence[Event], *, timeout: float | None = None) -> RecordedEvents:
+        """Feed users' engagements to the online feature store (within each use-case's freshness window
+        the next requests reflect them)."""
+        response = self._call(self._stub.RecordEvents, codec.encode_events(events), timeout)
+        return codec.decode_recorded(response)
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """The server's loaded model and deployment profile."""

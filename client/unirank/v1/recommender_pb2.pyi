@@ -33,6 +33,14 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_DEADLINE: _ClassVar[FallbackReason]
     FALLBACK_REASON_BACKEND_ERROR: _ClassVar[FallbackReason]
     FALLBACK_REASON_NO_CANDIDATES: _ClassVar[FallbackReason]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_PLAY: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_SEARCH_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_NOTIFICATION_OPEN: _ClassVar[EventType]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_NOTIFICATION: TaskType
 TASK_TYPE_RELATED_ITEMS: TaskType
@@ -51,6 +59,11 @@ FALLBACK_REASON_COLD_START: FallbackReason
 FALLBACK_REASON_DEADLINE: FallbackReason
 FALLBACK_REASON_BACKEND_ERROR: FallbackReason
 FALLBACK_REASON_NO_CANDIDATES: FallbackReason
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_PLAY: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_SEARCH_CLICK: EventType
+EVENT_TYPE_NOTIFICATION_OPEN: EventType
 
 class NotificationContext(_message.Message):
     __slots__ = ()
@@ -294,3 +307,29 @@ class GetServingStatsResponse(_message.Message):
     latency_bucket_bounds_s: _containers.RepeatedScalarFieldContainer[float]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskServingStats]
     def __init__(self, model_version: _Optional[str] = ..., profile: _Optional[str] = ..., uptime_s: _Optional[float] = ..., latency_bucket_bounds_s: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[TaskServingStats, _Mapping]]] = ...) -> None: ...
+
+class Event(_message.Message):
+    __slots__ = ("user_id", "item_id", "event_type", "event_time_unix_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    event_type: EventType
+    event_time_unix_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time_unix_ms: _Optional[int] = ...) -> None: ...
+
+class RecordEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[Event]
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
+
+class RecordEventsResponse(_message.Message):
+    __slots__ = ("accepted", "ignored")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    IGNORED_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    ignored: int
+    def __init__(self, accepted: _Optional[int] = ..., ignored: _Optional[int] = ...) -> None: ...

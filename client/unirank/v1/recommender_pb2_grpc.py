@@ -26,8 +26,7 @@ if _version_not_supported:
 
 
 class RecommenderServiceStub:
-    """One model, every recommendation surface.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -55,11 +54,15 @@ class RecommenderServiceStub:
                 request_serializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.SerializeToString,
                 response_deserializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.FromString,
                 _registered_method=True)
+        self.RecordEvents = channel.unary_unary(
+                '/unirank.v1.RecommenderService/RecordEvents',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
-    """One model, every recommendation surface.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def Recommend(self, request, context):
         """Rank items for one request context.
@@ -90,6 +93,14 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEvents(self, request, context):
+        """Record users' engagements so the next requests reflect them (within each
+        use-case's freshness window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +124,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     request_deserializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.FromString,
                     response_serializer=unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.SerializeToString,
             ),
+            'RecordEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEvents,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'unirank.v1.RecommenderService', rpc_method_handlers)
@@ -122,8 +138,7 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecommenderService:
-    """One model, every recommendation surface.
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def Recommend(request,
@@ -223,6 +238,33 @@ class RecommenderService:
             '/unirank.v1.RecommenderService/GetServingStats',
             unirank_dot_v1_dot_recommender__pb2.GetServingStatsRequest.SerializeToString,
             unirank_dot_v1_dot_recommender__pb2.GetServingStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/RecordEvents',
+            unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

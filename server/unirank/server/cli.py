@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
+import socket
 import sys
 
 from unirank.artifact import ArtifactError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
-from unirank.server.config import ProfileError, load_profile
+from unirank.server.config import Profile, ProfileError, load_profile
 from unirank.server.telemetry import Telemetry, TelemetrySettingsError, resolve
 from unirank.server.telemetry.logs import configure_logging
+from unirank.server.workers import WorkerGroup, supervise
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=None, help="override the profile's server.host")
     parser.add_argument("--port", type=int, default=None, help="override the profile's server.port")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); a supervisor restarts any that dies",
+    )
     telemetry = parser.add_argument_group(
         "telemetry", "override the profile's [telemetry] section and the OTEL_* variables"
     )
@@ -67,11 +76,40 @@ async def _reload(server: UniRankServer) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv[1:])
+    if args.workers < 1:
+        print("unirank serve: --workers must be >= 1", file=sys.stderr)
+        return 2
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
         print(f"unirank serve: invalid profile\n{exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        configure_logging(args.log_level, "text")
+        port = args.port if args.port is not None else profile.server.port
+        if port == 0:  # every worker must bind the same concrete port
+            port = _free_port(args.host or profile.server.host)
+        worker_argv = [*argv, "--port", str(port)]
+        print(f"unirank: {args.workers} workers on port {port}", flush=True)
+        return supervise(
+            functools.partial(_run_worker, worker_argv), args.workers, profile.server.grace_period_s
+        )
+    return _run(args, profile, None)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_worker(argv: list[str], group: WorkerGroup) -> int:
+    args = _parser().parse_args(argv[1:])
+    profile = load_profile(args.profile)
+    return _run(args, profile, group)
+
+
+def _run(args: argparse.Namespace, profile: Profile, group: WorkerGroup | None) -> int:
     flags = {
         "log_format": args.log_format,
         "traces_exporter": args.traces_exporter,
@@ -92,7 +130,9 @@ def main(argv: list[str]) -> int:
     except OSError as exc:  # e.g. the Prometheus port is taken
         print(f"unirank serve: cannot start telemetry: {exc}", file=sys.stderr)
         return 3
-    server = UniRankServer(profile, args.artifact, host=args.host, port=args.port, telemetry=telemetry)
+    server = UniRankServer(
+        profile, args.artifact, host=args.host, port=args.port, telemetry=telemetry, group=group
+    )
     try:
         asyncio.run(_serve(server))
     except ArtifactError as exc:

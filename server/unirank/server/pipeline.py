@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
@@ -18,12 +19,14 @@ from unirank.server.config import Profile, TaskConfig
 from unirank.server.domain import FallbackReason, RankedItem, RankRequest, RankResponse, Source
 from unirank.server.errors import (
     DeadlineExceeded,
+    FeatureStoreUnavailable,
     InvalidArgument,
     ModelUnavailable,
     Overloaded,
     TaskNotServed,
     UnknownEntity,
 )
+from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
@@ -54,9 +57,17 @@ class _Fallback(Exception):
 class RankingPipeline:
     """Ranks one request context at a time against the current model runtime."""
 
-    def __init__(self, profile: Profile, runtime: ModelRuntime, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        runtime: ModelRuntime,
+        telemetry: Telemetry | None = None,
+        features: FeatureStore | None = None,
+    ) -> None:
         self.profile = profile
         self._runtime = runtime
+        self._features = features
+        self.feature_store_errors = 0
         self._telemetry = (
             telemetry if telemetry is not None else Telemetry.disabled(profile.name, profile.tasks)
         )
@@ -129,6 +140,9 @@ class RankingPipeline:
         deadline: float | None,
         trace: RequestTrace,
     ) -> RankResponse:
+        if self._features is not None and request.context.user_id:
+            with trace.stage("features"):
+                request = await self._with_recent_history(request, task)
         key: Hashable | None = None
         if task.cache is not None:
             with trace.stage("cache"):
@@ -162,6 +176,44 @@ class RankingPipeline:
         if key is not None and task.cache is not None and not response.fallback:
             task.cache.put(key, response)
         return response
+
+    async def _with_recent_history(self, request: RankRequest, task: TaskRuntime) -> RankRequest:
+        """The request with the user's fresh engagements from the store appended to its history.
+
+        A slow or unreachable store degrades the request to the history the caller sent.
+        """
+        assert self._features is not None
+        settings = self.profile.features
+        since_ms = int(time.time() * 1000 - task.config.freshness.max_feature_age_s * 1000)
+        limit = self._runtime.encoder.max_history
+        try:
+            async with asyncio.timeout(settings.timeout_ms / 1000.0):
+                recent = await self._features.recent(request.context.user_id, limit, since_ms)
+        except (FeatureStoreError, TimeoutError) as exc:
+            self.feature_store_errors += 1
+            log.warning("feature store unavailable, serving without fresh history: %s", exc or "timeout")
+            return request
+        if not recent:
+            return request
+        # Caller history first, store events after (they are the freshest); the latest copy wins.
+        merged = list(dict.fromkeys(reversed((*request.context.history_item_ids, *recent))))[::-1]
+        return replace(request, context=replace(request.context, history_item_ids=tuple(merged)))
+
+    async def record_events(self, events: list[RecentEvent]) -> tuple[int, int]:
+        """Store events about known items; returns (accepted, ignored)."""
+        if self._features is None:
+            raise TaskNotServed(
+                f"profile {self.profile.name!r} has no online feature store ([features] store)"
+            )
+        items = self._runtime.encoder.catalog.items
+        known = [e for e in events if e.item_id in items]
+        if known:
+            try:
+                await self._features.append(known)
+            except FeatureStoreError as exc:
+                self.feature_store_errors += 1
+                raise FeatureStoreUnavailable(str(exc)) from exc
+        return len(known), len(events) - len(known)
 
     async def _rank(
         self,

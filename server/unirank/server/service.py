@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 
@@ -54,6 +55,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 for req, resp in zip(rank_requests, responses, strict=True)
             ]
         )
+
+    async def RecordEvents(
+        self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventsResponse:
+        now_ms = int(time.time() * 1000)
+        events = codec.events_from_pb(request, self._pipeline.profile.features.max_events_per_call, now_ms)
+        accepted, ignored = await self._pipeline.record_events(events)
+        return pb.RecordEventsResponse(accepted=accepted, ignored=ignored)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

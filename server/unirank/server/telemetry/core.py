@@ -113,6 +113,7 @@ def _method_table(service_full_name: str) -> dict[str, MethodInfo]:
             info("Recommend", _single_task, lambda r: 1, lambda r: r.context.request_id),
             info("RecommendBatch", _batch_task, lambda r: len(r.requests), _batch_request_id),
             info("GetModelInfo", lambda r: semconv.TASK_UNSPECIFIED, lambda r: 0, lambda r: ""),
+            info("RecordEvents", lambda r: semconv.TASK_UNSPECIFIED, lambda r: 0, lambda r: ""),
         )
     )
 

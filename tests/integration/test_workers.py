@@ -1,0 +1,103 @@
+"""``unirank serve --workers 2``: two processes on one port; health reflects every worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unirank.client import RecommenderClient, UniRankError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _listens(pid: int, inodes: set[str]) -> bool:
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+def _wait_health(client: RecommenderClient, wanted: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.health() == wanted:
+                return True
+        except UniRankError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
+def test_two_workers_share_the_port_and_health_reflects_both(artifact_dir: Path) -> None:
+    port = _free_port()
+    profile = str(REPO / "profiles/cpu-realtime.toml")
+    supervisor = subprocess.Popen(
+        [
+            sys.executable, "-m", "unirank.cli", "serve", "--profile", profile,
+            "--artifact", str(artifact_dir), "--port", str(port), "--workers", "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    target = f"127.0.0.1:{port}"
+    try:
+        with RecommenderClient(target, timeout=2) as client:
+            assert _wait_health(client, "SERVING", 60), "workers never became SERVING"
+            workers = _children(supervisor.pid)
+            workers = [pid for pid in workers if _listens(pid, _listening_inodes(port))]
+            assert len(workers) == 2, "both workers must listen on the shared port"
+            # New connections are spread by the kernel; every one is answered.
+            for _ in range(10):
+                with RecommenderClient(target, timeout=5) as fresh:
+                    assert fresh.search("zzqx").items
+            os.kill(workers[0], signal.SIGKILL)
+            assert _wait_health(client, "NOT_SERVING", 10), "health did not reflect a dead worker"
+            assert _wait_health(client, "SERVING", 60), "the dead worker was not restarted"
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
