@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from unirank_bench.servers import REPO
+from unirank_bench.servers import BENCH_DIR, REPO, SOURCE_ENV
 
 TEMPLATE = """# Benchmarks
 
@@ -56,7 +58,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-load", type=float, default=0.5)
     p.add_argument("--max-wait", type=float, default=900.0)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument(
+        "--commit",
+        help="benchmark this commit (a snapshot under build/bench-src) instead of the working tree",
+    )
     return p
+
+
+def _source_path(tree: Path) -> str:
+    return os.pathsep.join(str(tree / part) for part in ("core", "client", "server", "training"))
+
+
+def reexec_on_commit(revision: str, argv: list[str]) -> None:
+    """Export ``revision`` with ``git archive`` and run this command again on that source.
+
+    Every process of the run (this one, the load generators, the servers, ``unirank serve`` for
+    start-up) then imports UniRank from the snapshot: edits in the working tree made while the
+    benchmark runs cannot reach it, and the report names exactly what was measured.
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, check=True, capture_output=True, text=True).stdout
+
+    sha = git("rev-parse", "--verify", f"{revision}^{{commit}}").strip()
+    tree = REPO / "build" / "bench-src" / sha[:12]
+    if not (tree / ".complete").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", sha, "core", "client", "server", "training", "profiles"],
+            cwd=REPO, check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+        (tree / ".complete").write_text(sha + "\n")
+    env = dict(os.environ)
+    env[SOURCE_ENV] = str(tree)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (_source_path(tree), str(BENCH_DIR), env.get("PYTHONPATH")) if p
+    )
+    print(f"bench: measuring commit {sha[:12]} (snapshot in {tree})", flush=True)
+    os.execve(sys.executable, [sys.executable, "-m", "unirank_bench", *argv], env)
 
 
 def ensure_artifact(path: Path, size: str) -> None:
@@ -75,6 +115,10 @@ def main(argv: list[str]) -> int:
     from unirank_bench.workload import MIXED, USE_CASES
 
     args = _parser().parse_args(argv)
+    if args.commit and not os.environ.get(SOURCE_ENV):
+        reexec_on_commit(args.commit, argv)
+    # SIGTERM unwinds like Ctrl-C, so every server and load generator started so far is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     quick = args.quick
     build = REPO / "build"
     artifact = args.artifact or build / ("bench-artifact-tiny" if quick else "bench-artifact")

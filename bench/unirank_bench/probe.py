@@ -52,6 +52,7 @@ def _answer(backends: _Backends) -> None:
             "torch_imported": "torch" in sys.modules,
             "onnxruntime_imported": "onnxruntime" in sys.modules,
             "threads": threading.active_count(),
+            "unirank_server_from": list(getattr(sys.modules.get("unirank.server"), "__path__", [])),
             **backends.stats(),
         }
         sys.stdout.write(PREFIX + json.dumps(payload) + "\n")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unirank_bench import v2
 from unirank_bench.loadgen import Job, LoadGenerator
-from unirank_bench.servers import REPO, UNIRANK_METHOD, start_unirank
+from unirank_bench.servers import PROFILES, REPO, UNIRANK_METHOD, start_unirank
 from unirank_bench.workload import build_payloads, build_workloads
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> int:
     workloads = build_workloads(artifact, 2000, seed=0, caller_candidates=not args.retrieval)
     payload_file = work / "payloads.pickle"
     build_payloads(artifact, workloads, v2.load(work / "gen")).save(payload_file)
-    server = start_unirank(REPO / "profiles" / f"{args.profile}.toml", args.artifact, work / "server.log")
+    server = start_unirank(PROFILES / f"{args.profile}.toml", args.artifact, work / "server.log")
     loadgen = LoadGenerator(1)
     stem = f"{args.profile}-{args.workload}-c{args.concurrency}" + ("-retrieval" if args.retrieval else "")
     stem += ("-gil" if args.gil else "") + ("-native" if args.native else "")

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from unirank_bench.servers import REPO
+from unirank_bench.servers import PROFILES
 from unirank_bench.workload import MIXED, USE_CASES
 
 BEGIN = "<!-- bench:results:begin -->"
@@ -157,7 +157,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _max_queue_delay_ms() -> float | None:
-    path = REPO / "profiles" / "gpu-batched.toml"
+    path = PROFILES / "gpu-batched.toml"
     try:
         return float(tomllib.loads(path.read_text())["model"]["batching"]["max_queue_delay_ms"])
     except (OSError, KeyError):

@@ -20,7 +20,7 @@ import numpy as np
 
 from unirank_bench import mlserver_peer, procstats, servers, v2
 from unirank_bench.loadgen import Job, LoadGenerator, RunResult
-from unirank_bench.servers import REPO, UNIRANK_METHOD, ServerProcess
+from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, ServerProcess
 from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
 
 CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
@@ -111,9 +111,13 @@ def git_state() -> dict[str, Any]:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return done.stdout.strip()
 
+    if SOURCE != REPO:  # a snapshot of one commit: nothing uncommitted can be in it
+        sha = (SOURCE / ".complete").read_text().strip() if (SOURCE / ".complete").exists() else SOURCE.name
+        return {"commit": sha, "source": str(SOURCE), "dirty_paths_outside_bench": []}
     dirty = [line[3:] for line in git("status", "--porcelain").splitlines()]
     return {
         "commit": git("rev-parse", "HEAD"),
+        "source": "working tree",
         "dirty_paths_outside_bench": sorted(
             p for p in dirty if not p.startswith(("bench/", "tests/bench/", "docs/bench"))
         ),
@@ -165,6 +169,7 @@ class Bench:
             "startup": {},
             "mlserver": {"status": "not run"},
             "failures": [],
+            "targets": {},
         }
 
     # -- setup -----------------------------------------------------------------------------
@@ -257,7 +262,7 @@ class Bench:
                     samples.append(
                         servers.measure_startup(
                             unirank_bin,
-                            REPO / "profiles" / f"{profile}.toml",
+                            PROFILES / f"{profile}.toml",
                             self.s.artifact,
                             free_port(),
                             self.work / "logs" / f"startup-{profile}-{i}.log",
@@ -297,7 +302,7 @@ class Bench:
             ),
         ]  # fmt: skip
         for profile in self.s.profiles:
-            profile_path = REPO / "profiles" / f"{profile}.toml"
+            profile_path = PROFILES / f"{profile}.toml"
             served = list(tomllib.loads(profile_path.read_text()).get("tasks", {}))
             workloads = [w for w in caller_workloads if w in served or (w == MIXED and len(served) > 1)]
             extra = []
@@ -358,8 +363,10 @@ class Bench:
             return
         try:
             log(f"{target.name} on {server.address} (pid {server.pid}, ready in {server.startup_s:.2f} s)")
-            if target.probe:
-                server.probe(timeout_s=30)  # first call finds the backend; keep it out of the runs
+            about: dict[str, Any] = {"address": server.address, "ready_s": server.startup_s}
+            if target.probe:  # the first call finds the backend: keep it out of the runs
+                about["imports_unirank_server_from"] = server.probe(timeout_s=30)["unirank_server_from"]
+            self.results["targets"][target.name] = about
             plan: list[tuple[str, str, int, float]] = []
             for workload in target.workloads:
                 plan += [(workload, "closed", c, 0.0) for c in self.s.concurrency]

@@ -18,6 +18,10 @@ from unirank_bench import procstats
 
 BENCH_DIR = Path(__file__).resolve().parents[1]
 REPO = BENCH_DIR.parent
+SOURCE_ENV = "UNIRANK_BENCH_SOURCE"
+SOURCE = Path(os.environ.get(SOURCE_ENV) or REPO)
+"""The UniRank source under test: the working tree, or a snapshot of a commit (``--commit``)."""
+PROFILES = SOURCE / "profiles"
 UNIRANK_METHOD = "/unirank.v1.RecommenderService/Recommend"
 
 
