@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-load", type=float, default=0.5)
     p.add_argument("--max-wait", type=float, default=900.0)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--targets", help="comma-separated subset: transport,aio-ort,mlserver,<profile names>")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every target; report the median round")
+    p.add_argument("--section", default="results", help="name of the generated block in the Markdown")
     p.add_argument(
         "--commit",
         help="benchmark this commit (a snapshot under build/bench-src) instead of the working tree",
@@ -155,6 +158,8 @@ def main(argv: list[str]) -> int:
         max_load=args.max_load,
         max_wait_s=args.max_wait,
         use_cases=workloads,
+        targets=args.targets.split(",") if args.targets else None,
+        rounds=args.rounds,
     )
     results = Bench(settings).run()
     verdicts = report.evaluate(results)
@@ -172,7 +177,8 @@ def main(argv: list[str]) -> int:
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True))
     if markdown is not None:
-        report.write_markdown(markdown, report.markdown(results, verdicts, plots), TEMPLATE)
+        generated = report.markdown(results, verdicts, plots, args.section)
+        report.write_markdown(markdown, generated, TEMPLATE, args.section)
     print(f"bench: wrote {json_path}" + (f" and {markdown}" if markdown else ""), flush=True)
     for v in verdicts:
         status = {True: "pass", False: "FAIL", None: "n/a"}[v["pass"]]

@@ -10,8 +10,10 @@ from typing import Any
 from unirank_bench.servers import PROFILES
 from unirank_bench.workload import MIXED, USE_CASES
 
-BEGIN = "<!-- bench:results:begin -->"
-END = "<!-- bench:results:end -->"
+
+def markers(section: str) -> tuple[str, str]:
+    """The comments around one generated block of the Markdown report."""
+    return f"<!-- bench:{section}:begin -->", f"<!-- bench:{section}:end -->"
 
 
 def find(
@@ -178,15 +180,24 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def markdown(results: dict[str, Any], verdicts: list[dict[str, Any]], plots: dict[str, str]) -> str:
+def markdown(
+    results: dict[str, Any], verdicts: list[dict[str, Any]], plots: dict[str, str], section: str = "results"
+) -> str:
     """The generated part of docs/benchmarks.md (between the markers)."""
-    lines: list[str] = [BEGIN, ""]
+    begin, end = markers(section)
+    lines: list[str] = [begin, ""]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(results["started_unix_s"]))
     host = results["host"]
     load = results["load"]
     foreign = [r["foreign_cpu_cores"] for r in results["runs"]]
     lines += [
-        f"Run of {started}{' (quick mode: smoke test, not a measurement)' if results['quick'] else ''}: "
+        f"Run of {started}{' (quick mode: smoke test, not a measurement)' if results['quick'] else ''}"
+        + (
+            f", {results['settings']['rounds']} rounds (each row: the round with the median throughput)"
+            if results["settings"].get("rounds", 1) > 1
+            else ""
+        )
+        + ": "
         f"{host['cpus']} CPUs, Python {host['python']}, grpcio {host['grpcio']}, "
         f"onnxruntime {host['onnxruntime']}; artifact `{results['artifact']['model_version']}` "
         f"({results['artifact']['items']} items); git `{results['git']['commit'][:10]}`"
@@ -370,7 +381,7 @@ def markdown(results: dict[str, Any], verdicts: list[dict[str, Any]], plots: dic
     if plots:
         lines += ["", "### Plots", ""]
         lines += [f"![{name}]({path})" for name, path in plots.items()]
-    lines += ["", END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
@@ -384,12 +395,13 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2] if ordered else 0.0
 
 
-def write_markdown(path: Path, generated: str, template: str) -> None:
+def write_markdown(path: Path, generated: str, template: str, section: str = "results") -> None:
     """Replace the generated block of ``path``, keeping the hand-written text around it."""
+    begin, end = markers(section)
     text = path.read_text() if path.exists() else template
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
         text = head + generated + tail
     else:
         text = text.rstrip() + "\n\n" + generated + "\n"
@@ -409,13 +421,15 @@ def plot(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     colours = {t: f"C{i}" for i, t in enumerate(targets)}
     workloads = [w for w in [*USE_CASES, MIXED] if any(r["workload"] == w for r in results["runs"])]
     cdf_path = out_dir / "latency-cdf.png"
-    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 4), squeeze=False, sharey=True)
-    concurrencies = [c for c in (1, 32) if c in results["settings"]["concurrency"]] or results["settings"][
-        "concurrency"
-    ][:1]
+    columns = 3
+    rows = (len(workloads) + 1 + columns - 1) // columns  # one more panel for the legend
+    fig, grid = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.8 * rows), squeeze=False, sharey=True)
+    panels = [ax for row in grid for ax in row]
+    concurrencies = [c for c in (1, 32) if c in results["settings"]["concurrency"]]
+    concurrencies = concurrencies or results["settings"]["concurrency"][:1]
     from unirank_bench.runner import CDF_POINTS
 
-    for ax, workload in zip(axes[0], workloads, strict=True):
+    for ax, workload in zip(panels, workloads, strict=False):
         for target in targets:
             for c, style in zip(concurrencies, ("-", "--"), strict=False):
                 run = find(results, target, workload, c)
@@ -424,12 +438,18 @@ def plot(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         ax.set_xscale("log")
         ax.set_title(workload)
         ax.set_xlabel("latency (ms, log)")
+        ax.set_ylabel("fraction of requests")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("fraction of requests")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(cdf_path, dpi=110)
+    legend: dict[str, Any] = {}
+    for ax in panels[: len(workloads)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    handles, labels = list(legend.values()), list(legend)
+    for ax in panels[len(workloads) :]:
+        ax.axis("off")
+    panels[len(workloads)].legend(handles, labels, loc="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(cdf_path, dpi=100)
     plt.close(fig)
 
     thr_path = out_dir / "throughput.png"
@@ -451,6 +471,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         ax.set_xlabel("concurrency (closed loop)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
+    left.set_yscale("log")
     right.set_yscale("log")
     left.legend(fontsize=7)
     fig.tight_layout()
