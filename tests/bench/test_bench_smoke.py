@@ -38,6 +38,7 @@ def test_quick_bench_writes_results_of_the_documented_shape(artifact_dir: Path, 
         sys.executable, "-m", "unirank_bench", "--quick", "--no-mlserver",
         "--artifact", str(artifact_dir), "--out-dir", str(out), "--markdown", str(out / "benchmarks.md"),
         "--work-dir", str(tmp_path / "work"), "--warmup", "0.1", "--duration", "0.4",
+        "--concurrency", "4", "--open-rate", "40",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
