@@ -60,3 +60,10 @@ docs: setup
 # BENCH_ARGS=--quick is a smoke run of a few seconds that writes under build/bench-quick.
 bench: setup
 	PYTHONPATH=bench $(PYTHON) -m unirank_bench $(BENCH_ARGS)
+
+.PHONY: stress
+# The long hardening runs (13,000 fuzzed RPCs, overload at 4x measured capacity, SIGTERM under load,
+# every fault and attack) against real servers; writes docs/reliability.md. Not part of `make test`.
+# STRESS_ARGS=--quick is a smoke run of seconds that writes build/reliability-quick.md.
+stress: setup
+	$(PYTHON) -m tests.hardening.stress $(STRESS_ARGS)

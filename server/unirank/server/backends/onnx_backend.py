@@ -38,7 +38,10 @@ class OnnxBackend:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(self._model_path), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(self._model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a truncated or foreign graph whose checksum still matched its manifest
+            raise BackendError(f"{self._model_path}: not a loadable ONNX graph: {exc}") from exc
         names = [i.name for i in session.get_inputs()]
         if sorted(names) != sorted(INPUT_NAMES):
             raise BackendError(f"{self._model_path}: graph inputs {names}, expected {list(INPUT_NAMES)}")
