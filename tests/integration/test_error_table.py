@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from unirank.artifact import ModelInputs, load_artifact
-from unirank.client import AsyncRecommenderClient, UniRankError
+from unirank.client import AsyncRecommenderClient, Event, UniRankError
 from unirank.server.backends.base import BackendError
 from unirank.server.errors import ERROR_TABLE, ServingError
+from unirank.server.features import FeatureStoreError
 
 from ..conftest import known_query, profile_with, running_server
 
@@ -42,13 +43,27 @@ class _FaultyBackend:
         await self.inner.close()
 
 
+class _BrokenStore:
+    """A feature store whose backend is gone."""
+
+    name = "broken"
+
+    async def append(self, events: Any) -> None:
+        raise FeatureStoreError("injected: store unreachable")
+
+    async def recent(self, user_id: str, limit: int, since_ms: int) -> list[str]:
+        raise FeatureStoreError("injected: store unreachable")
+
+    async def close(self) -> None: ...
+
+
 async def _expect(client: AsyncRecommenderClient, call: Any) -> UniRankError:
     with pytest.raises(UniRankError) as error:
         await call(client)
     return error.value
 
 
-async def test_every_row_of_the_error_table(artifact_dir: Path) -> None:
+async def test_every_row_of_the_error_table(artifact_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     query = known_query(load_artifact(artifact_dir))
     seen: dict[str, UniRankError] = {}
     strict = {"fallback": {"strategy": "error", "on_deadline": False, "on_backend_error": False}}
@@ -73,11 +88,30 @@ async def test_every_row_of_the_error_table(artifact_dir: Path) -> None:
         server.admission.draining = True
         seen["Draining"] = await _expect(client, lambda c: c.search(query))
         server.admission.draining = False
+        pipeline._features = _BrokenStore()
+        user, item = (
+            pipeline.runtime.artifact.catalog.users.key(1),
+            pipeline.runtime.artifact.catalog.items.key(1),
+        )
+        seen["FeatureStoreUnavailable"] = await _expect(
+            client, lambda c: c.record_events([Event(user, item)])
+        )
+    full, limited = "token-for-everything-0001", "token-for-recommend-0002"
+    monkeypatch.setenv("UNIRANK_TEST_TOKENS", f"full:{full},limited:{limited}")
+    security = {
+        "auth": "bearer",
+        "tokens_env": "UNIRANK_TEST_TOKENS",
+        "grants": {"limited": {"methods": ["Recommend"]}},
+    }
     async with (
-        running_server("search-edge", artifact_dir) as server,
-        AsyncRecommenderClient(server.address) as client,
+        running_server(profile_with("search-edge", security=security), artifact_dir) as server,
+        AsyncRecommenderClient(server.address, bearer_token=full) as client,
+        AsyncRecommenderClient(server.address) as anonymous,
+        AsyncRecommenderClient(server.address, bearer_token=limited) as limited_client,
     ):
         seen["TaskNotServed"] = await _expect(client, lambda c: c.notification("u1"))
+        seen["Unauthenticated"] = await _expect(anonymous, lambda c: c.search(query))
+        seen["PermissionDenied"] = await _expect(limited_client, lambda c: c.model_info())
 
     assert set(seen) == {cls.__name__ for cls in ERROR_TABLE}, "a row of the table is not exercised"
     for cls, code in ERROR_TABLE.items():

@@ -188,6 +188,8 @@ def verify_artifact(path: Path) -> dict[str, Any]:
         if name not in files:
             raise ArtifactError(f"{manifest_path}: {name} not listed")
     for name, expected in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name in {".", ".."}:
+            raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name in the artifact")
         file_path = path / name
         if not file_path.is_file():
             raise ArtifactError(f"{path}: {name} is missing")

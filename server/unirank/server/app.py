@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,26 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from unirank.artifact.store import ArtifactError
+from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
+from unirank.server.features import FeatureStore, make_feature_store
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.repository import fingerprint, resolve_artifact
 from unirank.server.runtime import ModelRuntime
+from unirank.server.security import Authenticator, server_credentials
 from unirank.server.service import RecommenderServicer
 from unirank.server.telemetry import ScoreReference, Telemetry
+from unirank.server.workers import WorkerGroup, watch_group_health
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+DRAIN_QUIET_TURNS = 5
+"""On stop, this many 10 ms turns of the event loop in a row without an RPC reaching admission
+means no more are on their way."""
 
 
 class UniRankServer:
@@ -43,6 +51,8 @@ class UniRankServer:
         port: int | None = None,
         *,
         telemetry: Telemetry | None = None,
+        features: FeatureStore | None = None,
+        group: WorkerGroup | None = None,
     ):
         self.profile = profile
         self._telemetry = telemetry
@@ -60,6 +70,8 @@ class UniRankServer:
         self._background: set[asyncio.Task[None]] = set()
         self.reloads = 0
         self.reload_failures = 0
+        self.features: FeatureStore | None = features
+        self.group = group
 
     @property
     def address(self) -> str:
@@ -91,19 +103,36 @@ class UniRankServer:
 
     async def _start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        # Certificates and tokens first: a bad one fails the start before the artifact loads.
+        credentials = server_credentials(self.profile.security)
+        auth = Authenticator.create(self.profile.security, os.environ)
+        if auth is not None and credentials is None:
+            log.warning("bearer tokens over plaintext: set [security] tls_cert_file unless TLS ends in front")
         telemetry = self.telemetry
         version_dir = resolve_artifact(self.artifact_path)
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
         self._announce(runtime)
         self._loaded = fingerprint(version_dir)
-        self.pipeline = RankingPipeline(self.profile, runtime, telemetry)
+        if self.features is None:
+            self.features = make_feature_store(self.profile.features)
+        self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
         limits = self.profile.server
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(self.admission, telemetry)],
+            interceptors=[
+                ErrorInterceptor(
+                    self.admission, telemetry, limits=RequestLimits.from_server(limits), auth=auth
+                )
+            ],
             options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", limits.max_message_bytes),
+                # Workers of one group share the port; a lone server must own it (tests bind port 0).
+                ("grpc.so_reuseport", 1 if self.group is not None else 0),
+                # Up to twice the limit is read so the interceptor can refuse it by name
+                # (INVALID_ARGUMENT); beyond that gRPC cuts the message off unread.
+                ("grpc.max_receive_message_length", 2 * limits.max_message_bytes),
                 ("grpc.max_send_message_length", limits.max_message_bytes),
+                # Soft and hard limit alike: past it core refuses every new call, not a random share.
+                ("grpc.server.max_pending_requests", limits.max_pending_rpcs),
+                ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_rpcs),
             ],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
@@ -119,17 +148,34 @@ class UniRankServer:
                 ),
                 server,
             )
-        self.port = server.add_insecure_port(f"{self.host}:{self.requested_port}")
+        bind = f"{self.host}:{self.requested_port}"
+        self.port = (
+            server.add_insecure_port(bind)
+            if credentials is None
+            else server.add_secure_port(bind, credentials)
+        )
         if self.port == 0:
             raise RuntimeError(f"cannot bind {self.host}:{self.requested_port}")
         telemetry.set_server_address(self.host, self.port)
         await server.start()
         self._server = server
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.group is None:
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        else:
+            self.group.set_ready(True)
+            self._spawn(watch_group_health(self.group, self._set_serving))
         interval = self._poll_interval()
         if interval > 0:
             self._spawn(self._poll_artifacts(interval))
         log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
+
+    async def _set_serving(self, serving: bool) -> None:
+        if not self.admission.draining:
+            await self._set_health(
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
 
     def _poll_interval(self) -> float:
         intervals = [t.freshness.artifact_poll_interval_s for t in self.profile.tasks.values()]
@@ -192,17 +238,30 @@ class UniRankServer:
         """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish within the grace period."""
         grace = self.profile.server.grace_period_s if grace_s is None else grace_s
         self.admission.draining = True
+        if self.group is not None:
+            self.group.set_ready(False)
         await self.health.enter_graceful_shutdown()
         loop = asyncio.get_running_loop()
         until = loop.time() + grace
-        while self.admission.in_flight > 0 and loop.time() < until:
+        # Wait for the admitted requests, then for arrivals to stop: calls gRPC still holds
+        # unread when the server stops are cancelled by gRPC core (CANCELLED), while calls that
+        # reach admission now are refused with DRAINING and RetryInfo, which clients retry elsewhere.
+        # Quiet means several loop turns in a row without one, not a stretch of wall time (a
+        # process starved of CPU sees no arrivals either).
+        seen, quiet_turns = -1, 0
+        while quiet_turns < DRAIN_QUIET_TURNS and loop.time() < until:
             await asyncio.sleep(0.01)
+            busy = self.admission.in_flight > 0 or self.admission.arrivals != seen
+            quiet_turns = 0 if busy else quiet_turns + 1
+            seen = self.admission.arrivals
         for task in list(self._background):
             task.cancel()
         if self._server is not None:
             await self._server.stop(max(0.0, until - loop.time()))
         if self.pipeline is not None:
             await self.pipeline.runtime.close()
+        if self.features is not None:
+            await self.features.close()
         if self._telemetry is not None:
             # Off the loop: flushing exporters may block on the network.
             await asyncio.to_thread(self._telemetry.shutdown)

@@ -15,6 +15,7 @@ from unirank.artifact import ArtifactError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
 from unirank.server.config import Profile, ProfileError, load_profile
+from unirank.server.security import SecurityError
 from unirank.server.telemetry import Telemetry, TelemetrySettingsError, resolve
 from unirank.server.telemetry.logs import configure_logging
 from unirank.server.workers import WorkerGroup, supervise
@@ -140,5 +141,8 @@ def _run(args: argparse.Namespace, profile: Profile, group: WorkerGroup | None) 
         return 3
     except BackendError as exc:
         print(f"unirank serve: cannot start the model backend: {exc}", file=sys.stderr)
+        return 3
+    except SecurityError as exc:
+        print(f"unirank serve: invalid security settings: {exc}", file=sys.stderr)
         return 3
     return 0

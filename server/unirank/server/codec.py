@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
+from dataclasses import dataclass
 
 from unirank.artifact import Context, TaskType
+from unirank.server.config import ServerSection
 from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument
+from unirank.server.features import RecentEvent
 from unirank.server.telemetry.stats import LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb
 
@@ -21,6 +24,60 @@ _ONEOF_TO_TASK: dict[str, TaskType] = {
     "search": TaskType.SEARCH,
     "category": TaskType.CATEGORY,
 }
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """Size limits checked while a request is decoded, before any handler runs (``[server]``).
+
+    The list limits are the profile's; ``MAX_LIST_IDS`` stays the hard cap behind them.
+    """
+
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_candidate_ids: int = MAX_LIST_IDS
+    max_history_ids: int = MAX_LIST_IDS
+    max_excluded_ids: int = MAX_LIST_IDS
+
+    @classmethod
+    def from_server(cls, section: ServerSection) -> RequestLimits:
+        return cls(
+            max_message_bytes=section.max_message_bytes,
+            max_candidate_ids=section.max_candidate_ids,
+            max_history_ids=section.max_history_ids,
+            max_excluded_ids=section.max_excluded_ids,
+        )
+
+
+def _list_limits(message: pb.RecommendRequest, limits: RequestLimits, prefix: str) -> list[FieldViolation]:
+    ctx, opts = message.context, message.options
+    checks = (
+        ("context.history_item_ids", len(ctx.history_item_ids), "max_history_ids"),
+        ("options.candidate_item_ids", len(opts.candidate_item_ids), "max_candidate_ids"),
+        ("options.excluded_item_ids", len(opts.excluded_item_ids), "max_excluded_ids"),
+    )
+    return [
+        FieldViolation(f"{prefix}{field}", f"has {count} entries, at most {limit} allowed (server.{key})")
+        for field, count, key in checks
+        if count > (limit := getattr(limits, key))
+    ]
+
+
+def limit_violations(message: object, limits: RequestLimits) -> list[FieldViolation]:
+    """Every list of a Recommend / RecommendBatch request longer than the profile allows."""
+    if isinstance(message, pb.RecommendRequest):
+        return _list_limits(message, limits, "")
+    if isinstance(message, pb.RecommendBatchRequest):
+        found: list[FieldViolation] = []
+        for index, member in enumerate(message.requests):
+            found += _list_limits(member, limits, f"requests[{index}].")
+            if len(found) >= 10:  # enough to fix the caller; the rest is noise
+                break
+        return found
+    return []
+
+
+def _has_control(value: str, allowed: str = "") -> bool:
+    return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value)
 
 
 def _id_problem(value: str) -> str | None:
@@ -52,6 +109,8 @@ class _Validator:
     def short(self, field: str, value: str) -> None:
         if len(value) > MAX_SHORT_FIELD:
             self.add(field, f"longer than {MAX_SHORT_FIELD} characters")
+        elif _has_control(value):
+            self.add(field, "contains control characters")
 
     def id_list(self, field: str, values: list[str], limit: int = MAX_LIST_IDS) -> None:
         if len(values) > limit:
@@ -95,6 +154,8 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
             check.add(f"{prefix}context.search.query", "is required (non-blank)")
         elif len(query) > MAX_QUERY_CHARS:
             check.add(f"{prefix}context.search.query", f"longer than {MAX_QUERY_CHARS} characters")
+        elif _has_control(query, allowed="\t\n\r"):
+            check.add(f"{prefix}context.search.query", "contains control characters (other than tab/newline)")
     elif task is TaskType.CATEGORY:
         category = ctx.category.category_id
         check.required_id(f"{prefix}context.category.category_id", category)
@@ -186,3 +247,23 @@ def serving_stats_to_pb(stats: ServingStats, model_version: str, profile: str) -
             if value is not None:
                 entry.drift.psi = value
     return message
+
+
+def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int) -> list[RecentEvent]:
+    """Validate RecordEvents input; an event time of 0 means ``now_ms``."""
+    check = _Validator()
+    if not message.events:
+        check.add("events", "at least one event is required")
+    elif len(message.events) > max_events:
+        check.add("events", f"has {len(message.events)} entries, at most {max_events} allowed")
+    else:
+        for index, event in enumerate(message.events):
+            check.required_id(f"events[{index}].user_id", event.user_id)
+            check.required_id(f"events[{index}].item_id", event.item_id)
+            if event.event_time_unix_ms < 0:
+                check.add(f"events[{index}].event_time_unix_ms", "must be >= 0")
+            if len(check.violations) >= 10:  # enough to fix the caller; the rest is noise
+                break
+    if check.violations:
+        raise InvalidArgument(check.violations)
+    return [RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms) for e in message.events]

@@ -63,14 +63,29 @@ class ServerSection(_Strict):
     """TCP port; 0 picks a free one (tests)."""
     max_concurrent_rpcs: int = Field(512, ge=1, le=1_000_000)
     """Admission limit: RPCs past it get RESOURCE_EXHAUSTED with RetryInfo."""
+    max_pending_rpcs: int = Field(1000, ge=1, le=1_000_000)
+    """RPCs gRPC may hold before the server takes them up (its backlog, ahead of admission). Past
+    it gRPC core refuses new calls itself, cheaply but with status CANCELLED (core's choice, not
+    UniRank's), so memory and the wait before admission stay bounded when requests arrive faster
+    than one process can take them up, let alone refuse them (docs/reliability.md)."""
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    """Largest request or response message."""
+    """Largest request or response message. A request up to twice this size is read and refused
+    with INVALID_ARGUMENT naming the limit; a larger one is cut off by gRPC itself
+    (RESOURCE_EXHAUSTED, no RetryInfo) before it is buffered whole."""
     grace_period_s: float = Field(5.0, ge=0.0, le=600.0)
     """On SIGTERM: time allowed for in-flight requests to finish."""
     max_batch_requests: int = Field(64, ge=1, le=10_000)
     """Most contexts in one RecommendBatch call."""
     reflection: bool = True
-    """Expose gRPC server reflection."""
+    """Expose gRPC server reflection (``[security] reflection_requires_auth`` decides who may use it)."""
+    # Upper bounds match the codec's hard cap of 10,000 ids per list.
+    max_candidate_ids: int = Field(2000, ge=1, le=10_000)
+    """Most ``options.candidate_item_ids`` in one request (INVALID_ARGUMENT naming the limit beyond)."""
+    max_history_ids: int = Field(1000, ge=1, le=10_000)
+    """Most ``context.history_item_ids`` in one request (INVALID_ARGUMENT beyond); the model reads
+    only the most recent ones the artifact's encoder keeps."""
+    max_excluded_ids: int = Field(10_000, ge=1, le=10_000)
+    """Most ``options.excluded_item_ids`` in one request (INVALID_ARGUMENT beyond)."""
 
 
 class CacheConfig(_Strict):
@@ -229,6 +244,103 @@ class TelemetrySection(_Strict):
 _TASK_NAMES = {spec.name for spec in TASKS}
 
 
+class FeaturesSection(_Strict):
+    """The online feature store: users' recent engagements recorded through RecordEvents."""
+
+    store: Literal["memory", "redis", "none"] = "memory"
+    """``memory`` (one replica), ``redis`` (shared by every replica) or ``none`` (only the history
+    callers send)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis connection URL (``redis`` store only); ``UNIRANK_REDIS_URL`` overrides it."""
+    max_items_per_user: int = Field(50, ge=1, le=10_000)
+    """Recent items kept per user."""
+    ttl_s: float = Field(7 * 86_400.0, gt=0.0)
+    """A user's recent history expires this long after their last event (``redis`` store)."""
+    timeout_ms: float = Field(30.0, gt=0.0, le=10_000.0)
+    """Longest a request waits for the store; past it the request proceeds without fresh history."""
+    max_events_per_call: int = Field(1000, ge=1, le=100_000)
+    """Most events in one RecordEvents call."""
+
+
+class GrantConfig(_Strict):
+    """What one token may do (``[security.grants.NAME]``, NAME as in the tokens file)."""
+
+    methods: tuple[str, ...] = ()
+    """RPC names of ``unirank.v1.RecommenderService`` the token may call, e.g.
+    ``["Recommend", "GetModelInfo"]``; empty allows every method. Others get PERMISSION_DENIED."""
+    tasks: tuple[str, ...] = ()
+    """Use-cases the token may rank for, e.g. ``["search"]``; empty allows every use-case. A request
+    (or a RecommendBatch member) for another one gets PERMISSION_DENIED."""
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        from unirank.v1 import recommender_pb2 as pb
+
+        known = {m.name for m in pb.DESCRIPTOR.services_by_name["RecommenderService"].methods}
+        unknown = sorted(set(methods) - known)
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
+        return methods
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = sorted(set(tasks) - _TASK_NAMES)
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; known: {sorted(_TASK_NAMES)}")
+        return tasks
+
+
+class SecuritySection(_Strict):
+    """TLS, mutual TLS and bearer-token authentication (``[security]``; all off by default).
+
+    Secrets never live in the profile: it names the files and the environment variable that hold
+    them. Relative paths are resolved against the server's working directory.
+    """
+
+    tls_cert_file: str = ""
+    """PEM certificate chain of the server; set with ``tls_key_file`` to serve TLS only (empty:
+    plaintext)."""
+    tls_key_file: str = ""
+    """PEM private key of ``tls_cert_file``."""
+    client_ca_file: str = ""
+    """PEM bundle of the CAs whose client certificates are accepted (mutual TLS)."""
+    require_client_cert: bool = False
+    """Fail the TLS handshake of a client without a certificate signed by ``client_ca_file``
+    (mutual TLS); false accepts clients without one."""
+    auth: Literal["none", "bearer"] = "none"
+    """``bearer``: every call must send ``authorization: Bearer <token>`` metadata with a configured
+    token (UNAUTHENTICATED otherwise); ``none``: no token is asked for."""
+    tokens_file: str = ""
+    """File of ``NAME:TOKEN`` entries, one per line (``#`` comments); tokens of at least 16
+    characters, compared in constant time, never logged (only NAME is)."""
+    tokens_env: str = ""
+    """Environment variable holding more ``NAME:TOKEN`` entries, separated by commas or newlines
+    (e.g. ``UNIRANK_TOKENS``, filled from a Kubernetes secret)."""
+    grants: dict[str, GrantConfig] = Field(default_factory=dict)
+    """Per-token limits by token NAME (``[security.grants.NAME]``); a token without an entry may
+    call every method for every use-case."""
+    health_requires_auth: bool = False
+    """Health checks need a token too; false keeps them open for load balancers and probes."""
+    reflection_requires_auth: bool = True
+    """Server reflection needs a token too (when ``[server] reflection`` exposes it at all)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SecuritySection:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.client_ca_file and not self.tls_cert_file:
+            raise ValueError("client_ca_file needs TLS (tls_cert_file and tls_key_file)")
+        if self.require_client_cert and not self.client_ca_file:
+            raise ValueError("require_client_cert needs client_ca_file")
+        if self.auth == "bearer" and not (self.tokens_file or self.tokens_env):
+            raise ValueError("auth = 'bearer' needs tokens_file or tokens_env")
+        if self.auth == "none" and (self.grants or self.health_requires_auth):
+            raise ValueError("grants and health_requires_auth need auth = 'bearer'")
+        return self
+
+
 class Profile(_Strict):
     """One deployment of the shared model."""
 
@@ -242,6 +354,10 @@ class Profile(_Strict):
     """Process limits (``[server]``)."""
     telemetry: TelemetrySection = TelemetrySection()
     """Traces, metrics and logs (``[telemetry]``)."""
+    features: FeaturesSection = FeaturesSection()
+    """The online feature store (``[features]``)."""
+    security: SecuritySection = SecuritySection()
+    """TLS, mutual TLS and authentication (``[security]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
     """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
 

@@ -77,6 +77,31 @@ class Draining(ServingError):
         self.retry_after_s = retry_after_s
 
 
+class FeatureStoreUnavailable(ServingError):
+    """RecordEvents could not write to the online feature store; the caller may retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "FEATURE_STORE_UNAVAILABLE"
+
+    def __init__(self, message: str, retry_after_s: float = 0.5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class Unauthenticated(ServingError):
+    """No bearer token, a malformed one, or one the server does not know (the token is never echoed)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServingError):
+    """A known token asked for a method or a use-case its grant does not allow."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(ServingError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
@@ -96,8 +121,11 @@ ERROR_TABLE: dict[type[ServingError], grpc.StatusCode] = {
     TaskNotServed: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     Draining: grpc.StatusCode.UNAVAILABLE,
+    FeatureStoreUnavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelUnavailable: grpc.StatusCode.INTERNAL,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
