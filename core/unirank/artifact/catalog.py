@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ class Vocab:
     def index(self, key: str) -> int:
         """The index of ``key``, 0 when unknown."""
         return self._index.get(key, 0)
+
+    def indices(self, keys: Sequence[str]) -> np.ndarray:
+        """int64 indices of ``keys`` (0 where unknown), looked up in one C-level loop."""
+        return np.fromiter(map(self._index.get, keys, repeat(0)), dtype=np.int64, count=len(keys))
 
     def key(self, index: int) -> str:
         return self.keys[index]

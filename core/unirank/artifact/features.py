@@ -87,8 +87,8 @@ class FeatureEncoder:
 
     def history_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """The most recent ``max_history`` known items, most recent last, left-aligned, 0-padded."""
-        known = [i for i in (self.catalog.items.index(x) for x in item_ids) if i]
-        known = known[-self.max_history :]
+        indices = self.catalog.items.indices(item_ids)
+        known = indices[indices > 0][-self.max_history :]
         out = np.zeros(self.max_history, dtype=np.int64)
         out[: len(known)] = known
         return out

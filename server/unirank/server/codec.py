@@ -83,9 +83,22 @@ def _has_control(value: str, allowed: str = "") -> bool:
 def _id_problem(value: str) -> str | None:
     if len(value) > MAX_ID_LENGTH:
         return f"longer than {MAX_ID_LENGTH} characters"
+    if value.isascii():
+        # Printable ASCII holds no control character and no whitespace but the space: one C call.
+        if value.isprintable() and " " not in value:
+            return None
+        return "contains whitespace or control characters"
     if any(ch.isspace() or unicodedata.category(ch).startswith("C") for ch in value):
         return "contains whitespace or control characters"
     return None
+
+
+def _all_plain_ascii_ids(values: list[str]) -> bool:
+    """The common case of a whole id list, checked in C: non-empty, short, printable ASCII, no space."""
+    if not values or not all(values) or max(map(len, values)) > MAX_ID_LENGTH:
+        return False
+    joined = "".join(values)
+    return joined.isascii() and joined.isprintable() and " " not in joined
 
 
 class _Validator:
@@ -116,6 +129,9 @@ class _Validator:
         if len(values) > limit:
             self.add(field, f"has {len(values)} entries, at most {limit} allowed")
             return
+        if _all_plain_ascii_ids(values):
+            return
+        # Slow path only to name the first offending entry.
         for index, value in enumerate(values):
             problem = "is empty" if not value else _id_problem(value)
             if problem:

@@ -4,6 +4,7 @@ post-rules -> respond, with the use-case's fallback around it."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Hashable
@@ -144,7 +145,8 @@ class RankingPipeline:
             with trace.stage("features"):
                 request = await self._with_recent_history(request, task)
         key: Hashable | None = None
-        if task.cache is not None:
+        # Caller-supplied candidates make a request unique: caching it would only fill memory.
+        if task.cache is not None and not request.options.candidate_item_ids:
             with trace.stage("cache"):
                 key = (runtime.version, self.config_epoch, _cache_key(request))
                 cached = task.cache.get(key)
@@ -232,11 +234,7 @@ class RankingPipeline:
         rule_ctx = self._rule_context(runtime, encoded)
         with trace.stage("retrieval"):
             if request.options.candidate_item_ids:
-                ids = np.fromiter(
-                    (runtime.encoder.catalog.items.index(x) for x in request.options.candidate_item_ids),
-                    dtype=np.int64,
-                    count=len(request.options.candidate_item_ids),
-                )
+                ids = runtime.encoder.catalog.items.indices(request.options.candidate_item_ids)
                 candidates = runtime.retriever.caller_candidates(ids, config.retrieval.max_candidates)
             else:
                 candidates = runtime.retriever.retrieve(encoded, config.retrieval)
@@ -284,8 +282,7 @@ class RankingPipeline:
         excluded = request.options.excluded_item_ids
         if not excluded:
             return c
-        index = runtime.encoder.catalog.items.index
-        return c.keep(~np.isin(c.items, [index(x) for x in excluded]))
+        return c.keep(~np.isin(c.items, runtime.encoder.catalog.items.indices(excluded)))
 
     def _fallback(
         self,
@@ -375,16 +372,19 @@ def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
 
 
 def _cache_key(request: RankRequest) -> Hashable:
-    """Everything that changes the answer, never the request id."""
+    """A 16-byte digest of everything that changes the answer (never the request id).
+
+    A digest, not the fields: a history of hundreds of ids would make each entry kilobytes.
+    """
     ctx, opts = request.context, request.options
-    return (
-        int(ctx.task),
+    parts = (
+        str(int(ctx.task)),
         ctx.user_id,
-        ctx.history_item_ids,
+        "\x1f".join(ctx.history_item_ids),
         " ".join(ctx.query.lower().split()),
         ctx.anchor_item_id,
         ctx.category_id,
-        opts.max_results,
-        opts.candidate_item_ids,
-        opts.excluded_item_ids,
+        str(opts.max_results),
+        "\x1f".join(opts.excluded_item_ids),
     )
+    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=16).digest()
