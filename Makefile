@@ -67,3 +67,11 @@ bench: setup
 # STRESS_ARGS=--quick is a smoke run of seconds that writes build/reliability-quick.md.
 stress: setup
 	$(PYTHON) -m tests.hardening.stress $(STRESS_ARGS)
+
+.PHONY: quality
+# docs/quality.md: unified vs single-task, no-task-type, popularity and classic peers on MovieLens.
+MOVIELENS ?= ../shared/data/movielens-small
+quality: setup
+	$(PYTHON) -m pip install -q -e '.[quality]'
+	$(BIN)/unirank compare --data movielens:$(MOVIELENS) --seeds 3 --workers 2 --rows-per-task 3000 \
+		--json build/quality/compare.json --report docs/quality.md

@@ -148,8 +148,11 @@ def test_trained_model_beats_popularity(artifact: Artifact) -> None:
         name: (by["model"]["ndcg@10"], by["popularity"]["ndcg@10"], by["popularity_task_aware"]["ndcg@10"])
         for name, by in tasks.items()
     }
-    # Global popularity is beaten on every task, by a wide margin (robust to seed noise).
-    assert all(model > 1.3 * pop for model, pop, _ in lifts.values()), lifts
+    # Global popularity is beaten on every task, by a wide margin (robust to seed noise) where the
+    # candidate set is the catalogue; a category row ranks only its category, where popularity is
+    # strong already.
+    assert all(model > 1.3 * pop for name, (model, pop, _) in lifts.items() if name != "category"), lifts
+    assert lifts["category"][0] > 1.1 * lifts["category"][1], lifts
     # The task-aware rules are strong on a tiny catalogue; the model still wins most tasks.
     assert sum(model > aware for model, _, aware in lifts.values()) >= 3, lifts
 
@@ -173,8 +176,10 @@ def test_cli_evaluate_prints_json(artifact_dir: Path, capsys: pytest.CaptureFixt
 
 
 def test_cli_rejects_unknown_data_specs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["train", "--data", "movielens:/nowhere", "--out", str(tmp_path / "a")]) == 2
-    assert "not supported yet" in capsys.readouterr().err
+    assert cli_main(["train", "--data", "movielens:/nowhere", "--out", str(tmp_path / "a")]) == 1
+    assert "no such directory" in capsys.readouterr().err
+    assert cli_main(["train", "--data", "movielens", "--out", str(tmp_path / "a")]) == 2
+    assert "needs a directory" in capsys.readouterr().err
     assert cli_main(["train", "--data", "parquet:/x", "--out", str(tmp_path / "a")]) == 2
     assert "unknown --data" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()

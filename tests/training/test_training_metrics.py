@@ -16,7 +16,7 @@ from unirank.training.baselines import (
     popularity_order,
 )
 from unirank.training.dataset import Dataset
-from unirank.training.evaluate import rank_rows
+from unirank.training.evaluate import Batch, CandidateSets, rank_rows
 from unirank.training.logs import EventTable, EventType, ItemTable, LogData
 
 
@@ -44,8 +44,37 @@ def test_recall_ndcg_mrr_by_hand() -> None:
 
 
 def test_coverage_counts_distinct_items_over_the_catalogue() -> None:
-    top = np.array([[1, 2, 3], [3, 2, 1], [4, 1, 2]])
+    top = np.array([[1, 2, 3], [3, 2, 1], [4, 1, 0]])  # 0: fewer than k rankable items
     assert metrics.coverage_at_k(top, n_items=8) == pytest.approx(4 / 8)
+
+
+def test_several_positives_per_row_by_hand() -> None:
+    scores = np.array(
+        [
+            [0.9, 0.8, 0.7, 0.1, 0.0],  # positives 0 and 2 -> ranks 0 and 2
+            [0.1, 0.2, 0.3, 0.4, 0.5],  # positive 0 -> rank 4
+            [0.5, -np.inf, 0.4, 0.3, 0.2],  # positives 1 (excluded) and 3 -> ranks 5 and 2
+        ]
+    )
+    indptr = np.array([0, 2, 3, 5])
+    ranks = metrics.positive_ranks_csr(scores, indptr, np.array([0, 2, 0, 1, 3]))
+    assert ranks.tolist() == [0, 2, 4, 5, 2]
+    k = 3
+    ideal2 = 1 + 1 / math.log2(3)
+    expected_ndcg = ((1 + 1 / math.log2(4)) / ideal2 + 0.0 + (1 / math.log2(4)) / ideal2) / 3
+    assert metrics.ndcg_at_k(ranks, k, indptr) == pytest.approx(expected_ndcg)
+    assert metrics.recall_at_k(ranks, k, indptr) == pytest.approx((2 / 2 + 0 + 1 / 2) / 3)
+    assert metrics.mrr(ranks, indptr) == pytest.approx((1 + 1 / 5 + 1 / 3) / 3)
+    # More positives than k: recall divides by k, and a perfect top k scores 1.
+    many = np.array([0, 1, 2, 3])
+    assert metrics.recall_at_k(many, 2, np.array([0, 4])) == pytest.approx(1.0)
+    assert metrics.ndcg_at_k(many, 2, np.array([0, 4])) == pytest.approx(1.0)
+
+
+def test_ties_split_evenly_with_several_positives() -> None:
+    scores = np.zeros((1, 9))
+    ranks = metrics.positive_ranks_csr(scores, np.array([0, 2]), np.array([3, 7]))
+    assert ranks.tolist() == [4, 4]  # 8 others tie with each: expected position 4
 
 
 def test_top_k_returns_the_best_columns() -> None:
@@ -66,10 +95,32 @@ def _catalog() -> Catalog:
     )
 
 
-def _inputs(task: TaskType, query: str = "", anchor: str = "", category: str = "") -> ModelInputs:
+def _inputs(task: TaskType, query: str = "", anchor: str = "", category: str = "") -> Batch:
     encoder = FeatureEncoder(_catalog(), max_history=2, max_query_tokens=3)
     context = Context(task, user_id="u", query=query, anchor_item_id=anchor, category_id=category)
-    return encoder.batch([encoder.encode(context)], np.zeros((1, 1), dtype=np.int64))
+    inputs = encoder.batch([encoder.encode(context)], np.zeros((1, 1), dtype=np.int64))
+    return Batch(inputs, _dataset(inputs, [[1]]), np.array([0]))
+
+
+def _dataset(
+    inputs: ModelInputs, positives: list[list[int]], excluded: list[list[int]] | None = None
+) -> Dataset:
+    n = len(inputs)
+    excluded = excluded or [[] for _ in range(n)]
+    return Dataset(
+        inputs=inputs,
+        timestamp_ms=np.zeros(n, dtype=np.int64),
+        split=np.zeros(n, dtype=np.int8),
+        positive_indptr=np.cumsum([0] + [len(p) for p in positives]),
+        positive_items=np.array([x for p in positives for x in p], dtype=np.int64),
+        excluded_indptr=np.cumsum([0] + [len(e) for e in excluded]),
+        excluded_items=np.array([x for e in excluded for x in e], dtype=np.int64),
+        exclude_seen=np.zeros(n, dtype=bool),
+        history_start=np.zeros(n, dtype=np.int64),
+        history_end=np.zeros(n, dtype=np.int64),
+        play_items=np.zeros(0, dtype=np.int64),
+        user=np.zeros(n, dtype=np.int64),
+    )
 
 
 def _order(scores: np.ndarray) -> list[str]:
@@ -126,7 +177,8 @@ def _co_engagement() -> CoEngagement:
         events=EventTable.concat([plays, related]).sorted(),
         source="hand",
     )
-    co = CoEngagement.from_logs(log, until_ms=50, popularity=np.array([0.0, 1.0, 5.0, 3.0, 10.0]), window=1)
+    usable = log.events.timestamp_ms < 50
+    co = CoEngagement.from_logs(log, usable, popularity=np.array([0.0, 1.0, 5.0, 3.0, 10.0]), window=1)
     neighbours, counts = co.row(1)
     assert neighbours.tolist() == [3, 2] and counts.tolist() == [2, 1]
     return co
@@ -134,17 +186,23 @@ def _co_engagement() -> CoEngagement:
 
 def test_rank_rows_applies_exclusions() -> None:
     catalog = _catalog()
-    inputs = _inputs(TaskType.NOTIFICATION)
-    two = ModelInputs(**{k: np.repeat(v, 2, axis=0) for k, v in inputs.as_dict().items()})
+    batch = _inputs(TaskType.NOTIFICATION)
+    two = ModelInputs(**{k: np.repeat(v, 2, axis=0) for k, v in batch.inputs.as_dict().items()})
     two.candidates = np.array([[2], [3]])  # positives: b, then c
-    dataset = Dataset(
-        inputs=two,
-        timestamp_ms=np.zeros(2, dtype=np.int64),
-        split=np.zeros(2, dtype=np.int8),
-        excluded_indptr=np.array([0, 1, 1]),
-        excluded_items=np.array([4]),  # row 0 excludes d, the most popular item
-    )
-    ranks, tops, best = rank_rows(PopularityScorer(catalog), dataset, np.array([0, 1]), k=2)
-    assert ranks.tolist() == [0, 2]  # row 0: b is now first; row 1: d, b, then c
-    assert set(tops[0].tolist()) == {2, 3} and set(tops[1].tolist()) == {4, 2}
-    assert best[0] < best[1]  # row 0 lost its best item to the exclusion
+    dataset = _dataset(two, [[2], [3]], excluded=[[4], []])  # row 0 excludes d, the most popular item
+    ranked = rank_rows(PopularityScorer(catalog), dataset, np.array([0, 1]), k=2)
+    assert ranked.ranks.tolist() == [0, 2]  # row 0: b is now first; row 1: d, b, then c
+    assert set(ranked.top[0].tolist()) == {2, 3} and set(ranked.top[1].tolist()) == {4, 2}
+    assert ranked.best[0] < ranked.best[1]  # row 0 lost its best item to the exclusion
+
+
+def test_category_rows_rank_only_their_category() -> None:
+    catalog = _catalog()
+    encoder = FeatureEncoder(catalog, max_history=2, max_query_tokens=3)
+    contexts = [Context(TaskType.CATEGORY, category_id="x"), Context(TaskType.NOTIFICATION)]
+    inputs = encoder.batch([encoder.encode(c) for c in contexts], np.array([[1], [1]]))
+    dataset = _dataset(inputs, [[1], [1]])
+    ranked = rank_rows(PopularityScorer(catalog), dataset, np.array([0, 1]), CandidateSets(catalog), k=3)
+    # Category x holds a and b: a ranks second of two, and the top list has no other item.
+    assert ranked.ranks.tolist() == [1, 3]
+    assert set(ranked.top[0].tolist()) == {2, 1, 0}

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("unirank.training.cli", "train a model and write an artifact"),
     "evaluate": ("unirank.training.cli", "evaluate an artifact per task"),
+    "compare": ("unirank.training.cli", "unified model vs single-task models, popularity and classic peers"),
     "serve": ("unirank.server.cli", "serve an artifact under a deployment profile"),
     "recommend": ("unirank.client.cli", "send a request to a running server"),
     "info": ("unirank.client.cli", "print a running server's model info"),

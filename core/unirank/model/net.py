@@ -2,7 +2,11 @@
 
 The task id is a model input: every head runs on the shared representation and the row's own
 task selects which head scores it, so a batch may mix tasks and each head only receives gradient
-from its own task's rows.
+from its own task's rows. The shared representation is a shared-bottom MLP or a multi-gate
+mixture of experts (MMoE: every task mixes the same experts with its own gate), by config.
+Optional semantic imputation fills missing context inside the graph, so serving inputs stay the
+same: a request without an anchor gets the user's latest played item, one without a query gets
+the anchor's title words.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-# lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history
-N_CROSS_FEATURES = 5
+# lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
+# co-engagement with the anchor
+N_CROSS_FEATURES = 6
+ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
 
 
 @dataclass
@@ -36,7 +42,19 @@ class ModelConfig:
     """Width of the shared representation."""
     dropout: float = 0.1
     use_task_type: bool = True
-    """False builds the ablation: no task embedding and a single shared head."""
+    """False builds the ablation: no task embedding and a single shared head (and MMoE gate)."""
+    architecture: str = "shared_bottom"
+    """``shared_bottom`` (one MLP for every task) or ``mmoe`` (experts mixed by a gate per task)."""
+    n_experts: int = 4
+    """MMoE experts (ignored by shared_bottom)."""
+    impute_context: bool = False
+    """Fill a missing anchor with the latest history item and a missing query with the anchor's title."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.n_experts < 1:
+            raise ValueError("n_experts must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,11 +78,53 @@ class TaskHead(nn.Module):
         return torch.cat([self.query(shared), self.cross(shared)], dim=-1)
 
 
+def _distinct_per_row(tokens: np.ndarray) -> np.ndarray:
+    """Token rows with repeats replaced by padding (0), so a title word counts once."""
+    out = np.array(tokens, dtype=np.int64, copy=True)
+    for row in out:
+        seen: set[int] = set()
+        for j, token in enumerate(row.tolist()):
+            if token in seen:
+                row[j] = 0
+            seen.add(token)
+    return out
+
+
+def _bottom(in_features: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+    )
+
+
+class MixtureOfExperts(nn.Module):
+    """MMoE (Ma et al., KDD 2018): ``n_experts`` bottoms, mixed per row by its task's softmax gate."""
+
+    def __init__(self, in_features: int, hidden: int, dropout: float, n_experts: int, n_gates: int) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList([_bottom(in_features, hidden, dropout) for _ in range(n_experts)])
+        self.gates = nn.Linear(in_features, n_gates * n_experts)
+        self.n_gates, self.n_experts = n_gates, n_experts
+
+    def forward(self, context: torch.Tensor, gate_index: torch.Tensor) -> torch.Tensor:
+        experts = torch.stack([expert(context) for expert in self.experts], dim=1)  # [B, E, H]
+        logits = self.gates(context).view(-1, self.n_gates, self.n_experts)  # [B, G, E]
+        index = gate_index.view(-1, 1, 1).expand(-1, 1, self.n_experts)
+        gate = torch.softmax(logits.gather(1, index).squeeze(1), dim=-1)  # [B, E]
+        return (gate.unsqueeze(-1) * experts).sum(1)
+
+
 class UniRankModel(nn.Module):
     # Buffers (item content); declared so type checkers know they are tensors.
     title_tokens: torch.Tensor
     item_categories: torch.Tensor
     item_log_pop: torch.Tensor
+    item_neighbours: torch.Tensor
+    item_neighbour_weights: torch.Tensor
+    real_token: torch.Tensor
 
     def __init__(
         self,
@@ -72,7 +132,11 @@ class UniRankModel(nn.Module):
         title_tokens: np.ndarray,
         item_categories: np.ndarray,
         item_popularity: np.ndarray,
+        item_neighbours: np.ndarray | None = None,
+        item_neighbour_weights: np.ndarray | None = None,
     ) -> None:
+        """``item_neighbours`` [n_items, K] (0-padded) with weights in [0, 1]: each item's most
+        co-engaged items in training; without them the co-engagement feature is 0."""
         super().__init__()
         self.config = config
         d = config.dim
@@ -85,21 +149,31 @@ class UniRankModel(nn.Module):
             nn.init.normal_(emb.weight, std=0.05)
             with torch.no_grad():
                 emb.weight[0].zero_()
-        self.shared = nn.Sequential(
-            nn.Linear(6 * d, config.hidden),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-            nn.Linear(config.hidden, config.hidden),
-            nn.ReLU(),
-        )
         n_heads = config.n_tasks if config.use_task_type else 1
+        self.shared: nn.Module
+        if config.architecture == "mmoe":
+            self.shared = MixtureOfExperts(6 * d, config.hidden, config.dropout, config.n_experts, n_heads)
+        else:
+            self.shared = _bottom(6 * d, config.hidden, config.dropout)
         self.heads = nn.ModuleList([TaskHead(config.hidden, d) for _ in range(n_heads)])
         # Item content lives in the graph so the serving inputs stay ids only.
-        self.register_buffer("title_tokens", torch.as_tensor(title_tokens, dtype=torch.long))
+        self.register_buffer(
+            "title_tokens", torch.as_tensor(_distinct_per_row(title_tokens), dtype=torch.long)
+        )
+        real_token = torch.ones(1, config.n_tokens)
+        real_token[0, 0] = 0.0
+        self.register_buffer("real_token", real_token, persistent=False)
         self.register_buffer("item_categories", torch.as_tensor(item_categories, dtype=torch.long))
         log_pop = np.log1p(np.asarray(item_popularity, dtype=np.float32))
         log_pop = log_pop / max(float(log_pop.max()), 1.0)
         self.register_buffer("item_log_pop", torch.as_tensor(log_pop, dtype=torch.float32))
+        if item_neighbours is None or item_neighbour_weights is None:
+            item_neighbours = np.zeros((config.n_items, 1), dtype=np.int64)
+            item_neighbour_weights = np.zeros((config.n_items, 1), dtype=np.float32)
+        self.register_buffer("item_neighbours", torch.as_tensor(item_neighbours, dtype=torch.long))
+        self.register_buffer(
+            "item_neighbour_weights", torch.as_tensor(item_neighbour_weights, dtype=torch.float32)
+        )
 
     def item_repr(self, items: torch.Tensor) -> torch.Tensor:
         """Content-aware item vectors [..., d] for item indices [...]."""
@@ -136,11 +210,14 @@ class UniRankModel(nn.Module):
         def items(index: torch.Tensor) -> torch.Tensor:
             return self.item_repr(index) if item_table is None else item_table[index]
 
+        anchor_item, query_tokens = self._impute(history, query_tokens, anchor_item)
         context = self._context(task, user, history, query_tokens, anchor_item, category, items)
         scores = self._score(
             context,
             query_tokens,
             category,
+            anchor_item,
+            candidates,
             cand_vecs=items(candidates),
             cand_tokens=self.title_tokens[candidates],
             cand_cats=self.item_categories[candidates],
@@ -164,16 +241,33 @@ class UniRankModel(nn.Module):
         instead of gathered per row, which makes full-catalogue evaluation several times cheaper.
         """
         table = self.item_table() if item_table is None else item_table
+        anchor_item, query_tokens = self._impute(history, query_tokens, anchor_item)
         context = self._context(task, user, history, query_tokens, anchor_item, category, table.__getitem__)
         return self._score(
             context,
             query_tokens,
             category,
+            anchor_item,
+            None,
             cand_vecs=table[1:].unsqueeze(0),
             cand_tokens=self.title_tokens[1:].unsqueeze(0),
             cand_cats=self.item_categories[1:].unsqueeze(0),
             cand_pop=self.item_log_pop[1:].unsqueeze(0),
         )
+
+    def _impute(
+        self, history: torch.Tensor, query_tokens: torch.Tensor, anchor_item: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(anchor, query tokens) with missing ones filled when ``impute_context`` is on."""
+        if not self.config.impute_context:
+            return anchor_item, query_tokens
+        # History is left-aligned with the most recent last: its last non-padding slot.
+        n_history = (history > 0).sum(-1, keepdim=True)
+        latest = history.gather(1, (n_history - 1).clamp(min=0)).squeeze(1)
+        anchor_item = torch.where(anchor_item > 0, anchor_item, latest)
+        no_query = ~(query_tokens > 0).any(-1, keepdim=True)
+        title = self.title_tokens[anchor_item] * no_query.to(query_tokens.dtype)
+        return anchor_item, torch.cat([query_tokens, title], dim=1)
 
     def _context(
         self,
@@ -202,10 +296,10 @@ class UniRankModel(nn.Module):
             ],
             dim=-1,
         )
-        shared = self.shared(context)
+        head_index = (task_in - 1).clamp(min=0, max=len(self.heads) - 1)
+        shared = self.shared(context, head_index) if cfg.architecture == "mmoe" else self.shared(context)
         # Every head runs; the row's task picks one. [B, heads, d + F] -> [B, d + F]
         head_out = torch.stack([head(shared) for head in self.heads], dim=1)
-        head_index = (task_in - 1).clamp(min=0, max=len(self.heads) - 1)
         gather_index = head_index.view(-1, 1, 1).expand(-1, 1, head_out.shape[-1])
         selected = head_out.gather(1, gather_index).squeeze(1)
         return selected[:, : cfg.dim], selected[:, cfg.dim :], anchor_vec, history_vec
@@ -215,12 +309,17 @@ class UniRankModel(nn.Module):
         context: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
         query_tokens: torch.Tensor,
         category: torch.Tensor,
+        anchor_item: torch.Tensor,
+        candidates: torch.Tensor | None,
         cand_vecs: torch.Tensor,
         cand_tokens: torch.Tensor,
         cand_cats: torch.Tensor,
         cand_pop: torch.Tensor,
     ) -> torch.Tensor:
-        """Scores [B, N]; the candidate tensors are [B, N, ...] or [1, N, ...] (shared by every row)."""
+        """Scores [B, N]; the candidate tensors are [B, N, ...] or [1, N, ...] (shared by every row).
+
+        ``candidates`` are the [B, N] item indices, or None for every real item (1..n_items - 1).
+        """
         query_vec, cross_weights, anchor_vec, history_vec = context
         # The head's query vector, plus direct similarity to the anchor and to the history (an
         # MLP alone learns "close to this item" poorly), all in one batched matmul.
@@ -228,14 +327,31 @@ class UniRankModel(nn.Module):
         sims = torch.matmul(cand_vecs, row_vecs)  # [B, N, 3]
         dot, anchor_sim, history_sim = sims[..., 0], sims[..., 1], sims[..., 2]
 
-        q = query_tokens.unsqueeze(1).unsqueeze(1)  # [B, 1, 1, Q]
-        matches = (cand_tokens.unsqueeze(-1) == q) & (q > 0)  # [B, N, L, Q]
-        n_query = (query_tokens > 0).sum(-1, keepdim=True).clamp(min=1).to(dot.dtype)
-        overlap = matches.any(dim=2).to(dot.dtype).sum(-1) / n_query  # share of query tokens hit
+        # Share of the distinct query tokens found in the title: a multi-hot query looked up at the
+        # title's (distinct) tokens, linear in title length rather than title x query length.
+        batch = query_tokens.shape[0]
+        hot = torch.zeros(batch, self.config.n_tokens, dtype=dot.dtype).scatter(
+            1, query_tokens, torch.ones(query_tokens.shape, dtype=dot.dtype)
+        )
+        hot = hot * self.real_token  # the padding token 0 is never a match
+        n_query = hot.sum(-1, keepdim=True).clamp(min=1.0)
+        n_cand, width = cand_tokens.shape[1], cand_tokens.shape[2]
+        if candidates is None:  # one candidate list (every item) shared by every row
+            found = hot[:, cand_tokens.reshape(-1)]
+        else:
+            found = hot.gather(1, cand_tokens.reshape(batch, -1))
+        overlap = found.view(batch, n_cand, width).sum(-1) / n_query
         cat = category.view(-1, 1, 1)
         cat_match = ((cand_cats == cat) & (cat > 0)).any(-1).to(dot.dtype)
         pop = cand_pop.expand_as(dot)
-        cross = torch.stack([overlap, cat_match, pop, anchor_sim, history_sim], dim=-1)  # [B, N, F]
+        # How strongly each item was co-engaged with the anchor in training: the anchor's neighbour
+        # list scattered into a row over the catalogue, then read at the candidates.
+        co_row = torch.zeros(batch, self.config.n_items, dtype=dot.dtype).scatter_add(
+            1, self.item_neighbours[anchor_item], self.item_neighbour_weights[anchor_item]
+        )
+        co_row = co_row * (anchor_item > 0).to(dot.dtype).unsqueeze(-1)
+        co_engaged = co_row[:, 1:] if candidates is None else co_row.gather(1, candidates)
+        cross = torch.stack([overlap, cat_match, pop, anchor_sim, history_sim, co_engaged], dim=-1)
         return dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
 
 
@@ -253,6 +369,8 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> UniRankModel:
         title_tokens=state["title_tokens"].numpy(),
         item_categories=state["item_categories"].numpy(),
         item_popularity=np.zeros(config.n_items, dtype=np.float32),
+        item_neighbours=state["item_neighbours"].numpy(),
+        item_neighbour_weights=state["item_neighbour_weights"].numpy(),
     )
     model.load_state_dict(state)
     model.eval()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unirank.artifact import Catalog, ModelInputs, TaskType
+from unirank.artifact import Catalog, TaskType
 from unirank.training.logs import EventType, LogData
+
+if TYPE_CHECKING:  # evaluate imports this module; the scorers only need the type
+    from unirank.training.evaluate import Batch
 
 
 def popularity_order(popularity: np.ndarray) -> np.ndarray:
@@ -30,8 +34,8 @@ class CoEngagement:
     """Symmetric item-item co-engagement counts from training logs, as CSR over item indices.
 
     Two items are co-engaged when a related click joins them (anchor -> clicked) or when one
-    user played them within ``window`` plays of each other. Each row lists neighbours by count,
-    then popularity.
+    user played them within ``window`` plays of each other (the co-occurrence neighbours of
+    session-based recommenders). Each row lists neighbours by count, then popularity.
     """
 
     indptr: np.ndarray
@@ -39,10 +43,15 @@ class CoEngagement:
     counts: np.ndarray
 
     @classmethod
-    def from_logs(cls, log: LogData, until_ms: int, popularity: np.ndarray, window: int = 3) -> CoEngagement:
-        """Counts from events strictly before ``until_ms``; item indices are catalogue indices (row + 1)."""
+    def from_logs(
+        cls, log: LogData, usable: np.ndarray, popularity: np.ndarray, window: int = 3
+    ) -> CoEngagement:
+        """Counts from the events where ``usable`` (bool per event, e.g. the training split) is true.
+
+        Item indices are catalogue indices (log row + 1).
+        """
         events = log.events
-        past = events.timestamp_ms < until_ms
+        past = np.asarray(usable, dtype=bool)
         n = log.n_items + 1
         pairs: list[tuple[np.ndarray, np.ndarray]] = []
         related = past & (events.event_type == EventType.RELATED_CLICK)
@@ -88,19 +97,20 @@ class PopularityScorer:
     def __init__(self, catalog: Catalog) -> None:
         self.score = popularity_score(np.asarray(catalog.popularity))
 
-    def __call__(self, inputs: ModelInputs) -> np.ndarray:
-        return np.broadcast_to(self.score, (len(inputs), len(self.score))).copy()
+    def __call__(self, batch: Batch) -> np.ndarray:
+        return np.broadcast_to(self.score, (len(batch), len(self.score))).copy()
 
 
 class TaskAwarePopularityScorer:
     """The strongest simple rule per task; popularity breaks ties and ranks the rest.
 
     notification: global popularity (unseen items are enforced by the evaluation's exclusions);
-    related items: co-engagement count with the anchor; search: number of query tokens the title
+    related items: co-engagement count with the anchor (plain popularity when ``co_engagement`` is
+    None: the popularity baseline of the comparison); search: number of query tokens the title
     contains; category: membership of the category.
     """
 
-    def __init__(self, catalog: Catalog, co_engagement: CoEngagement) -> None:
+    def __init__(self, catalog: Catalog, co_engagement: CoEngagement | None) -> None:
         self.popularity = popularity_score(np.asarray(catalog.popularity))
         self.co_engagement = co_engagement
         n_items = catalog.n_items
@@ -114,11 +124,12 @@ class TaskAwarePopularityScorer:
         self.item_categories[np.repeat(np.arange(n_items), cats.shape[1]), cats.ravel()] = 1.0
         self.item_categories[:, 0] = 0.0
 
-    def __call__(self, inputs: ModelInputs) -> np.ndarray:
+    def __call__(self, batch: Batch) -> np.ndarray:
+        inputs = batch.inputs
         n_rows, n_items = len(inputs), len(self.popularity)
         primary = np.zeros((n_rows, n_items), dtype=np.float64)
         related = np.flatnonzero(inputs.task == TaskType.RELATED_ITEMS)
-        if len(related):
+        if len(related) and self.co_engagement is not None:
             primary[related] = self.co_engagement.dense(inputs.anchor_item[related], n_items)
         search = np.flatnonzero(inputs.task == TaskType.SEARCH)
         if len(search):

@@ -1,4 +1,4 @@
-"""``unirank train`` and ``unirank evaluate``: the training side's command line."""
+"""``unirank train``, ``unirank evaluate`` and ``unirank compare``: the training side's command line."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from unirank.artifact import ArtifactError
 from unirank.training.config import TrainConfig
 from unirank.training.evaluate import format_table
-from unirank.training.sources import DataSpecError, parse_data_spec
+from unirank.training.sources import USAGE, DataSpecError, parse_data_spec
 
 SIZES = ("tiny", "small", "default")
 
@@ -28,16 +28,77 @@ def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unirank train", description="Train the multi-task model and write one artifact directory."
     )
-    parser.add_argument("--data", type=_data_spec, default="synthetic", help="data spec: synthetic")
+    parser.add_argument("--data", type=_data_spec, default="synthetic", help=f"data spec: {USAGE}")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory (created or replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, init and sampling (default 0)")
     parser.add_argument("--size", choices=SIZES, default="default", help="preset (default: default)")
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
+    _add_training_flags(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads (default 1: reproducible, robust on busy CPUs)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    return parser
+    parser.add_argument("--architecture", choices=("shared_bottom", "mmoe"), help="shared representation")
+    parser.add_argument(
+        "--task-weighting", choices=("static", "uncertainty"), help="static w_t or learned (uncertainty)"
+    )
+    parser.add_argument("--task-weights", type=_task_table, help="w_t per task, e.g. search=2,category=0.5")
+    parser.add_argument("--task-ratios", type=_task_table, help="share of each task per batch, e.g. search=2")
+    parser.add_argument(
+        "--impute", action=argparse.BooleanOptionalAction, help="semantic imputation of missing context"
+    )
+    parser.add_argument(
+        "--in-batch-negatives", action=argparse.BooleanOptionalAction, help="in-batch negatives"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field"
+    )
+
+
+def _task_table(text: str) -> dict[str, float]:
+    table = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            table[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected TASK=NUMBER[,TASK=NUMBER...], got {text!r}") from None
+    return table
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """TrainConfig fields from the shared flags (only the ones given)."""
+    overrides: dict[str, object] = {}
+    for flag, name in (
+        ("threads", "threads"),
+        ("architecture", "architecture"),
+        ("task_weighting", "task_weighting"),
+        ("task_weights", "task_weights"),
+        ("task_ratios", "task_ratios"),
+        ("impute", "impute_context"),
+        ("in_batch_negatives", "in_batch_negatives"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[name] = value
+    if args.task_weights is not None:
+        overrides["task_weights"] = {**TrainConfig().task_weights, **args.task_weights}
+    fields = TrainConfig.__dataclass_fields__
+    for assignment in args.set:
+        name, _, raw = assignment.partition("=")
+        if name not in fields:
+            raise ValueError(f"--set {assignment}: TrainConfig has no field {name!r}")
+        try:
+            overrides[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[name] = raw  # a bare string, e.g. --set architecture=mmoe
+        if isinstance(overrides[name], list):
+            overrides[name] = tuple(overrides[name])  # type: ignore[arg-type]
+    return overrides
 
 
 def _evaluate_parser() -> argparse.ArgumentParser:
@@ -55,11 +116,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from unirank.training.pipeline import train_artifact  # torch loads only when a command runs
 
-    overrides = {"data": args.data}
+    overrides: dict[str, object] = {"data": args.data, **_config_overrides(args)}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    if args.threads is not None:
-        overrides["threads"] = args.threads
     config = TrainConfig.preset(args.size, seed=args.seed, **overrides)
     started = time.perf_counter()
     out = train_artifact(config, args.out, progress=None if args.quiet else _stderr)
@@ -85,19 +144,86 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unirank compare",
+        description="Unified model vs one model per use-case, the model without its task-type input, "
+        "popularity and classic peers, on one split, over several seeds.",
+    )
+    parser.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {USAGE}")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--json", type=Path, help="write the result as JSON to this file")
+    parser.add_argument("--report", type=Path, help="write a Markdown report (with PNG plots next to it)")
+    parser.add_argument("--workers", type=int, default=1, help="models trained at once (default 1)")
+    parser.add_argument(
+        "--size", choices=SIZES, default="default", help="synthetic preset (default: default)"
+    )
+    parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
+    parser.add_argument("--rows-per-task", type=int, default=0, help="test rows per task (default 0: all)")
+    parser.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        help="extra unified variant, e.g. no_imputation (repeatable)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip the classic peers")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_training_flags(parser)
+    return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from unirank.training.compare import format_table as compare_table
+    from unirank.training.compare import run_compare
+
+    overrides: dict[str, object] = _config_overrides(args)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    config = TrainConfig.preset(args.size, 0, **overrides)
+    result = run_compare(
+        args.data,
+        seeds=args.seeds,
+        config=config,
+        workers=args.workers,
+        rows_per_task=args.rows_per_task,
+        ablations=args.ablation,
+        with_peers=not args.no_peers,
+        progress=None if args.quiet else _stderr,
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    if args.report:
+        from unirank.training.quality import write_report
+
+        write_report(result, args.report)
+    print(compare_table(result))
+    return 0
+
+
+COMMANDS = {
+    "train": (_train_parser, _train),
+    "evaluate": (_evaluate_parser, _evaluate),
+    "compare": (_compare_parser, _compare),
+}
+
+
 def main(argv: Sequence[str]) -> int:
-    """``argv[0]`` names the subcommand (``train`` or ``evaluate``); the rest are its flags."""
-    if not argv or argv[0] not in {"train", "evaluate"}:
-        print("usage: unirank {train,evaluate} [ARGS]", file=sys.stderr)
+    """``argv[0]`` names the subcommand (train, evaluate or compare); the rest are its flags."""
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: unirank {{{','.join(COMMANDS)}}} [ARGS]", file=sys.stderr)
         return 2
     command, rest = argv[0], list(argv[1:])
-    parser = _train_parser() if command == "train" else _evaluate_parser()
+    make_parser, run = COMMANDS[command]
     try:
-        args = parser.parse_args(rest)
+        args = make_parser().parse_args(rest)
     except SystemExit as exc:  # argparse exits on --help and on errors; the dispatcher wants a code
         return int(exc.code or 0)
     try:
-        return _train(args) if command == "train" else _evaluate(args)
+        return run(args)
     except (ArtifactError, DataSpecError, FileExistsError, ValueError) as exc:
+        print(f"unirank {command}: error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # e.g. a peer library that is not installed
         print(f"unirank {command}: error: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,10 @@ from typing import Any
 
 from unirank.artifact import TASKS
 
+TASK_WEIGHTINGS: tuple[str, ...] = ("static", "uncertainty")
+ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
+"""Mirrors ``unirank.model.net.ARCHITECTURES`` (not imported: this module must not load torch)."""
+
 
 def _equal_per_task() -> dict[str, float]:
     return {spec.name: 1.0 for spec in TASKS}
@@ -22,7 +26,7 @@ class TrainConfig:
     """
 
     data: str = "synthetic"
-    """Data spec: ``synthetic`` (later also ``movielens:PATH``, ``logs:PATH``)."""
+    """Data spec: ``synthetic``, ``movielens:PATH`` or ``logs:PATH``."""
     size: str = "default"
     """Synthetic preset: ``tiny``, ``small`` or ``default``."""
     seed: int = 0
@@ -32,14 +36,30 @@ class TrainConfig:
     """History length the encoder keeps (most recent last); the server uses the same."""
     max_query_tokens: int = 8
 
-    dim: int = 64
-    hidden: int = 128
+    dim: int = 32
+    hidden: int = 96
     dropout: float = 0.1
+    architecture: str = "shared_bottom"
+    """``shared_bottom`` or ``mmoe`` (see :class:`unirank.model.net.ModelConfig`)."""
+    n_experts: int = 4
+    use_task_type: bool = True
+    """False trains the ablation without the task-type input (one head for every task)."""
+    impute_context: bool = True
+    """Semantic imputation of missing context inside the model (anchor from history, query from anchor)."""
+    co_engagement_window: int = 10
+    """Plays within this many of each other (same user, training split) count as co-engaged."""
+    co_engagement_neighbours: int = 50
+    """Most co-engaged items per item kept for the model's co-engagement feature (0: no feature)."""
 
-    epochs: int = 10
+    epochs: int = 15
     """Upper bound; early stopping on the validation metric usually ends sooner."""
     patience: int = 2
     """Epochs without validation improvement before stopping (the best epoch's weights are kept)."""
+    steps_per_epoch: int | None = 100
+    """Steps between validations (an "epoch" here); None: one pass over the training rows.
+
+    A fixed number keeps early stopping as fine-grained on a large data set as on a small one, and
+    gives every model of a comparison the same budget whatever its share of the rows."""
     batch_size: int = 512
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
@@ -47,15 +67,20 @@ class TrainConfig:
     """Sampled negatives per row; every row scores 1 + negatives candidates."""
     popular_negative_share: float = 0.5
     """Share of the proposal drawn by popularity (rest uniform); corrected by log-q in the loss."""
+    in_batch_negatives: bool = False
+    """Also score every other row's positive in the batch as a negative (log-q corrected)."""
     user_dropout: float = 0.1
     """Chance of hiding the user id from a training row, so anonymous requests still rank well."""
     task_weights: dict[str, float] = field(default_factory=_equal_per_task)
-    """w_t in the loss sum_t w_t * L_t, by task name."""
+    """w_t in the loss sum_t w_t * L_t, by task name; a task of weight 0 is not trained or selected on."""
+    task_weighting: str = "static"
+    """``static`` (the w_t above) or ``uncertainty``: w_t * (exp(-s_t) L_t + s_t / 2) with learned s_t
+    (Kendall, Gal and Cipolla, CVPR 2018), so noisier tasks are down-weighted automatically."""
     task_ratios: dict[str, float] | None = field(default_factory=_equal_per_task)
     """Share of each task in a batch (normalised); None samples in proportion to the data."""
 
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    """Train / validation / test shares of the label events, cut by time."""
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    """Train / validation / test shares of each user's events, cut by time per user."""
     validation_rows_per_task: int = 600
     """Validation rows per task ranked after each epoch for early stopping."""
     eval_rows_per_task: int = 3000
@@ -80,9 +105,22 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and negatives must be >= 1")
         if not 0.0 <= self.popular_negative_share <= 1.0 or not 0.0 <= self.user_dropout < 1.0:
             raise ValueError("popular_negative_share must be in [0, 1] and user_dropout in [0, 1)")
+        if self.task_weighting not in TASK_WEIGHTINGS:
+            raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, not {self.task_weighting!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]
 
     def task_weight(self, name: str) -> float:
         return float(self.task_weights.get(name, 1.0))
+
+    def only(self, task: str) -> TrainConfig:
+        """The same run trained and selected on one task alone (a single-task model)."""
+        names = [spec.name for spec in TASKS]
+        if task not in names:
+            raise ValueError(f"unknown task {task!r}; known: {names}")
+        weights = {name: float(name == task) for name in names}
+        return self.replace(task_weights=weights, task_ratios=dict(weights))
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -103,6 +141,7 @@ class TrainConfig:
             batch_size=256,
             learning_rate=1e-2,
             negatives=48,
+            steps_per_epoch=None,
             validation_rows_per_task=200,
             eval_rows_per_task=500,
         )
@@ -110,7 +149,7 @@ class TrainConfig:
 
     @classmethod
     def small(cls, seed: int = 0, **overrides: Any) -> TrainConfig:
-        return cls(size="small", seed=seed, epochs=10).replace(**overrides)
+        return cls(size="small", seed=seed).replace(**overrides)
 
     @classmethod
     def default(cls, seed: int = 0, **overrides: Any) -> TrainConfig:

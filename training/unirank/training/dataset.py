@@ -1,4 +1,4 @@
-"""The one training dataset: examples encoded by the serving encoder, split by time, sampled by task."""
+"""The one training dataset: examples encoded by the serving encoder, split per user, sampled by task."""
 
 from __future__ import annotations
 
@@ -10,56 +10,31 @@ import numpy as np
 
 from unirank.artifact import TASKS, Catalog, FeatureEncoder, ModelInputs
 from unirank.artifact.text import tokenize
-from unirank.training.labels import Examples
+from unirank.training.labels import (
+    SPLITS,
+    TRAIN,
+    Examples,
+    PlayHistory,
+    UserSplit,
+    events_split,
+    take_csr,
+)
 from unirank.training.logs import EventType, LogData
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
+__all__ = ["SPLITS", "Dataset", "StratifiedTaskSampler", "UserSplit", "catalog_from_logs", "encode_examples"]
 
 
-@dataclass(frozen=True)
-class SplitTimes:
-    """Events before ``train_end_ms`` train, then validation until ``validation_end_ms``, then test."""
-
-    train_end_ms: int
-    validation_end_ms: int
-
-    def assign(self, timestamp_ms: np.ndarray) -> np.ndarray:
-        """int8 index into :data:`SPLITS` per timestamp."""
-        edges = np.array([self.train_end_ms, self.validation_end_ms], dtype=np.int64)
-        return np.searchsorted(edges, timestamp_ms, side="right").astype(np.int8)
-
-
-def temporal_split(
-    timestamp_ms: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-) -> SplitTimes:
-    """Cut points at the given quantiles of the label events' times (not at random rows).
-
-    Splitting by time rather than by row is what serving faces: the model only ever knows the past.
-    """
-    if len(fractions) != 3 or min(fractions) <= 0:
-        raise ValueError(f"need three positive split fractions, got {fractions}")
-    if not len(timestamp_ms):
-        raise ValueError("cannot split an empty set of label events")
-    total = sum(fractions)
-    cuts = np.quantile(timestamp_ms, [fractions[0] / total, (fractions[0] + fractions[1]) / total])
-    train_end, validation_end = (math.ceil(float(c)) for c in cuts)
-    return SplitTimes(train_end_ms=train_end, validation_end_ms=max(validation_end, train_end + 1))
-
-
-def label_event_times(log: LogData) -> np.ndarray:
-    """Times of every non-play event: the ones that become labels."""
-    return log.events.timestamp_ms[log.events.event_type != EventType.PLAY]
-
-
-def catalog_from_logs(log: LogData, train_end_ms: int) -> Catalog:
-    """The artifact catalogue; popularity and query tokens come from the training window only."""
+def catalog_from_logs(log: LogData, split: UserSplit) -> Catalog:
+    """The artifact catalogue; popularity and query words come from the training split only."""
     events = log.events
-    past = events.timestamp_ms < train_end_ms
-    popularity = np.bincount(events.item[past], minlength=log.n_items).astype(np.float64)
-    is_search = past & (events.event_type == EventType.SEARCH_CLICK)
+    train = events_split(log, split) == TRAIN
+    popularity = np.bincount(events.item[train], minlength=log.n_items).astype(np.float64)
     query_tokens: dict[str, None] = {}
-    for i in np.flatnonzero(is_search).tolist():
+    for i in np.flatnonzero(train & (events.event_type == EventType.SEARCH_CLICK)).tolist():
         query_tokens.update(dict.fromkeys(tokenize(events.query[i])))
+    texts = log.texts
+    for i in np.flatnonzero(split.assign(texts.user, texts.timestamp_ms) == TRAIN).tolist():
+        query_tokens.update(dict.fromkeys(tokenize(texts.text[i])))
     return Catalog.build(
         item_ids=log.items.item_ids,
         titles=log.items.titles,
@@ -68,22 +43,37 @@ def catalog_from_logs(log: LogData, train_end_ms: int) -> Catalog:
         release_year=log.items.release_year.tolist(),
         popularity=popularity.tolist(),
         user_ids=log.user_ids,
-        # Query-only words ("scary") need embeddings too, or the encoder would drop them.
+        # Query-only words ("scary", tags) need embeddings too, or the encoder would drop them.
         extra_tokens=query_tokens,
     )
 
 
 @dataclass
 class Dataset:
-    """Encoded examples; ``inputs.candidates`` is the [n, 1] column of positive item indices."""
+    """Encoded examples plus what evaluation needs beside the model inputs.
+
+    Item references are catalogue indices (0 = padding). ``inputs.candidates`` is the [n, 1]
+    column of each row's first positive; every positive is in the ``positive_*`` CSR lists.
+    """
 
     inputs: ModelInputs
     timestamp_ms: np.ndarray
     split: np.ndarray
     """int8 index into :data:`SPLITS`."""
+    positive_indptr: np.ndarray
+    positive_items: np.ndarray
     excluded_indptr: np.ndarray
-    """CSR over rows -> ``excluded_items`` (item indices the use-case never recommends)."""
+    """CSR over rows -> ``excluded_items``: items the use-case never recommends (the anchor)."""
     excluded_items: np.ndarray
+    exclude_seen: np.ndarray
+    """bool per row: everything the user played before the row's time is excluded too."""
+    history_start: np.ndarray
+    history_end: np.ndarray
+    """[start, end) into ``play_items``: every play of the user strictly before the row's time."""
+    play_items: np.ndarray
+    """Catalogue indices of all plays, by user then time (shared by every row)."""
+    user: np.ndarray
+    """int64 row into the logs' user table (unlike ``inputs.user``, never hidden)."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -94,7 +84,21 @@ class Dataset:
 
     @property
     def positive(self) -> np.ndarray:
+        """The first positive of each row."""
         return self.inputs.candidates[:, 0]
+
+    def positives(self, row: int) -> np.ndarray:
+        return self.positive_items[self.positive_indptr[row] : self.positive_indptr[row + 1]]
+
+    def history(self, row: int) -> np.ndarray:
+        """Every item the user played before the row's time, oldest first (not capped like the input)."""
+        return self.play_items[self.history_start[row] : self.history_end[row]]
+
+    def excluded(self, row: int) -> np.ndarray:
+        extra = self.excluded_items[self.excluded_indptr[row] : self.excluded_indptr[row + 1]]
+        if not self.exclude_seen[row]:
+            return extra
+        return np.concatenate([extra, self.history(row)])
 
     def rows(self, split: str, task: int | None = None) -> np.ndarray:
         """Row indices of one split, optionally of one task id."""
@@ -103,22 +107,22 @@ class Dataset:
             mask &= self.task == task
         return np.flatnonzero(mask)
 
-    def excluded(self, row: int) -> np.ndarray:
-        return self.excluded_items[self.excluded_indptr[row] : self.excluded_indptr[row + 1]]
-
     def subset(self, rows: np.ndarray) -> Dataset:
-        lengths = np.diff(self.excluded_indptr)[rows]
-        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=indptr[1:])
-        items = (
-            np.concatenate([self.excluded(int(r)) for r in rows]) if len(rows) else self.excluded_items[:0]
-        )
+        positive_indptr, positive_items = take_csr(self.positive_indptr, self.positive_items, rows)
+        excluded_indptr, excluded_items = take_csr(self.excluded_indptr, self.excluded_items, rows)
         return Dataset(
             inputs=ModelInputs(**{name: value[rows] for name, value in self.inputs.as_dict().items()}),
             timestamp_ms=self.timestamp_ms[rows],
             split=self.split[rows],
-            excluded_indptr=indptr,
-            excluded_items=items.astype(np.int64),
+            positive_indptr=positive_indptr,
+            positive_items=positive_items,
+            excluded_indptr=excluded_indptr,
+            excluded_items=excluded_items,
+            exclude_seen=self.exclude_seen[rows],
+            history_start=self.history_start[rows],
+            history_end=self.history_end[rows],
+            play_items=self.play_items,
+            user=self.user[rows],
         )
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -129,29 +133,40 @@ class Dataset:
         }
 
 
-def encode_examples(examples: Examples, encoder: FeatureEncoder, split_times: SplitTimes) -> Dataset:
-    """Encode every context with the serving encoder; drop examples whose positive is unknown."""
+def encode_examples(examples: Examples, encoder: FeatureEncoder, log: LogData) -> Dataset:
+    """Encode every context with the serving encoder; drop examples with no positive in the catalogue."""
     catalog = encoder.catalog
-    encoded = [encoder.encode(context) for context in examples.contexts]
-    positive = np.fromiter(
-        (catalog.items.index(x) for x in examples.positive_item_ids), dtype=np.int64, count=len(examples)
-    )
-    excluded_lists = [
-        [i for i in (catalog.items.index(x) for x in ids) if i] for ids in examples.excluded_item_ids
-    ]
-    keep = np.flatnonzero(positive > 0)
-    inputs = encoder.batch([encoded[i] for i in keep.tolist()], positive[keep, None])
-    lengths = np.array([len(excluded_lists[i]) for i in keep.tolist()], dtype=np.int64)
-    indptr = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    flat = [x for i in keep.tolist() for x in excluded_lists[i]]
-    times = examples.timestamp_ms[keep]
+    to_index = np.array([catalog.items.index(x) for x in log.items.item_ids], dtype=np.int64)
+    n = len(examples)
+    row_of = np.repeat(np.arange(n), np.diff(examples.positive_indptr))
+    known = to_index[examples.positive_items] > 0
+    keep = np.flatnonzero(np.bincount(row_of[known], minlength=n) > 0)
+    kept = examples.take(keep)
+    positive_items = to_index[kept.positive_items]
+    row_of = np.repeat(np.arange(len(kept)), np.diff(kept.positive_indptr))
+    positive_items, row_of = positive_items[positive_items > 0], row_of[positive_items > 0]
+    positive_indptr = np.searchsorted(row_of, np.arange(len(kept) + 1), side="left").astype(np.int64)
+    excluded = to_index[kept.excluded_items]
+    row_ex = np.repeat(np.arange(len(kept)), np.diff(kept.excluded_indptr))
+    excluded, row_ex = excluded[excluded > 0], row_ex[excluded > 0]
+    excluded_indptr = np.searchsorted(row_ex, np.arange(len(kept) + 1), side="left").astype(np.int64)
+    encoded = [encoder.encode(context) for context in kept.contexts]
+    inputs = encoder.batch(encoded, positive_items[positive_indptr[:-1]][:, None])
+    plays = PlayHistory(log)
+    history_start, history_end = plays.before(kept.user, kept.timestamp_ms)
     return Dataset(
         inputs=inputs,
-        timestamp_ms=times,
-        split=split_times.assign(times),
-        excluded_indptr=indptr,
-        excluded_items=np.asarray(flat, dtype=np.int64),
+        timestamp_ms=kept.timestamp_ms,
+        split=kept.split,
+        positive_indptr=positive_indptr,
+        positive_items=positive_items.astype(np.int64),
+        excluded_indptr=excluded_indptr,
+        excluded_items=excluded.astype(np.int64),
+        exclude_seen=kept.exclude_seen,
+        history_start=history_start,
+        history_end=history_end,
+        play_items=to_index[plays.item],
+        user=kept.user,
     )
 
 

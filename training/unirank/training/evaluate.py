@@ -1,21 +1,65 @@
-"""Per-task offline evaluation: full-catalogue ranking of each task's rows, model vs baselines."""
+"""Per-task offline evaluation: full ranking of each task's rows over its candidate set, model vs baselines.
+
+A task's candidate set is the whole catalogue, except for category rows (the category's items);
+items the use-case never recommends (the anchor; for notification, category and derived related
+rows, everything the user already played) are excluded before ranking.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from unirank.artifact import TASKS, Catalog, ModelInputs
+from unirank.artifact import TASKS, Catalog, ModelInputs, TaskType
 from unirank.model.net import UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
 from unirank.training.dataset import Dataset
 
-Scorer = Callable[[ModelInputs], np.ndarray]
-"""Model inputs of B rows (candidates ignored) -> scores [B, n_items]; column j is item index j+1."""
+
+@dataclass
+class Batch:
+    """Rows to rank: their model inputs (history capped as served) and, for scorers that want it,
+    each row's full play history from the dataset."""
+
+    inputs: ModelInputs
+    dataset: Dataset
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def history(self, i: int) -> np.ndarray:
+        """Every item index the user of the batch's i-th row played before the row's time."""
+        return self.dataset.history(int(self.rows[i]))
+
+
+Scorer = Callable[[Batch], np.ndarray]
+"""A batch of B rows (candidates ignored) -> scores [B, n_items]; column j is item index j+1."""
+
+
+class CandidateSets:
+    """Restricts each row to its task's candidate set: category rows rank their category's items."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        cats = catalog.category_matrix()[1:]
+        self.members = np.zeros((len(catalog.categories), catalog.n_items), dtype=bool)
+        rows = np.repeat(np.arange(catalog.n_items), cats.shape[1])
+        self.members[cats.ravel(), rows] = True
+        self.members[0] = True  # no category: no restriction
+
+    def apply(self, scores: np.ndarray, inputs: ModelInputs) -> None:
+        rows = np.flatnonzero(inputs.task == TaskType.CATEGORY)
+        if len(rows):
+            outside = ~self.members[inputs.category[rows]]
+            block = scores[rows]
+            block[outside] = -np.inf
+            scores[rows] = block
+
 
 MODEL = "model"
 POPULARITY = "popularity"
@@ -47,7 +91,8 @@ class ModelScorer:
         with torch.no_grad():
             self.item_table = model.item_table()
 
-    def __call__(self, inputs: ModelInputs) -> np.ndarray:
+    def __call__(self, batch: Batch) -> np.ndarray:
+        inputs = batch.inputs
         with torch.no_grad():
             scores = self.model.score_all_items(
                 torch.from_numpy(inputs.task),
@@ -69,64 +114,107 @@ def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return rows[np.sort(picked)]
 
 
-def _chunk_inputs(dataset: Dataset, rows: np.ndarray) -> ModelInputs:
+def chunk_inputs(dataset: Dataset, rows: np.ndarray) -> ModelInputs:
     return ModelInputs(**{name: value[rows] for name, value in dataset.inputs.as_dict().items()})
 
 
 def _apply_exclusions(scores: np.ndarray, dataset: Dataset, rows: np.ndarray) -> None:
-    starts, ends = dataset.excluded_indptr[rows], dataset.excluded_indptr[rows + 1]
-    lengths = ends - starts
+    parts = [dataset.excluded(int(r)) for r in rows]
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
     if not lengths.any():
         return
     local = np.repeat(np.arange(len(rows)), lengths)
-    items = np.concatenate([dataset.excluded_items[s:e] for s, e in zip(starts, ends, strict=True)])
-    scores[local, items - 1] = -np.inf
+    scores[local, np.concatenate(parts) - 1] = -np.inf
+
+
+@dataclass
+class Ranked:
+    """What ranking some rows produced: each positive's rank (CSR by row), the top k, the best score."""
+
+    ranks: np.ndarray
+    indptr: np.ndarray
+    top: np.ndarray
+    """int64 [R, k] item indices of each row's top k (0 where fewer than k items were rankable)."""
+    best: np.ndarray
+
+    def metrics(self, n_items: int, k: int = metrics.K_DEFAULT) -> dict[str, float]:
+        return metrics.summarise(self.ranks, self.top, n_items, k, self.indptr)
 
 
 def rank_rows(
-    scorer: Scorer, dataset: Dataset, rows: np.ndarray, k: int = metrics.K_DEFAULT, chunk: int = 128
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(positive ranks [R], top-k item indices [R, k], best score [R]) over the full catalogue."""
-    ranks, tops, best = [], [], []
+    scorer: Scorer,
+    dataset: Dataset,
+    rows: np.ndarray,
+    candidates: CandidateSets | None = None,
+    k: int = metrics.K_DEFAULT,
+    chunk: int = 128,
+) -> Ranked:
+    """Rank each row's candidate set (the full catalogue unless ``candidates`` restricts it)."""
+    ranks, lengths, tops, best = [], [], [], []
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        scores = np.asarray(scorer(_chunk_inputs(dataset, part)), dtype=np.float64)
+        inputs = chunk_inputs(dataset, part)
+        scores = np.array(scorer(Batch(inputs, dataset, part)), dtype=np.float64)
+        if candidates is not None:
+            candidates.apply(scores, inputs)
         _apply_exclusions(scores, dataset, part)
-        ranks.append(metrics.positive_ranks(scores, dataset.positive[part] - 1))
-        tops.append(metrics.top_k(scores, k) + 1)
+        positives = [dataset.positives(int(r)) for r in part]
+        indptr = np.zeros(len(part) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in positives], out=indptr[1:])
+        ranks.append(metrics.positive_ranks_csr(scores, indptr, np.concatenate(positives) - 1))
+        lengths.append(np.diff(indptr))
+        top = metrics.top_k(scores, k)
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        tops.append(np.where(np.isneginf(top_scores), 0, top + 1))
         best.append(scores.max(axis=1))
     if not ranks:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, np.zeros((0, k), dtype=np.int64), np.zeros(0)
-    return np.concatenate(ranks), np.concatenate(tops), np.concatenate(best)
+        return Ranked(empty, np.zeros(1, dtype=np.int64), np.zeros((0, k), dtype=np.int64), np.zeros(0))
+    all_lengths = np.concatenate(lengths)
+    indptr = np.zeros(len(all_lengths) + 1, dtype=np.int64)
+    np.cumsum(all_lengths, out=indptr[1:])
+    return Ranked(np.concatenate(ranks), indptr, np.concatenate(tops), np.concatenate(best))
+
+
+def evaluation_rows(dataset: Dataset, split: str, rows_per_task: int, seed: int) -> dict[str, np.ndarray]:
+    """Per task name, the rows of ``split`` to rank: all, or a seeded subset of ``rows_per_task``."""
+    out = {}
+    for spec in TASKS:
+        rows = sample_rows(
+            dataset.rows(split, int(spec.task_type)), rows_per_task, seed + int(spec.task_type)
+        )
+        if len(rows):
+            out[spec.name] = rows
+    return out
 
 
 def evaluate_scorers(
     scorers: Mapping[str, Scorer],
     dataset: Dataset,
     split: str,
-    n_items: int,
+    catalog: Catalog,
     rows_per_task: int,
     seed: int,
     k: int = metrics.K_DEFAULT,
+    tasks: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{task name: {scorer name: metrics}} on each task's own rows of ``split``."""
+    """{task name: {scorer name: metrics}} on each task's own rows of ``split``.
+
+    ``tasks`` fixes the rows per task (e.g. the same rows for every model of a comparison).
+    """
+    candidates = CandidateSets(catalog)
+    rows_by_task = tasks if tasks is not None else evaluation_rows(dataset, split, rows_per_task, seed)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for spec in TASKS:
-        rows = sample_rows(
-            dataset.rows(split, int(spec.task_type)), rows_per_task, seed + int(spec.task_type)
-        )
-        if not len(rows):
-            continue
-        out[spec.name] = {}
-        for name, scorer in scorers.items():
-            ranks, tops, _ = rank_rows(scorer, dataset, rows, k)
-            out[spec.name][name] = metrics.summarise(ranks, tops, n_items, k)
+    for task, rows in rows_by_task.items():
+        out[task] = {
+            name: rank_rows(scorer, dataset, rows, candidates, k).metrics(catalog.n_items, k)
+            for name, scorer in scorers.items()
+        }
     return out
 
 
 def score_reference(
-    scorer: ModelScorer, dataset: Dataset, rows_per_task: int, seed: int, bins: int = 10
+    scorer: ModelScorer, dataset: Dataset, catalog: Catalog, rows_per_task: int, seed: int, bins: int = 10
 ) -> dict[str, dict[str, list[float]]]:
     """Per task, a quantile histogram of the model's top score on validation rows (for drift / PSI).
 
@@ -134,11 +222,12 @@ def score_reference(
     rows; serving compares live top scores binned on the same edges.
     """
     out: dict[str, dict[str, list[float]]] = {}
+    candidates = CandidateSets(catalog)
     for spec in TASKS:
         rows = sample_rows(dataset.rows("validation", int(spec.task_type)), rows_per_task, seed)
         if not len(rows):
             continue
-        _, _, best = rank_rows(scorer, dataset, rows)
+        best = rank_rows(scorer, dataset, rows, candidates).best
         best = best[np.isfinite(best)]
         if not len(best):
             continue
@@ -169,19 +258,20 @@ def offline_metrics(
         POPULARITY: PopularityScorer(catalog),
         POPULARITY_TASK_AWARE: TaskAwarePopularityScorer(catalog, co_engagement),
     }
-    tasks = evaluate_scorers(scorers, dataset, "test", catalog.n_items, rows_per_task, seed)
+    tasks = evaluate_scorers(scorers, dataset, "test", catalog, rows_per_task, seed)
     rows = {
         spec.name: int(min(len(dataset.rows("test", int(spec.task_type))), rows_per_task)) for spec in TASKS
     }
     return {
         "tasks": tasks,
-        "score_reference": score_reference(model_scorer, dataset, validation_rows_per_task, seed),
+        "score_reference": score_reference(model_scorer, dataset, catalog, validation_rows_per_task, seed),
         "evaluation": {
             "split": "test",
             "k": metrics.K_DEFAULT,
             "rows": rows,
-            "ranking": "full catalogue; notification excludes the user's played items, "
-            "related items excludes the anchor",
+            "ranking": "full ranking over each task's candidate set (category: the category's items; "
+            "others: the catalogue); excluded: the anchor, and for notification, category and "
+            "engagement-derived related rows everything the user played before",
         },
     }
 

@@ -1,8 +1,9 @@
-"""The canonical log format every data source produces: an items table and one events table.
+"""The canonical log format every data source produces: items, events and optional user texts.
 
-Every source (the synthetic generator today; MovieLens and bring-your-own logs later) turns its
-raw data into a :class:`LogData`; labels, splits, popularity and retrieval are computed from it
-alone, so a new source needs no change downstream.
+Every source (the synthetic generator, the MovieLens loaders, bring-your-own logs in the UniRank
+log format of :mod:`unirank.training.logformat`) turns its raw data into a :class:`LogData`;
+labels, splits, popularity and retrieval are computed from it alone, so a new source needs no
+change downstream.
 
 Conventions:
 
@@ -10,7 +11,8 @@ Conventions:
   ``LogData.items``, ``LogData.user_ids`` and ``LogData.category_ids``; the external string ids
   live only in those tables. (The artifact's vocabularies reserve index 0 for padding; these
   rows do not, the catalogue builder shifts them.)
-* An optional integer column uses ``-1`` for "absent"; the optional ``query`` column uses ``""``.
+* An optional integer column uses ``-1`` for "absent"; the optional ``query`` column uses ``""``;
+  the optional ``rating`` column uses NaN; ``weight`` defaults to 1.
 * ``timestamp_ms`` is Unix milliseconds. Events need not be sorted; :meth:`EventTable.sorted`
   orders them by time (stable, so equal times keep their source order).
 """
@@ -34,6 +36,7 @@ class EventType(enum.IntEnum):
     """What a logged event records. Plays build histories; the others are task labels."""
 
     PLAY = 0
+    """Any engagement with ``item`` (a play, a rating, a purchase); the log format calls it ``play``."""
     NOTIFICATION_OPEN = 1
     """The user opened a push notification about ``item``."""
     RELATED_CLICK = 2
@@ -78,6 +81,17 @@ class EventTable:
     """int64 row into ``LogData.category_ids`` for category clicks, ``-1`` otherwise."""
     query: list[str]
     """Raw query text for search clicks, ``""`` otherwise."""
+    rating: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """float64 explicit rating (e.g. 0.5-5 stars), NaN when the source has none."""
+    weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """float64 engagement strength (plays, minutes, 1 for a plain event), >= 0."""
+
+    def __post_init__(self) -> None:
+        n = len(self)
+        if len(self.rating) != n:
+            self.rating = np.full(n, np.nan) if not len(self.rating) else self.rating
+        if len(self.weight) != n:
+            self.weight = np.ones(n) if not len(self.weight) else self.weight
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -93,6 +107,8 @@ class EventTable:
             anchor_item=self.anchor_item[rows],
             category=self.category[rows],
             query=[self.query[i] for i in rows.tolist()],
+            rating=self.rating[rows],
+            weight=self.weight[rows],
         )
 
     def sorted(self) -> EventTable:
@@ -109,6 +125,8 @@ class EventTable:
             anchor_item=np.concatenate([t.anchor_item for t in tables]),
             category=np.concatenate([t.category for t in tables]),
             query=[q for t in tables for q in t.query],
+            rating=np.concatenate([t.rating for t in tables]) if tables else np.zeros(0),
+            weight=np.concatenate([t.weight for t in tables]) if tables else np.zeros(0),
         )
 
     @classmethod
@@ -121,6 +139,8 @@ class EventTable:
         anchor_item: np.ndarray | None = None,
         category: np.ndarray | None = None,
         query: Sequence[str] | None = None,
+        rating: np.ndarray | None = None,
+        weight: np.ndarray | None = None,
     ) -> EventTable:
         """Events of one type, filling absent optional columns with their defaults."""
         n = int(np.asarray(user).shape[0])
@@ -133,6 +153,37 @@ class EventTable:
             anchor_item=absent.copy() if anchor_item is None else np.asarray(anchor_item, dtype=np.int64),
             category=absent.copy() if category is None else np.asarray(category, dtype=np.int64),
             query=[""] * n if query is None else list(query),
+            rating=np.full(n, np.nan) if rating is None else np.asarray(rating, dtype=np.float64),
+            weight=np.ones(n) if weight is None else np.asarray(weight, dtype=np.float64),
+        )
+
+
+@dataclass
+class TextTable:
+    """Free text a user attached to an item (tags, reviews, typed queries), one row per text."""
+
+    user: np.ndarray
+    """int64 row into ``LogData.user_ids``."""
+    item: np.ndarray
+    """int64 row into ``LogData.items``."""
+    text: list[str]
+    timestamp_ms: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    @classmethod
+    def empty(cls) -> TextTable:
+        none = np.zeros(0, dtype=np.int64)
+        return cls(user=none, item=none.copy(), text=[], timestamp_ms=none.copy())
+
+    def take(self, index: np.ndarray) -> TextTable:
+        rows = np.flatnonzero(index) if index.dtype == np.bool_ else np.asarray(index, dtype=np.int64)
+        return TextTable(
+            user=self.user[rows],
+            item=self.item[rows],
+            text=[self.text[i] for i in rows.tolist()],
+            timestamp_ms=self.timestamp_ms[rows],
         )
 
 
@@ -148,6 +199,8 @@ class LogData:
     """Where the data came from, e.g. ``"synthetic"``; recorded in the artifact manifest."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """What it takes to regenerate or re-read the data (seed, preset, path)."""
+    texts: TextTable = field(default_factory=TextTable.empty)
+    """Optional user texts about items (MovieLens tags); search labels are made from them."""
 
     @property
     def n_items(self) -> int:
@@ -179,7 +232,16 @@ class LogData:
         if len(items.maturity) and (items.maturity.min() < 0 or items.maturity.max() >= len(MATURITY_LEVELS)):
             raise ValueError("items.maturity must index MATURITY_LEVELS")
         n = len(events)
-        for name in ("item", "timestamp_ms", "event_type", "anchor_item", "category", "query"):
+        for name in (
+            "item",
+            "timestamp_ms",
+            "event_type",
+            "anchor_item",
+            "category",
+            "query",
+            "rating",
+            "weight",
+        ):
             if len(getattr(events, name)) != n:
                 raise ValueError(f"events.{name} has {len(getattr(events, name))} rows, expected {n}")
         if n == 0:
@@ -202,6 +264,17 @@ class LogData:
         for i in np.flatnonzero(is_search).tolist():
             if not events.query[i].strip():
                 raise ValueError(f"event {i}: a search click needs a query")
+        if not (events.weight >= 0).all():
+            raise ValueError("events.weight must be >= 0 (and not NaN)")
+        if np.isinf(events.rating).any():
+            raise ValueError("events.rating must be finite or NaN")
+        texts = self.texts
+        for name in ("item", "text", "timestamp_ms"):
+            if len(getattr(texts, name)) != len(texts):
+                raise ValueError(f"texts.{name} has {len(getattr(texts, name))} rows, expected {len(texts)}")
+        if len(texts):
+            _check_range("texts.user", texts.user, 0, len(self.user_ids))
+            _check_range("texts.item", texts.item, 0, n_items)
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and manifests."""
@@ -213,6 +286,8 @@ class LogData:
             "n_users": self.n_users,
             "n_categories": len(self.category_ids),
             "events": {kind.name.lower(): int(counts[kind]) for kind in EventType},
+            "texts": len(self.texts),
+            "rated_events": int(np.isfinite(self.events.rating).sum()),
         }
 
 

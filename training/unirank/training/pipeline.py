@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,10 @@ from unirank.artifact.store import MANIFEST
 from unirank.model.net import build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
-from unirank.training.dataset import (
-    Dataset,
-    SplitTimes,
-    catalog_from_logs,
-    encode_examples,
-    label_event_times,
-    temporal_split,
-)
+from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples
 from unirank.training.evaluate import offline_metrics
 from unirank.training.export import write_artifact
-from unirank.training.labels import make_examples
+from unirank.training.labels import TRAIN, LabelConfig, UserSplit, events_split, make_examples
 from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
 from unirank.training.retrieval import build_retrieval
@@ -42,7 +35,7 @@ class PreparedData:
     """Everything derived from the logs before training: catalogue, encoder, dataset, co-engagement."""
 
     log: LogData
-    split_times: SplitTimes
+    split: UserSplit
     catalog: Catalog
     encoder: FeatureEncoder
     dataset: Dataset
@@ -53,17 +46,25 @@ def prepare_data(
     log: LogData,
     max_history: int,
     max_query_tokens: int,
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
     catalog: Catalog | None = None,
-    split_times: SplitTimes | None = None,
+    labels: LabelConfig | None = None,
+    co_engagement_window: int = 10,
 ) -> PreparedData:
-    """Label, encode and split ``log``; pass an artifact's ``catalog`` and ``split_times`` to reproduce it."""
-    split_times = split_times or temporal_split(label_event_times(log), split_fractions)
-    catalog = catalog or catalog_from_logs(log, split_times.train_end_ms)
+    """Split ``log`` per user, label and encode it; pass an artifact's ``catalog`` to reproduce it.
+
+    The split is a deterministic function of the logs and ``split_fractions``, so re-reading the
+    same data reproduces it exactly.
+    """
+    split = UserSplit.from_logs(log, split_fractions)
+    catalog = catalog or catalog_from_logs(log, split)
     encoder = FeatureEncoder(catalog, max_history=max_history, max_query_tokens=max_query_tokens)
-    dataset = encode_examples(make_examples(log, max_history), encoder, split_times)
-    co_engagement = CoEngagement.from_logs(log, split_times.train_end_ms, np.asarray(catalog.popularity))
-    return PreparedData(log, split_times, catalog, encoder, dataset, co_engagement)
+    dataset = encode_examples(make_examples(log, max_history, split, config=labels), encoder, log)
+    train = events_split(log, split) == TRAIN
+    co_engagement = CoEngagement.from_logs(
+        log, train, np.asarray(catalog.popularity), window=co_engagement_window
+    )
+    return PreparedData(log, split, catalog, encoder, dataset, co_engagement)
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -100,7 +101,13 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
     started = time.perf_counter()
     spec = parse_data_spec(config.data)
     log = load_logs(spec, size=config.size, seed=config.seed)
-    data = prepare_data(log, config.max_history, config.max_query_tokens, config.split_fractions)
+    data = prepare_data(
+        log,
+        config.max_history,
+        config.max_query_tokens,
+        config.split_fractions,
+        co_engagement_window=config.co_engagement_window,
+    )
     counts = data.dataset.counts()
     say(
         f"data {spec} size={config.size} seed={config.seed}: {log.n_items} items, {log.n_users} users, "
@@ -110,7 +117,7 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
         )
     )
 
-    result = train_model(data.dataset, data.catalog, config, progress)
+    result = train_model(data.dataset, data.catalog, config, progress, data.co_engagement)
     model = result.model
     phase = time.perf_counter()
     metrics = offline_metrics(
@@ -139,7 +146,7 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
             "n_items": log.n_items,
             "n_users": log.n_users,
             "events": log.summary()["events"],
-            "split": {**asdict(data.split_times), "fractions": list(config.split_fractions)},
+            "split": {"kind": "per_user_time", "fractions": list(config.split_fractions)},
             "counts": counts,
         }
         training = {
@@ -183,26 +190,31 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
     artifact = load_artifact(path)
     recorded = artifact.manifest["training_data"]
     spec = parse_data_spec(data or recorded["data"])
-    if str(spec) != recorded["data"]:
+    trained_on = parse_data_spec(recorded["data"])
+    if spec.kind != trained_on.kind:
         raise ValueError(f"{path} was trained on --data {recorded['data']}, not {spec}")
     log = load_logs(spec, size=recorded["size"], seed=int(recorded["seed"]))
     if log.items.item_ids != artifact.catalog.items.keys[1:]:
         raise ValueError(
-            f"the regenerated {spec} catalogue differs from the artifact's; was the generator changed?"
+            f"the {spec} catalogue differs from the artifact's: not the data it was trained on "
+            "(or the generator or loader changed)"
         )
     split = recorded["split"]
+    if split.get("kind") != "per_user_time":
+        raise ValueError(f"{path} records a split this version cannot reproduce: {split}")
     encoder = artifact.encoder()
+    config = artifact.manifest.get("training", {}).get("config", {})
+    defaults = TrainConfig()
     prepared = prepare_data(
         log,
         encoder.max_history,
         encoder.max_query_tokens,
+        split_fractions=tuple(split["fractions"]),  # type: ignore[arg-type]
         catalog=artifact.catalog,
-        split_times=SplitTimes(int(split["train_end_ms"]), int(split["validation_end_ms"])),
+        co_engagement_window=int(config.get("co_engagement_window", defaults.co_engagement_window)),
     )
     say(f"evaluating {artifact.model_version} on {spec} size={recorded['size']} seed={recorded['seed']}")
     model = build_model_from_checkpoint(torch.load(artifact.torch_path, weights_only=True))
-    config = artifact.manifest.get("training", {}).get("config", {})
-    defaults = TrainConfig()
     return offline_metrics(
         model,
         artifact.catalog,

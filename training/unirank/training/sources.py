@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from unirank.training.logs import LogData
 from unirank.training.synthetic import SyntheticConfig, generate
 
-KNOWN_KINDS: tuple[str, ...] = ("synthetic",)
-PLANNED_KINDS: tuple[str, ...] = ("movielens", "logs")
+KNOWN_KINDS: tuple[str, ...] = ("synthetic", "movielens", "logs")
+USAGE = "synthetic | movielens:PATH (a MovieLens release directory) | logs:PATH (UniRank log format)"
 
 
 class DataSpecError(ValueError):
@@ -17,7 +18,7 @@ class DataSpecError(ValueError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    """``KIND`` or ``KIND:PATH``, e.g. ``synthetic``, later ``movielens:data/ml-1m``."""
+    """``KIND`` or ``KIND:PATH``: ``synthetic``, ``movielens:data/ml-1m``, ``logs:exports/2026-05``."""
 
     kind: str
     path: str = ""
@@ -27,23 +28,38 @@ class DataSpec:
 
 
 def parse_data_spec(text: str) -> DataSpec:
-    """Parse and check a data spec; unknown or not-yet-supported kinds raise :class:`DataSpecError`."""
+    """Parse and check a data spec; unknown kinds or missing paths raise :class:`DataSpecError`."""
     kind, _, path = text.strip().partition(":")
     kind = kind.lower()
     if kind == "synthetic":
         if path:
             raise DataSpecError(f"--data synthetic takes no path (got {text!r}); use --size and --seed")
         return DataSpec(kind)
-    if kind in PLANNED_KINDS:
-        raise DataSpecError(f"--data {kind}:PATH is not supported yet; supported: {', '.join(KNOWN_KINDS)}")
-    raise DataSpecError(f"unknown --data {text!r}; supported: {', '.join(KNOWN_KINDS)}")
+    if kind in ("movielens", "logs"):
+        if not path:
+            raise DataSpecError(f"--data {kind} needs a directory: --data {kind}:PATH")
+        return DataSpec(kind, path)
+    raise DataSpecError(f"unknown --data {text!r}; supported: {USAGE}")
 
 
 def load_logs(spec: DataSpec | str, size: str = "default", seed: int = 0) -> LogData:
-    """Canonical logs for a spec; ``size`` and ``seed`` drive the synthetic generator."""
+    """Canonical logs for a spec; ``size`` and ``seed`` drive the synthetic generator only.
+
+    A file that cannot be read raises :class:`DataSpecError` with the loader's message.
+    """
+    from unirank.training.logformat import LogFormatError, read_logs
+    from unirank.training.movielens import MovieLensFormatError, load_movielens
+
     parsed = parse_data_spec(spec) if isinstance(spec, str) else spec
     if parsed.kind == "synthetic":
         log = generate(SyntheticConfig.preset(size), seed)
         log.provenance["size"] = size
         return log
-    raise DataSpecError(f"no loader for {parsed}")  # parse_data_spec keeps this unreachable
+    try:
+        if parsed.kind == "movielens":
+            return load_movielens(Path(parsed.path))
+        return read_logs(Path(parsed.path))
+    except (MovieLensFormatError, LogFormatError) as exc:
+        raise DataSpecError(str(exc)) from None
+    except OSError as exc:
+        raise DataSpecError(f"--data {parsed}: {exc}") from None

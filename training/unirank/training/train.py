@@ -1,9 +1,16 @@
-"""The multi-task training loop: one model, sampled-softmax per row, loss = sum_t w_t * L_t."""
+"""The multi-task training loop: one model, sampled softmax per row, loss = sum_t w_t * L_t.
+
+Batches are stratified by task (fixed shares per batch); each row scores its positive (one drawn
+from the row's positives) against sampled negatives (popularity-mixed proposal, log-q corrected)
+and optionally the batch's other positives; task weights are static or learned (uncertainty);
+training stops early on the validation NDCG@10 of the tasks being trained, keeping the best epoch.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +23,10 @@ import torch.nn.functional as F
 from unirank.artifact import TASKS, Catalog
 from unirank.model.net import ModelConfig, UniRankModel
 from unirank.training import metrics
+from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, StratifiedTaskSampler
-from unirank.training.evaluate import ModelScorer, rank_rows, sample_rows
+from unirank.training.evaluate import CandidateSets, ModelScorer, rank_rows, sample_rows
 
 Progress = Callable[[str], None]
 
@@ -39,6 +47,8 @@ class EpochLog:
     selection_score: float
     """w_t-weighted mean of the validation NDCG@10: the early-stopping criterion."""
     seconds: float
+    effective_weights: dict[str, float] = field(default_factory=dict)
+    """The weight each task's loss had at the end of the epoch (w_t, times exp(-s_t) if learned)."""
 
 
 @dataclass
@@ -49,10 +59,25 @@ class TrainResult:
     history: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
     steps: int = 0
+    seconds: float = 0.0
 
 
-def build_model(catalog: Catalog, config: TrainConfig) -> UniRankModel:
-    """A fresh model sized for ``catalog``; item content is copied into its buffers."""
+def neighbour_arrays(co_engagement: CoEngagement, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n_items + 1, k] most co-engaged items per item (0-padded) and log-scaled weights in [0, 1]."""
+    neighbours = np.zeros((n_items + 1, k), dtype=np.int64)
+    counts = np.zeros((n_items + 1, k), dtype=np.float64)
+    for item in range(1, min(n_items + 1, len(co_engagement.indptr) - 1)):
+        ids, n = co_engagement.row(item)
+        neighbours[item, : min(k, len(ids))] = ids[:k]
+        counts[item, : min(k, len(n))] = n[:k]
+    weights = np.log1p(counts)
+    return neighbours, (weights / max(float(weights.max()), 1e-9)).astype(np.float32)
+
+
+def build_model(
+    catalog: Catalog, config: TrainConfig, co_engagement: CoEngagement | None = None
+) -> UniRankModel:
+    """A fresh model sized for ``catalog``; item content (and co-engagement) goes into its buffers."""
     model_config = ModelConfig(
         n_items=len(catalog.items),
         n_users=len(catalog.users),
@@ -62,12 +87,23 @@ def build_model(catalog: Catalog, config: TrainConfig) -> UniRankModel:
         dim=config.dim,
         hidden=config.hidden,
         dropout=config.dropout,
+        use_task_type=config.use_task_type,
+        architecture=config.architecture,
+        n_experts=config.n_experts,
+        impute_context=config.impute_context,
     )
+    neighbours = weights = None
+    if co_engagement is not None and config.co_engagement_neighbours > 0:
+        neighbours, weights = neighbour_arrays(
+            co_engagement, catalog.n_items, config.co_engagement_neighbours
+        )
     return UniRankModel(
         model_config,
         title_tokens=catalog.title_token_matrix(),
         item_categories=catalog.category_matrix(),
         item_popularity=np.asarray(catalog.popularity, dtype=np.float32),
+        item_neighbours=neighbours,
+        item_neighbour_weights=weights,
     )
 
 
@@ -80,19 +116,28 @@ def task_weight_vector(config: TrainConfig) -> torch.Tensor:
 
 
 def multitask_loss(
-    scores: torch.Tensor, task: torch.Tensor, weights: torch.Tensor
+    scores: torch.Tensor,
+    task: torch.Tensor,
+    weights: torch.Tensor,
+    log_variance: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum_t w_t * L_t, L_t per task id, rows per task id) for scores [B, N] with the positive at 0.
 
     L_t is the mean cross-entropy over task t's rows only, so a task's weight does not depend on
     how many of its rows a batch happens to hold, and a task absent from the batch adds nothing.
+    With ``log_variance`` s (learned, one per task id) each term is w_t * (exp(-s_t) L_t + s_t / 2):
+    the homoscedastic-uncertainty weighting of Kendall et al. (2018).
     """
     per_row = F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long), reduction="none")
     n_slots = weights.shape[0]
     sums = torch.zeros(n_slots, dtype=per_row.dtype).index_add(0, task, per_row)
     counts = torch.bincount(task, minlength=n_slots).to(per_row.dtype)
     per_task = sums / counts.clamp(min=1.0)
-    return (weights * per_task).sum(), per_task, counts
+    if log_variance is None:
+        return (weights * per_task).sum(), per_task, counts
+    present = (counts > 0).to(per_row.dtype)
+    terms = torch.exp(-log_variance) * per_task + 0.5 * log_variance
+    return (weights * present * terms).sum(), per_task, counts
 
 
 class NegativeSampler:
@@ -122,6 +167,12 @@ class NegativeSampler:
         return torch.where(negatives == positives[:, None], torch.zeros_like(negatives), negatives)
 
 
+def in_batch_candidates(positives: torch.Tensor) -> torch.Tensor:
+    """[B, B]: every row's positive as a candidate of every row, with the row's own item as padding."""
+    others = positives[None, :].expand(positives.shape[0], -1)
+    return torch.where(others == positives[:, None], torch.zeros_like(others), others)
+
+
 def _trim_padding(values: torch.Tensor) -> torch.Tensor:
     """Drop trailing all-padding columns of a left-aligned [B, L] id matrix (keeping at least one)."""
     used = torch.nonzero((values != 0).any(dim=0)).flatten()
@@ -133,18 +184,34 @@ def _as_tensors(dataset: Dataset, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return {
         name: torch.from_numpy(np.ascontiguousarray(value[rows]))
         for name, value in dataset.inputs.as_dict().items()
+        if name != "candidates"
     }
 
 
+class PositiveSampler:
+    """Draws one of each row's positives per step (rows with several positives: uniformly)."""
+
+    def __init__(self, dataset: Dataset, rows: np.ndarray, seed: int) -> None:
+        self.start = dataset.positive_indptr[rows]
+        self.length = dataset.positive_indptr[rows + 1] - self.start
+        self.items = dataset.positive_items
+        self.rng = np.random.default_rng(seed + 7919)
+
+    def __call__(self, index: np.ndarray) -> torch.Tensor:
+        offset = np.floor(self.rng.random(len(index)) * self.length[index]).astype(np.int64)
+        return torch.from_numpy(self.items[self.start[index] + offset])
+
+
 def validation_ndcg(
-    model: UniRankModel, dataset: Dataset, rows_by_task: dict[int, np.ndarray]
+    model: UniRankModel, dataset: Dataset, rows_by_task: dict[int, np.ndarray], catalog: Catalog
 ) -> dict[int, float]:
-    """Full-catalogue NDCG@10 per task id on fixed validation rows."""
+    """NDCG@10 per task id on fixed validation rows, full ranking over each task's candidate set."""
     scorer = ModelScorer(model)
+    candidates = CandidateSets(catalog)
     out = {}
     for task, rows in rows_by_task.items():
-        ranks, _, _ = rank_rows(scorer, dataset, rows)
-        out[task] = metrics.ndcg_at_k(ranks)
+        ranked = rank_rows(scorer, dataset, rows, candidates)
+        out[task] = metrics.ndcg_at_k(ranked.ranks, indptr=ranked.indptr)
     return out
 
 
@@ -160,47 +227,119 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+class ProgressBar:
+    """One epoch's progress with running per-task losses.
+
+    Redrawn in place on a terminal; elsewhere (logs, CI, a parent process reading stderr) a line
+    every ``every_s`` seconds, so long runs show they are alive and short ones stay quiet.
+    """
+
+    WIDTH = 24
+
+    def __init__(self, say: Progress, total: int, label: str, live: bool, every_s: float = 15.0) -> None:
+        self.say, self.total, self.label, self.live = say, max(total, 1), label, live
+        self.started = time.perf_counter()
+        self.every_s = every_s
+        self._last_line = self.started
+
+    def update(self, step: int, losses: dict[str, float]) -> None:
+        done = step / self.total
+        now = time.perf_counter()
+        if not self.live and (now - self._last_line < self.every_s or step == self.total):
+            return
+        filled = round(done * self.WIDTH)
+        line = (
+            f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {step}/{self.total} "
+            f"{time.perf_counter() - self.started:5.1f}s loss "
+            + " ".join(f"{name}={value:.3f}" for name, value in losses.items())
+        )
+        if self.live:
+            print("\r" + line, end="", file=sys.stderr, flush=True)
+        else:
+            self._last_line = now
+            self.say(line)
+
+    def close(self) -> None:
+        if self.live:
+            print("\r" + " " * 120 + "\r", end="", file=sys.stderr, flush=True)
+
+
 def train_model(
-    dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Progress | None = print_progress
+    dataset: Dataset,
+    catalog: Catalog,
+    config: TrainConfig,
+    progress: Progress | None = print_progress,
+    co_engagement: CoEngagement | None = None,
 ) -> TrainResult:
-    """Train on the dataset's train split, early-stopping on its validation split."""
+    """Train on the dataset's train split, early-stopping on its validation split.
+
+    ``co_engagement`` (from the training split) feeds the model's co-engagement feature.
+    """
     with torch_threads(config.threads):
-        return _train(dataset, catalog, config, progress)
+        return _train(dataset, catalog, config, progress, co_engagement)
 
 
-def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Progress | None) -> TrainResult:
+def _train(
+    dataset: Dataset,
+    catalog: Catalog,
+    config: TrainConfig,
+    progress: Progress | None,
+    co_engagement: CoEngagement | None,
+) -> TrainResult:
     say = progress or (lambda _message: None)
+    live = progress is print_progress and sys.stderr.isatty()
+    run_started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(catalog, config)
+    model = build_model(catalog, config, co_engagement)
     weights = task_weight_vector(config)
     names = {int(spec.task_type): spec.name for spec in TASKS}
 
     train_rows = dataset.rows("train")
+    trained = [t for t in names if weights[t] > 0]
+    train_rows = train_rows[np.isin(dataset.task[train_rows], trained)]
     if not len(train_rows):
-        raise ValueError("the dataset has no training rows")
+        raise ValueError("the dataset has no training rows for the tasks being trained")
     tensors = _as_tensors(dataset, train_rows)
+    positives_of = PositiveSampler(dataset, train_rows, config.seed)
     ratios = None
+    present = set(np.unique(dataset.task[train_rows]).tolist())
     if config.task_ratios is not None:
         ratios = {int(spec.task_type): config.task_ratios.get(spec.name, 0.0) for spec in TASKS}
-        present = set(np.unique(dataset.task[train_rows]).tolist())
         ratios = {t: r for t, r in ratios.items() if t in present}
     sampler = StratifiedTaskSampler(dataset.task[train_rows], config.batch_size, ratios, seed=config.seed)
+    # An epoch is the same number of steps whichever tasks are trained: a single-task model gets
+    # the unified model's budget (steps x batch size), all of it on its own task.
+    sampler.steps_per_epoch = config.steps_per_epoch or max(
+        1, math.ceil(len(dataset.rows("train")) / config.batch_size)
+    )
     negatives = NegativeSampler(np.asarray(catalog.popularity), config.popular_negative_share, generator)
+    positive_share = np.bincount(
+        dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
+    ).astype(np.float64)
+    positive_log_q = torch.as_tensor(
+        np.log(np.maximum(positive_share / max(positive_share.sum(), 1.0), 1e-12) * config.batch_size),
+        dtype=torch.float32,
+    )
     validation_rows = {
         t: sample_rows(dataset.rows("validation", t), config.validation_rows_per_task, config.seed + t)
         for t in names
     }
     validation_rows = {t: rows for t, rows in validation_rows.items() if len(rows) and weights[t] > 0}
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
+    log_variance = None
+    parameters = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
+    if config.task_weighting == "uncertainty":
+        log_variance = torch.zeros(len(TASKS) + 1, requires_grad=True)
+        parameters.append({"params": [log_variance], "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
 
     result = TrainResult(model=model)
     best_score, best_state, stale = -np.inf, copy.deepcopy(model.state_dict()), 0
     say(
         f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch, "
-        f"batch {config.batch_size}, {config.negatives} negatives, rows per batch by task "
+        f"batch {config.batch_size}, {config.negatives} negatives"
+        + (" + in-batch" if config.in_batch_negatives else "")
+        + f", {config.architecture}, {config.task_weighting} task weights, rows per batch by task "
         + ", ".join(f"{names[t]}={q}" for t, q in sampler.quota.items())
         + ")"
     )
@@ -209,19 +348,27 @@ def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Pr
         model.train()
         loss_sum = torch.zeros(len(TASKS) + 1)
         loss_steps = torch.zeros(len(TASKS) + 1)
+        bar = ProgressBar(say, sampler.steps_per_epoch, f"epoch {epoch:>2}/{config.epochs}", live)
         for step, index in enumerate(sampler.epoch(), start=1):
             batch = {name: value[torch.from_numpy(index)] for name, value in tensors.items()}
-            positives = batch.pop("candidates")[:, 0]
+            positives = positives_of(index)
             for name in ("history", "query_tokens"):  # same scores, less padding to compare
                 batch[name] = _trim_padding(batch[name])
             if config.user_dropout > 0:
                 hide = torch.rand(positives.shape[0], generator=generator) < config.user_dropout
                 batch["user"] = torch.where(hide, torch.zeros_like(batch["user"]), batch["user"])
-            candidates = torch.cat([positives[:, None], negatives.sample(positives, config.negatives)], dim=1)
+            sampled = negatives.sample(positives, config.negatives)
+            blocks = [positives[:, None], sampled]
+            corrections = [negatives.log_q[positives][:, None], negatives.log_q[sampled]]
+            if config.in_batch_negatives:
+                others = in_batch_candidates(positives)
+                blocks.append(others)
+                corrections.append(positive_log_q[others])
+            candidates = torch.cat(blocks, dim=1)
             item_table = model.item_table()
             scores = model(**batch, candidates=candidates, item_table=item_table)
-            scores = scores - negatives.log_q[candidates]
-            loss, per_task, counts = multitask_loss(scores, batch["task"], weights)
+            scores = scores - torch.cat(corrections, dim=1)
+            loss, per_task, counts = multitask_loss(scores, batch["task"], weights, log_variance)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -229,13 +376,22 @@ def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Pr
             loss_sum += per_task.detach() * in_batch
             loss_steps += in_batch
             result.steps += 1
-            if config.log_every and step % config.log_every == 0:
+            if config.log_every and step % config.log_every == 0 and not live:
                 say(f"  epoch {epoch} step {step}/{sampler.steps_per_epoch} loss {loss.item():.4f}")
+            bar.update(
+                step,
+                {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0},
+            )
+        bar.close()
         train_loss = {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0}
-        ndcg = validation_ndcg(model, dataset, validation_rows)
+        ndcg = validation_ndcg(model, dataset, validation_rows, catalog)
         total_weight = sum(float(weights[t]) for t in ndcg) or 1.0
         selection = sum(float(weights[t]) * v for t, v in ndcg.items()) / total_weight
         seconds = time.perf_counter() - started
+        effective = {names[t]: float(weights[t]) for t in trained}
+        if log_variance is not None:
+            learned = torch.exp(-log_variance.detach())
+            effective = {names[t]: float(weights[t] * learned[t]) for t in trained}
         result.history.append(
             EpochLog(
                 epoch=epoch,
@@ -243,6 +399,7 @@ def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Pr
                 validation_ndcg={names[t]: v for t, v in ndcg.items()},
                 selection_score=selection,
                 seconds=seconds,
+                effective_weights=effective,
             )
         )
         improved = selection > best_score
@@ -252,6 +409,11 @@ def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Pr
             + "  val ndcg@10 "
             + " ".join(f"{names[t]}={v:.3f}" for t, v in ndcg.items())
             + f"  mean={selection:.4f}{' *' if improved else ''}"
+            + (
+                "  weights " + " ".join(f"{n}={w:.2f}" for n, w in effective.items())
+                if log_variance is not None
+                else ""
+            )
         )
         if improved:
             best_score, best_state, stale = selection, copy.deepcopy(model.state_dict()), 0
@@ -263,4 +425,5 @@ def _train(dataset: Dataset, catalog: Catalog, config: TrainConfig, progress: Pr
                 break
     model.load_state_dict(best_state)
     model.eval()
+    result.seconds = time.perf_counter() - run_started
     return result

@@ -1,0 +1,93 @@
+"""``unirank compare``: every method on the same rows, summarised as the issue's JSON shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from unirank.artifact import TASKS
+from unirank.training.cli import main as cli_main
+from unirank.training.compare import JobResult, model_jobs, summarise
+from unirank.training.config import TrainConfig
+
+TASK_NAMES = [spec.name for spec in TASKS]
+
+
+def _metrics(value: float) -> dict[str, float]:
+    return {"ndcg@10": value, "recall@10": 2 * value, "mrr": value / 2, "coverage@10": 0.5}
+
+
+def test_jobs_give_every_model_the_same_budget() -> None:
+    config = TrainConfig(epochs=3, steps_per_epoch=7)
+    jobs = model_jobs(config, [0, 1], ["no_imputation"])
+    assert len(jobs) == 2 * (3 + len(TASK_NAMES))
+    for job in jobs:
+        assert (job.config.epochs, job.config.steps_per_epoch, job.config.batch_size) == (3, 7, 512)
+    single = next(j for j in jobs if j.variant == "single_task:search")
+    assert single.tasks == ("search",) and single.config.task_weights["search"] == 1.0
+    assert sum(single.config.task_weights.values()) == 1.0
+    assert next(j for j in jobs if j.variant == "no_task_type").config.use_task_type is False
+    assert next(j for j in jobs if j.variant == "no_imputation").config.impute_context is False
+
+
+def test_summary_has_means_std_deltas_and_targets() -> None:
+    runs = []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        runs.append(JobResult("unified", seed, {t: _metrics(0.3 + shift) for t in TASK_NAMES}, 1, 1, 1, 1.0))
+        runs.append(JobResult("no_task_type", seed, {t: _metrics(0.25) for t in TASK_NAMES}, 1, 1, 1, 1.0))
+        for t in TASK_NAMES:
+            runs.append(
+                JobResult(
+                    f"single_task:{t}", seed, {t: _metrics(0.35 if t == "search" else 0.2)}, 1, 1, 1, 1.0
+                )
+            )
+    popularity = {t: _metrics(0.1) for t in TASK_NAMES}
+    peers = {"notification": {"als": [_metrics(0.2), _metrics(0.4)]}, "search": {"bm25": [_metrics(0.5)] * 2}}
+    result = summarise(runs, popularity, peers)
+    notification = result["tasks"]["notification"]
+    assert notification["unified"]["ndcg@10"] == pytest.approx(0.31)
+    assert result["std"]["notification"]["unified"]["ndcg@10"] == pytest.approx(0.0141421, rel=1e-4)
+    assert notification["peers"]["als"]["ndcg@10"] == pytest.approx(0.3)
+    assert set(notification) == {"unified", "single_task", "no_task_type", "popularity", "peers"}
+    assert result["delta"]["notification"]["single_task"]["ndcg@10"] == pytest.approx(0.31 / 0.2 - 1)
+    assert result["delta"]["notification"]["peers"]["als"]["ndcg@10"] == pytest.approx(0.31 / 0.3 - 1)
+    targets = result["targets"]
+    assert targets["notification: unified >= best peer (als)"]["pass"]
+    assert not targets["search: unified >= best peer (bm25)"]["pass"]
+    assert not targets["search: unified >= single_task"]["pass"]
+    assert targets["category: unified > popularity"]["pass"]
+
+
+def test_compare_end_to_end_on_tiny_synthetic_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("implicit")
+    pytest.importorskip("rank_bm25")
+    out = tmp_path / "compare.json"
+    report = tmp_path / "quality.md"
+    args = ["--data", "synthetic", "--size", "tiny", "--seeds", "2", "--workers", "2", "--quiet"]
+    args += ["--set", "epochs=2", "--set", "steps_per_epoch=6", "--set", "validation_rows_per_task=100"]
+    args += ["--rows-per-task", "150", "--json", str(out), "--report", str(report)]
+    assert cli_main(["compare", *args]) == 0
+    printed = capsys.readouterr().out
+    assert "unified" in printed and "peer:als" in printed
+    result = json.loads(out.read_text())
+    assert set(result["tasks"]) == set(TASK_NAMES)
+    for task, by in result["tasks"].items():
+        assert {"unified", "single_task", "popularity", "no_task_type", "peers"} <= set(by)
+        assert set(by["unified"]) >= {"ndcg@10", "recall@10", "mrr"}
+        assert set(result["std"][task]["unified"]) == set(by["unified"])
+    assert set(result["tasks"]["notification"]["peers"]) == {"als", "bpr", "item_knn"}
+    assert set(result["tasks"]["related_items"]["peers"]) == {"item_knn", "co_occurrence"}
+    assert set(result["tasks"]["search"]["peers"]) == {"bm25"}
+    assert len(result["runs"]) == 2 * 6 and result["protocol"]["test_rows"]["search"] == 150
+    text = report.read_text()
+    assert "| notification | **unified** |" in text and "## Targets" in text
+    assert (tmp_path / "quality" / "ndcg.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_rejects_unknown_ablations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["compare", "--data", "synthetic", "--ablation", "magic", "--no-peers", "--quiet"]) == 1
+    assert "unknown ablations" in capsys.readouterr().err

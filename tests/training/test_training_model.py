@@ -1,0 +1,132 @@
+"""Model options: MMoE, semantic imputation, the co-engagement feature; each exports to ONNX intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
+from unirank.model.net import ModelConfig, UniRankModel, build_model_from_checkpoint, model_checkpoint
+from unirank.training.export import export_onnx, random_inputs, torch_scores
+from unirank.training.train import in_batch_candidates, multitask_loss
+
+N_ITEMS = 40
+
+
+def _model(seed: int = 0, **options: object) -> UniRankModel:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = ModelConfig(
+        n_items=N_ITEMS,
+        n_users=10,
+        n_tokens=25,
+        n_categories=6,
+        dim=8,
+        hidden=16,
+        dropout=0.0,
+        **options,  # type: ignore[arg-type]
+    )
+    neighbours = rng.integers(0, N_ITEMS, size=(N_ITEMS, 5))
+    return UniRankModel(
+        config,
+        title_tokens=rng.integers(0, 25, size=(N_ITEMS, 4)),
+        item_categories=rng.integers(0, 6, size=(N_ITEMS, 2)),
+        item_popularity=rng.random(N_ITEMS),
+        item_neighbours=neighbours,
+        item_neighbour_weights=rng.random((N_ITEMS, 5)).astype(np.float32),
+    ).eval()
+
+
+OPTIONS = [
+    {},
+    {"architecture": "mmoe", "n_experts": 3},
+    {"impute_context": True},
+    {"architecture": "mmoe", "impute_context": True, "use_task_type": False},
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=["shared", "mmoe", "impute", "mmoe-impute-no-task"])
+def test_every_option_scores_all_items_like_forward_and_exports(
+    options: dict[str, object], tmp_path: Path
+) -> None:
+    model = _model(**options)
+    inputs = random_inputs(model, batch=6, history=5, query=3, candidates=1, seed=1)
+    tensors = {name: torch.from_numpy(inputs.as_dict()[name]) for name in INPUT_NAMES}
+    every = torch.arange(1, N_ITEMS).expand(6, -1)
+    with torch.no_grad():
+        forward = model(**{**tensors, "candidates": every})
+        context = {k: v for k, v in tensors.items() if k != "candidates"}
+        fast = model.score_all_items(**context)
+    torch.testing.assert_close(fast, forward, rtol=1e-5, atol=1e-5)
+    export_onnx(model, tmp_path / "model.onnx", max_history=5, max_query_tokens=3)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for seed, shape in enumerate([(3, 7, 2, 11), (1, 1, 1, 3), (5, 20, 8, 39)]):
+        batch = random_inputs(model, *shape, seed=seed + 10)
+        (onnx_scores,) = session.run([OUTPUT_NAME], batch.as_dict())
+        np.testing.assert_allclose(onnx_scores, torch_scores(model, batch), atol=1e-4, rtol=0)
+    again = build_model_from_checkpoint(model_checkpoint(model))
+    np.testing.assert_allclose(torch_scores(again, inputs), torch_scores(model, inputs), atol=1e-6)
+
+
+def test_imputation_gives_the_latest_item_as_anchor_and_its_title_as_query() -> None:
+    model = _model(impute_context=True)
+    history = torch.tensor([[3, 7, 0, 0], [0, 0, 0, 0]])
+    query = torch.tensor([[0, 0], [5, 0]])
+    anchor, tokens = model._impute(history, query, torch.tensor([0, 9]))
+    assert anchor.tolist() == [7, 9]  # row 0 had none: its latest play; row 1 keeps its own
+    assert set(tokens[0].tolist()) - {0} == set(model.title_tokens[7].tolist()) - {0}
+    assert set(tokens[1].tolist()) - {0} == {5}  # a row with a query keeps it
+    plain = _model(impute_context=False)
+    anchor, tokens = plain._impute(history, query, torch.tensor([0, 9]))
+    assert anchor.tolist() == [0, 9] and tokens.shape == query.shape
+
+
+def test_co_engagement_feature_reads_the_anchors_neighbours() -> None:
+    model = _model()
+    model.item_neighbours.zero_()
+    model.item_neighbour_weights.zero_()
+    model.item_neighbours[4, 0], model.item_neighbour_weights[4, 0] = 9, 1.0
+    with torch.no_grad():
+        for head in model.heads:  # only the co-engagement weight: score = that feature
+            head.query.weight.zero_(), head.query.bias.zero_()
+            head.cross.weight.zero_(), head.cross.bias.zero_()
+            head.cross.bias[5] = 1.0
+        scores = model(
+            torch.tensor([2]),
+            torch.tensor([1]),
+            torch.tensor([[1]]),
+            torch.tensor([[0]]),
+            torch.tensor([4]),
+            torch.tensor([0]),
+            torch.tensor([[9, 10, 11]]),
+        )
+    assert scores[0].tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+
+
+def test_mmoe_gates_differ_by_task() -> None:
+    model = _model(architecture="mmoe", n_experts=3)
+    context = torch.randn(4, 48)
+    with torch.no_grad():
+        model.shared.gates.bias.copy_(torch.arange(12, dtype=torch.float32))  # distinct per gate
+        one = model.shared(context, torch.tensor([0, 0, 0, 0]))
+        other = model.shared(context, torch.tensor([1, 1, 1, 1]))
+    assert not torch.allclose(one, other)
+
+
+def test_uncertainty_weighting_learns_per_task_scales() -> None:
+    scores = torch.randn(6, 5)
+    task = torch.tensor([1, 1, 2, 2, 3, 3])
+    weights = torch.ones(5)
+    log_var = torch.tensor([0.0, 0.0, 1.0, -1.0, 3.0])  # task 4 absent: its term must not count
+    loss, per_task, _ = multitask_loss(scores, task, weights, log_var)
+    expected = sum(torch.exp(-log_var[t]) * per_task[t] + 0.5 * log_var[t] for t in (1, 2, 3))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_in_batch_candidates_hide_the_rows_own_item() -> None:
+    got = in_batch_candidates(torch.tensor([5, 6, 5]))
+    assert got.tolist() == [[0, 6, 0], [5, 0, 5], [0, 6, 0]]

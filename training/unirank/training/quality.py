@@ -1,0 +1,230 @@
+"""The quality report: a comparison result (``unirank compare``) as Markdown with PNG plots.
+
+``make quality`` runs the comparison on MovieLens and writes ``docs/quality.md`` with this module;
+the plots go to a folder named after the report (``docs/quality/``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from unirank.training.compare import PEERS, TARGET_METRIC, UNIFIED
+
+SHOWN_METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr", "coverage@10")
+NDCG_PLOT = "ndcg.png"
+METRICS_PLOT = "metrics.png"
+CURVES_PLOT = "training_curves.png"
+
+
+def _methods(by: Mapping[str, Any]) -> list[tuple[str, Mapping[str, float], str]]:
+    """(label, means, key path) per method of one task, peers flattened as ``peer:NAME``."""
+    out: list[tuple[str, Mapping[str, float], str]] = []
+    for method, values in by.items():
+        if method == PEERS:
+            out.extend((f"peer:{peer}", v, f"{PEERS}/{peer}") for peer, v in values.items())
+        else:
+            out.append((method, values, method))
+    return out
+
+
+def _lookup(table: Mapping[str, Any], path: str) -> Mapping[str, float]:
+    node: Any = table
+    for part in path.split("/"):
+        node = node.get(part, {})
+    return node  # type: ignore[no-any-return]
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+    """Per task and method: each metric as mean ± std over seeds, and the unified model's delta."""
+    lines = [
+        "| task | method | NDCG@10 | Recall@10 | MRR | coverage@10 | unified vs it (NDCG@10) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, by in result["tasks"].items():
+        for label, values, path in _methods(by):
+            spread = _lookup(result["std"][task], path)
+            cells = [
+                f"{values[m]:.4f} ± {spread.get(m, 0.0):.4f}" if m in values else "" for m in SHOWN_METRICS
+            ]
+            delta = None if label == UNIFIED else _lookup(result["delta"][task], path).get(TARGET_METRIC)
+            change = "" if delta is None else f"{delta:+.1%}"
+            name = f"**{label}**" if label == UNIFIED else label
+            lines.append(f"| {task} | {name} | " + " | ".join(cells) + f" | {change} |")
+    return "\n".join(lines)
+
+
+def plot_ndcg(result: Mapping[str, Any], path: Path) -> None:
+    """Grouped bars: NDCG@10 mean ± std per task and method."""
+    tasks = list(result["tasks"])
+    methods = list(dict.fromkeys(label for task in tasks for label, _, _ in _methods(result["tasks"][task])))
+    fig = Figure(figsize=(12, 4.5))
+    ax = fig.subplots()
+    width = 0.8 / max(len(methods), 1)
+    for i, method in enumerate(methods):
+        means, errors, xs = [], [], []
+        for x, task in enumerate(tasks):
+            found = {label: (v, p) for label, v, p in _methods(result["tasks"][task])}
+            if method in found:
+                values, key = found[method]
+                means.append(values[TARGET_METRIC])
+                errors.append(_lookup(result["std"][task], key).get(TARGET_METRIC, 0.0))
+                xs.append(x + i * width)
+        ax.bar(xs, means, width, yerr=errors, capsize=2, label=method)
+    ax.set_xticks([x + width * (len(methods) - 1) / 2 for x in range(len(tasks))])
+    ax.set_xticklabels(tasks)
+    ax.set_ylabel("test NDCG@10 (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_metrics(result: Mapping[str, Any], path: Path) -> None:
+    """One panel per metric: unified vs single-task vs no-task-type vs popularity vs best peer."""
+    tasks = list(result["tasks"])
+    fig = Figure(figsize=(4 * len(SHOWN_METRICS), 4))
+    axes = fig.subplots(1, len(SHOWN_METRICS), squeeze=False)[0]
+    series = ("unified", "single_task", "no_task_type", "popularity", "best peer")
+    width = 0.8 / len(series)
+    for ax, metric in zip(axes, SHOWN_METRICS, strict=True):
+        for i, name in enumerate(series):
+            values = []
+            for task in tasks:
+                by = result["tasks"][task]
+                if name == "best peer":
+                    peers = by.get(PEERS, {})
+                    values.append(max((v.get(metric, 0.0) for v in peers.values()), default=0.0))
+                else:
+                    values.append(by.get(name, {}).get(metric, 0.0))
+            ax.bar([x + i * width for x in range(len(tasks))], values, width, label=name)
+        ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(tasks))])
+        ax.set_xticklabels(tasks, rotation=20, fontsize=8)
+        ax.set_title(f"test {metric}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def plot_curves(result: Mapping[str, Any], path: Path) -> None:
+    """Training loss and validation NDCG@10 per task by epoch, of the unified model (every seed)."""
+    runs = [run for run in result.get("runs", []) if run["variant"] == UNIFIED]
+    fig = Figure(figsize=(11, 4))
+    loss_ax, ndcg_ax = fig.subplots(1, 2)
+    for run in runs:
+        epochs = [e["epoch"] for e in run["history"]]
+        tasks = list(dict.fromkeys(t for e in run["history"] for t in e["train_loss"]))
+        for i, task in enumerate(tasks):
+            style = {"color": f"C{i}", "alpha": 0.8, "label": task if run["seed"] == 0 else None}
+            loss_ax.plot(epochs, [e["train_loss"].get(task) for e in run["history"]], **style)
+            ndcg_ax.plot(epochs, [e["validation_ndcg"].get(task) for e in run["history"]], **style)
+        ndcg_ax.axvline(run["best_epoch"], color="grey", linestyle=":", alpha=0.6)
+    loss_ax.set(title="unified: training loss L_t per task", xlabel="epoch", ylabel="sampled softmax")
+    ndcg_ax.set(title="unified: validation NDCG@10 (dotted: kept epoch)", xlabel="epoch", ylabel="NDCG@10")
+    for ax in (loss_ax, ndcg_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def write_report(result: Mapping[str, Any], path: Path, command: str | None = None) -> Path:
+    """Write the Markdown report and its plots (into ``<report stem>/``); returns the report path."""
+    path = Path(path)
+    plots = path.with_suffix("")
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_ndcg(result, plots / NDCG_PLOT)
+    plot_metrics(result, plots / METRICS_PLOT)
+    plot_curves(result, plots / CURVES_PLOT)
+    rel = plots.name
+    protocol = result.get("protocol", {})
+    targets = result.get("targets", {})
+    passed = sum(1 for t in targets.values() if t["pass"])
+    config = result.get("config", {})
+    lines = [
+        "# Offline quality: one model vs four",
+        "",
+        f"Generated by `{command or 'make quality'}` on {dt.date.today().isoformat()} "
+        f"from `{result['data']}` "
+        f"with seeds {result['seeds']} in {result['seconds'] / 60:.1f} minutes. Do not edit by hand: "
+        "rerun `make quality`.",
+        "",
+        "## Protocol",
+        "",
+        f"- Split: {protocol.get('split', '')}.",
+        f"- Test rows per task (the same for every method and seed): {protocol.get('test_rows', {})}.",
+        f"- Ranking: {protocol.get('ranking', '')}.",
+        f"- Selection: {protocol.get('selection', '')}; the test split is ranked once per reported number.",
+        f"- Budget: {protocol.get('budget', '')}.",
+        "- Labels per task and the reasoning behind them: [data.md](data.md).",
+        "",
+        "## Results",
+        "",
+        "Mean ± standard deviation over seeds (popularity and the deterministic peers do not vary "
+        "with the seed). The last column is the unified model's relative NDCG@10 difference.",
+        "",
+        markdown_table(result),
+        "",
+        f"![NDCG@10 by task and method]({rel}/{NDCG_PLOT})",
+        "",
+        f"![Every metric, unified vs the alternatives]({rel}/{METRICS_PLOT})",
+        "",
+        f"![Training curves of the unified model]({rel}/{CURVES_PLOT})",
+        "",
+        f"## Targets ({passed} of {len(targets)} met)",
+        "",
+    ]
+    for name, target in targets.items():
+        mark = "met" if target["pass"] else "**missed**"
+        lines.append(f"- {name}: {target['unified']:.4f} vs {target['other']:.4f}: {mark}")
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        "Unified model (every variant differs only where its name says):",
+        "",
+        "```json",
+        json.dumps(
+            {k: v for k, v in config.items() if k not in ("data", "size", "log_every", "seed")},
+            indent=2,
+            sort_keys=True,
+        ),
+        "```",
+        "",
+        "Peer hyperparameters chosen on validation (per task and seed):",
+        "",
+        "```json",
+        json.dumps(result.get("peer_params", {}), indent=2, sort_keys=True),
+        "```",
+        "",
+        "Training runs (best epoch by validation / epochs run / seconds):",
+        "",
+    ]
+    for run in result.get("runs", []):
+        lines.append(
+            f"- seed {run['seed']} {run['variant']}: epoch {run['best_epoch']} / {run['epochs_run']} / "
+            f"{run['seconds']:.0f}s"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m unirank.training.quality RESULT.json REPORT.md``: rewrite a report from a saved result."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m unirank.training.quality RESULT.json REPORT.md", file=sys.stderr)
+        return 2
+    write_report(json.loads(Path(args[0]).read_text()), Path(args[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
