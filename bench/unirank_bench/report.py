@@ -193,7 +193,8 @@ def markdown(
     lines += [
         f"Run of {started}{' (quick mode: smoke test, not a measurement)' if results['quick'] else ''}"
         + (
-            f", {results['settings']['rounds']} rounds (each row: the round with the median throughput)"
+            f", {results['settings']['rounds']} rounds (each row: the round with the median "
+            "throughput; with an even count, the lower middle one)"
             if results["settings"].get("rounds", 1) > 1
             else ""
         )
