@@ -20,12 +20,15 @@ def _metrics(value: float) -> dict[str, float]:
 
 
 def test_jobs_give_every_model_the_same_budget() -> None:
-    config = TrainConfig(epochs=3, steps_per_epoch=7)
+    config = TrainConfig(epochs=3, steps_per_epoch=8, patience=2)
     jobs = model_jobs(config, [0, 1], ["no_imputation"])
     assert len(jobs) == 2 * (3 + len(TASK_NAMES))
     for job in jobs:
-        assert (job.config.epochs, job.config.steps_per_epoch, job.config.batch_size) == (3, 7, 512)
+        steps = job.config.epochs * (job.config.steps_per_epoch or 0)
+        assert (steps, job.config.batch_size) == (24, 512)  # the same budget for every model
     single = next(j for j in jobs if j.variant == "single_task:search")
+    # ... but validated 4x as often (as often per row of its task as the unified model)
+    assert (single.config.steps_per_epoch, single.config.patience) == (2, 8)
     assert single.tasks == ("search",) and single.config.task_weights["search"] == 1.0
     assert sum(single.config.task_weights.values()) == 1.0
     assert next(j for j in jobs if j.variant == "no_task_type").config.use_task_type is False

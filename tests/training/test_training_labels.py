@@ -345,3 +345,16 @@ def test_evaluation_rows_are_capped_per_user_but_training_rows_are_not() -> None
             assert len(users) == len(set(users))  # at most one row per user
             assert len(_rows(full, task, split)) >= len(users)
     assert len(_rows(full, TaskType.CATEGORY, TEST)) > len(_rows(capped, TaskType.CATEGORY, TEST))
+
+
+def test_training_rows_can_be_capped_per_task() -> None:
+    log = _rated_log()
+    capped = make_examples(log, 3, config=LabelConfig(max_train_rows_per_task=3, search_title_share=1.0))
+    full = make_examples(log, 3, config=LabelConfig(search_title_share=1.0))
+    for task in (TaskType.NOTIFICATION, TaskType.RELATED_ITEMS, TaskType.SEARCH, TaskType.CATEGORY):
+        assert len(_rows(capped, task, TRAIN)) <= 3 + sum(  # texts are not derived rows
+            1
+            for r in _rows(full, task, TRAIN)
+            if task == TaskType.SEARCH and full.contexts[r].query == "pixar"
+        )
+        assert len(_rows(capped, task, TEST)) == len(_rows(full, task, TEST))

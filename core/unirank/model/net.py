@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 # lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
-# co-engagement with the anchor
-N_CROSS_FEATURES = 6
+# co-engagement with the anchor (log count, and share of the anchor's co-engagements), co-engagement
+# with the history (mean over its items)
+N_CROSS_FEATURES = 8
 ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
 
 
@@ -124,6 +125,7 @@ class UniRankModel(nn.Module):
     item_log_pop: torch.Tensor
     item_neighbours: torch.Tensor
     item_neighbour_weights: torch.Tensor
+    item_neighbour_shares: torch.Tensor
     real_token: torch.Tensor
 
     def __init__(
@@ -134,9 +136,11 @@ class UniRankModel(nn.Module):
         item_popularity: np.ndarray,
         item_neighbours: np.ndarray | None = None,
         item_neighbour_weights: np.ndarray | None = None,
+        item_neighbour_shares: np.ndarray | None = None,
     ) -> None:
-        """``item_neighbours`` [n_items, K] (0-padded) with weights in [0, 1]: each item's most
-        co-engaged items in training; without them the co-engagement feature is 0."""
+        """``item_neighbours`` [n_items, K] (0-padded): each item's most co-engaged items in
+        training, with ``item_neighbour_weights`` (log counts scaled to [0, 1]) and
+        ``item_neighbour_shares`` (count / the item's total); without them those features are 0."""
         super().__init__()
         self.config = config
         d = config.dim
@@ -167,13 +171,17 @@ class UniRankModel(nn.Module):
         log_pop = np.log1p(np.asarray(item_popularity, dtype=np.float32))
         log_pop = log_pop / max(float(log_pop.max()), 1.0)
         self.register_buffer("item_log_pop", torch.as_tensor(log_pop, dtype=torch.float32))
-        if item_neighbours is None or item_neighbour_weights is None:
+        if item_neighbours is None:
             item_neighbours = np.zeros((config.n_items, 1), dtype=np.int64)
-            item_neighbour_weights = np.zeros((config.n_items, 1), dtype=np.float32)
+        empty = np.zeros(item_neighbours.shape, dtype=np.float32)
         self.register_buffer("item_neighbours", torch.as_tensor(item_neighbours, dtype=torch.long))
-        self.register_buffer(
-            "item_neighbour_weights", torch.as_tensor(item_neighbour_weights, dtype=torch.float32)
-        )
+        for name, values in (
+            ("item_neighbour_weights", item_neighbour_weights),
+            ("item_neighbour_shares", item_neighbour_shares),
+        ):
+            self.register_buffer(
+                name, torch.as_tensor(empty if values is None else values, dtype=torch.float32)
+            )
 
     def item_repr(self, items: torch.Tensor) -> torch.Tensor:
         """Content-aware item vectors [..., d] for item indices [...]."""
@@ -217,6 +225,7 @@ class UniRankModel(nn.Module):
             query_tokens,
             category,
             anchor_item,
+            history,
             candidates,
             cand_vecs=items(candidates),
             cand_tokens=self.title_tokens[candidates],
@@ -248,12 +257,20 @@ class UniRankModel(nn.Module):
             query_tokens,
             category,
             anchor_item,
+            history,
             None,
             cand_vecs=table[1:].unsqueeze(0),
             cand_tokens=self.title_tokens[1:].unsqueeze(0),
             cand_cats=self.item_categories[1:].unsqueeze(0),
             cand_pop=self.item_log_pop[1:].unsqueeze(0),
         )
+
+    def _co_engagement(self, items: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """[B, n_items]: for item lists [B, M] (0 = none), the sum of their neighbours' values."""
+        batch = items.shape[0]
+        neighbours = self.item_neighbours[items].reshape(batch, -1)  # [B, M * K]
+        weights = (values[items] * (items > 0).to(dtype).unsqueeze(-1)).reshape(batch, -1)
+        return torch.zeros(batch, self.config.n_items, dtype=dtype).scatter_add(1, neighbours, weights)
 
     def _impute(
         self, history: torch.Tensor, query_tokens: torch.Tensor, anchor_item: torch.Tensor
@@ -310,6 +327,7 @@ class UniRankModel(nn.Module):
         query_tokens: torch.Tensor,
         category: torch.Tensor,
         anchor_item: torch.Tensor,
+        history: torch.Tensor,
         candidates: torch.Tensor | None,
         cand_vecs: torch.Tensor,
         cand_tokens: torch.Tensor,
@@ -344,14 +362,22 @@ class UniRankModel(nn.Module):
         cat = category.view(-1, 1, 1)
         cat_match = ((cand_cats == cat) & (cat > 0)).any(-1).to(dot.dtype)
         pop = cand_pop.expand_as(dot)
-        # How strongly each item was co-engaged with the anchor in training: the anchor's neighbour
-        # list scattered into a row over the catalogue, then read at the candidates.
-        co_row = torch.zeros(batch, self.config.n_items, dtype=dot.dtype).scatter_add(
-            1, self.item_neighbours[anchor_item], self.item_neighbour_weights[anchor_item]
+
+        # How strongly each item was co-engaged with the anchor (and with the history) in training:
+        # the neighbour lists scattered into rows over the catalogue, then read at the candidates.
+        def at_candidates(row: torch.Tensor) -> torch.Tensor:
+            return row[:, 1:] if candidates is None else row.gather(1, candidates)
+
+        anchor = anchor_item.unsqueeze(1)
+        co_anchor = at_candidates(self._co_engagement(anchor, self.item_neighbour_weights, dot.dtype))
+        co_share = at_candidates(self._co_engagement(anchor, self.item_neighbour_shares, dot.dtype))
+        n_history = (history > 0).sum(-1, keepdim=True).clamp(min=1).to(dot.dtype)
+        co_history = (
+            at_candidates(self._co_engagement(history, self.item_neighbour_weights, dot.dtype)) / n_history
         )
-        co_row = co_row * (anchor_item > 0).to(dot.dtype).unsqueeze(-1)
-        co_engaged = co_row[:, 1:] if candidates is None else co_row.gather(1, candidates)
-        cross = torch.stack([overlap, cat_match, pop, anchor_sim, history_sim, co_engaged], dim=-1)
+        cross = torch.stack(
+            [overlap, cat_match, pop, anchor_sim, history_sim, co_anchor, co_share, co_history], dim=-1
+        )
         return dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
 
 
@@ -371,6 +397,7 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> UniRankModel:
         item_popularity=np.zeros(config.n_items, dtype=np.float32),
         item_neighbours=state["item_neighbours"].numpy(),
         item_neighbour_weights=state["item_neighbour_weights"].numpy(),
+        item_neighbour_shares=state["item_neighbour_shares"].numpy(),
     )
     model.load_state_dict(state)
     model.eval()

@@ -168,8 +168,28 @@ def model_jobs(config: TrainConfig, seeds: Sequence[int], ablations: Sequence[st
         for ablation in ablations:
             jobs.append(Job(ablation, seed, base.replace(**ABLATIONS[ablation]), names))
         for task in names:
-            jobs.append(Job(f"{SINGLE_TASK}:{task}", seed, base.only(task), (task,)))
+            jobs.append(Job(f"{SINGLE_TASK}:{task}", seed, single_task_config(base, task), (task,)))
     return jobs
+
+
+def single_task_config(config: TrainConfig, task: str) -> TrainConfig:
+    """The unified config for one task, with the same budget and the same selection granularity.
+
+    The budget (max steps x batch size) is the unified model's, all spent on the task. A unified
+    step holds 1/T of its rows per task, so a single-task model validates T times as often (every
+    ``steps_per_epoch / T`` steps, with T times the epochs and patience): both are checked after
+    the same number of rows of the task, and neither is stuck with a coarse checkpoint.
+    """
+    single = config.only(task)
+    n_tasks = len(TASKS)
+    steps = config.steps_per_epoch
+    if steps is None or steps < n_tasks:
+        return single
+    return single.replace(
+        steps_per_epoch=steps // n_tasks,
+        epochs=config.epochs * n_tasks,
+        patience=config.patience * n_tasks,
+    )
 
 
 def _peer_results(
@@ -390,8 +410,9 @@ def run_compare(
                 "ranking": "full ranking over each task's candidate set; seen items excluded where the "
                 "use-case never recommends them; one positive set per row",
                 "selection": "early stopping and peer hyperparameters on the validation split only",
-                "budget": "every model: same steps per epoch, batch size, negatives, max epochs and "
-                "patience; a single-task model spends all of it on its task",
+                "budget": "every model: the same maximum steps, batch size and negatives; a single-task "
+                "model spends all of it on its task and is validated as often per row of its task "
+                "(every steps_per_epoch / 4 steps, patience and max epochs x 4)",
             },
             "peer_params": peer_params,
             "runs": [asdict(run) for run in runs],

@@ -97,6 +97,8 @@ class LabelConfig:
     """Share of title searches with two title words instead of one."""
     max_items_per_user_text: int = 20
     """A text one user put on more items than this is a list label ("in my queue"), not a search."""
+    max_train_rows_per_task: int = 1_000_000
+    """Derived training rows kept per task (a seeded subset beyond it), so ml-25m fits in memory."""
     max_evaluation_rows_per_user: int = 50
     """Validation and test keep at most this many rows per user and task (a seeded choice), so a few
     prolific users (one MovieLens user wrote 40 % of the tags) cannot decide a metric alone."""
@@ -408,6 +410,13 @@ def _build(
 # --- derived labels: shared pieces -----------------------------------------------------------
 
 
+def _at_most(positions: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` of the sorted ``positions`` (a seeded subset, still sorted)."""
+    if limit <= 0 or len(positions) <= limit:
+        return positions
+    return np.sort(np.random.default_rng(seed + 3).choice(positions, size=limit, replace=False))
+
+
 def _liked(plays: PlayHistory, config: LabelConfig) -> np.ndarray:
     """bool per sorted play: rated at least ``positive_rating``, or unrated with weight > 0."""
     rated = np.isfinite(plays.rating)
@@ -462,7 +471,7 @@ def notification_labels(log: LogData, ctx: LabelContext) -> Examples:
     split = ctx.split.assign(plays.user, plays.time)
     start, end = plays.before(plays.user, plays.time)
     firsts = np.flatnonzero(plays.first & (split == TRAIN))
-    rows = firsts[(end - start)[firsts] >= 1]
+    rows = _at_most(firsts[(end - start)[firsts] >= 1], config.max_train_rows_per_task, config.seed)
     positives = _windows(plays.user, rows, firsts, plays.item, config.future_window)
     parts = [
         _build(
@@ -521,6 +530,11 @@ def related_labels(log: LogData, ctx: LabelContext) -> Examples:
         & plays.first[nxt]
     )
     prev, nxt = prev[ok], nxt[ok]
+    train = ctx.split.assign(plays.user[nxt], plays.time[nxt]) == TRAIN
+    keep = np.union1d(
+        np.flatnonzero(~train), _at_most(np.flatnonzero(train), config.max_train_rows_per_task, config.seed)
+    )
+    prev, nxt = prev[keep], nxt[keep]
     return _build(
         TaskType.RELATED_ITEMS,
         log,
@@ -589,6 +603,13 @@ def search_labels(log: LogData, ctx: LabelContext) -> Examples:
     words, frequency = title_query_words(log)
     candidates = np.flatnonzero(plays.first & _liked(plays, config))
     chosen = candidates[rng.random(len(candidates)) < config.search_title_share]
+    in_train = ctx.split.assign(plays.user[chosen], plays.time[chosen]) == TRAIN
+    chosen = chosen[
+        np.union1d(
+            np.flatnonzero(~in_train),
+            _at_most(np.flatnonzero(in_train), config.max_train_rows_per_task, config.seed),
+        )
+    ]
     two = rng.random(len(chosen)) < config.search_two_word_share
     picks = rng.random((len(chosen), 2))
     rows_kept, queries = [], []
@@ -644,6 +665,7 @@ def category_labels(log: LogData, ctx: LabelContext) -> Examples:
         ((end - start)[firsts] >= 1)
         & np.array([bool(item_categories[i]) for i in plays.item[firsts].tolist()], dtype=bool)
     ]
+    rows = _at_most(rows, config.max_train_rows_per_task, config.seed)
     picks = rng.random(len(rows))
     row_category = np.array(
         [

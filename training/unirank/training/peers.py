@@ -47,7 +47,7 @@ GRIDS: Mapping[str, Mapping[str, Sequence[Any]]] = {
     "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)},
     "bpr": {"factors": (32, 64, 128), "learning_rate": (0.01, 0.05)},
     "item_knn": {"K": (20, 50, 200)},
-    "co_occurrence": {"window": (1, 3, 10)},
+    "co_occurrence": {"window": (3, 10, 30, 100)},
     "bm25": {"k1": (0.9, 1.5), "b": (0.4, 0.75)},
 }
 """Hyperparameters tried per peer (every combination), the best on validation is kept."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from unirank.training.compare import PEERS, TARGET_METRIC, UNIFIED
+from unirank.artifact import TASKS
+from unirank.training.compare import NO_TASK_TYPE, PEERS, POPULARITY, SINGLE_TASK, TARGET_METRIC, UNIFIED
 
 SHOWN_METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr", "coverage@10")
 NDCG_PLOT = "ndcg.png"
@@ -23,14 +24,24 @@ METRICS_PLOT = "metrics.png"
 CURVES_PLOT = "training_curves.png"
 
 
+METHOD_ORDER: tuple[str, ...] = (UNIFIED, SINGLE_TASK, NO_TASK_TYPE)
+
+
+def _tasks(result: Mapping[str, Any]) -> list[str]:
+    """Task names in registry order (a saved JSON has its keys sorted)."""
+    names = [spec.name for spec in TASKS if spec.name in result["tasks"]]
+    return names + sorted(set(result["tasks"]) - set(names))
+
+
 def _methods(by: Mapping[str, Any]) -> list[tuple[str, Mapping[str, float], str]]:
-    """(label, means, key path) per method of one task, peers flattened as ``peer:NAME``."""
-    out: list[tuple[str, Mapping[str, float], str]] = []
-    for method, values in by.items():
-        if method == PEERS:
-            out.extend((f"peer:{peer}", v, f"{PEERS}/{peer}") for peer, v in values.items())
-        else:
-            out.append((method, values, method))
+    """(label, means, key path) per method of one task: unified, single-task, no task type,
+    ablations, popularity, then peers (flattened as ``peer:NAME``)."""
+    order = [m for m in METHOD_ORDER if m in by]
+    order += sorted(m for m in by if m not in (*METHOD_ORDER, POPULARITY, PEERS))
+    order += [m for m in (POPULARITY,) if m in by]
+    out: list[tuple[str, Mapping[str, float], str]] = [(m, by[m], m) for m in order]
+    for peer, values in sorted(by.get(PEERS, {}).items()):
+        out.append((f"peer:{peer}", values, f"{PEERS}/{peer}"))
     return out
 
 
@@ -47,8 +58,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
         "| task | method | NDCG@10 | Recall@10 | MRR | coverage@10 | unified vs it (NDCG@10) |",
         "|---|---|---|---|---|---|---|",
     ]
-    for task, by in result["tasks"].items():
-        for label, values, path in _methods(by):
+    for task in _tasks(result):
+        for label, values, path in _methods(result["tasks"][task]):
             spread = _lookup(result["std"][task], path)
             cells = [
                 f"{values[m]:.4f} ± {spread.get(m, 0.0):.4f}" if m in values else "" for m in SHOWN_METRICS
@@ -62,7 +73,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 def plot_ndcg(result: Mapping[str, Any], path: Path) -> None:
     """Grouped bars: NDCG@10 mean ± std per task and method."""
-    tasks = list(result["tasks"])
+    tasks = _tasks(result)
     methods = list(dict.fromkeys(label for task in tasks for label, _, _ in _methods(result["tasks"][task])))
     fig = Figure(figsize=(12, 4.5))
     ax = fig.subplots()
@@ -88,7 +99,7 @@ def plot_ndcg(result: Mapping[str, Any], path: Path) -> None:
 
 def plot_metrics(result: Mapping[str, Any], path: Path) -> None:
     """One panel per metric: unified vs single-task vs no-task-type vs popularity vs best peer."""
-    tasks = list(result["tasks"])
+    tasks = _tasks(result)
     fig = Figure(figsize=(4 * len(SHOWN_METRICS), 4))
     axes = fig.subplots(1, len(SHOWN_METRICS), squeeze=False)[0]
     series = ("unified", "single_task", "no_task_type", "popularity", "best peer")
@@ -133,6 +144,35 @@ def plot_curves(result: Mapping[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def _reading_notes(result: Mapping[str, Any]) -> list[str]:
+    """How to read the table, and what it does not show."""
+    ablations = result.get("ablations", {})
+    lines = [
+        "## How to read it",
+        "",
+        "- **unified**: one model, every use-case, task type as an input (one head per task).",
+        "- **single_task**: one model per use-case, same architecture and budget (the same steps of "
+        "the same batch size, all on its task), early-stopped on its own task.",
+        "- **no_task_type**: the unified model without the task-type input (one shared head).",
+        "- **popularity**: per use-case: most played unseen items (notification), most played "
+        "items (related), query words matched then popularity (search), most played in the "
+        "category (category).",
+        "- **peer:…**: classic methods from `implicit` and `rank_bm25`, trained on the training "
+        "split, hyperparameters chosen on validation from a small grid, ties broken by popularity "
+        "(see `unirank.training.peers`). BPR cannot fold in a user's newer interactions, so it "
+        "scores with the user's training factors; ALS recomputes them from the row's history.",
+    ]
+    for name, change in ablations.items():
+        lines.append(f"- **{name}**: the unified model with {change}.")
+    lines += [
+        "",
+        "Differences within about two standard deviations are not evidence either way; the "
+        "per-user split, the capped evaluation rows (at most 50 per user and task) and the label "
+        "rules are in [data.md](data.md).",
+    ]
+    return lines
 
 
 def write_report(result: Mapping[str, Any], path: Path, command: str | None = None) -> Path:
@@ -181,13 +221,12 @@ def write_report(result: Mapping[str, Any], path: Path, command: str | None = No
         f"## Targets ({passed} of {len(targets)} met)",
         "",
     ]
-    for name, target in targets.items():
+    for name in sorted(targets, key=lambda n: (_tasks(result).index(n.split(":")[0]), n)):
+        target = targets[name]
         mark = "met" if target["pass"] else "**missed**"
         lines.append(f"- {name}: {target['unified']:.4f} vs {target['other']:.4f}: {mark}")
+    lines += ["", *_reading_notes(result), "", "## Configuration"]
     lines += [
-        "",
-        "## Configuration",
-        "",
         "Unified model (every variant differs only where its name says):",
         "",
         "```json",

@@ -62,16 +62,22 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def neighbour_arrays(co_engagement: CoEngagement, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """[n_items + 1, k] most co-engaged items per item (0-padded) and log-scaled weights in [0, 1]."""
+def neighbour_arrays(
+    co_engagement: CoEngagement, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per item (row 0 = padding) its ``k`` most co-engaged items (0-padded), their log counts scaled
+    to [0, 1], and each count's share of the item's total co-engagement."""
     neighbours = np.zeros((n_items + 1, k), dtype=np.int64)
     counts = np.zeros((n_items + 1, k), dtype=np.float64)
+    totals = np.ones(n_items + 1, dtype=np.float64)
     for item in range(1, min(n_items + 1, len(co_engagement.indptr) - 1)):
         ids, n = co_engagement.row(item)
         neighbours[item, : min(k, len(ids))] = ids[:k]
         counts[item, : min(k, len(n))] = n[:k]
+        totals[item] = max(float(n.sum()), 1.0)
     weights = np.log1p(counts)
-    return neighbours, (weights / max(float(weights.max()), 1e-9)).astype(np.float32)
+    weights = weights / max(float(weights.max()), 1e-9)
+    return neighbours, weights.astype(np.float32), (counts / totals[:, None]).astype(np.float32)
 
 
 def build_model(
@@ -92,9 +98,9 @@ def build_model(
         n_experts=config.n_experts,
         impute_context=config.impute_context,
     )
-    neighbours = weights = None
+    neighbours = weights = shares = None
     if co_engagement is not None and config.co_engagement_neighbours > 0:
-        neighbours, weights = neighbour_arrays(
+        neighbours, weights, shares = neighbour_arrays(
             co_engagement, catalog.n_items, config.co_engagement_neighbours
         )
     return UniRankModel(
@@ -104,6 +110,7 @@ def build_model(
         item_popularity=np.asarray(catalog.popularity, dtype=np.float32),
         item_neighbours=neighbours,
         item_neighbour_weights=weights,
+        item_neighbour_shares=shares,
     )
 
 
