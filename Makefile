@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m pip install -q --upgrade pip
 	# torch first, pinned exactly: anything looser pulls a multi-GB CUDA build.
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e '.[train,dev]'
+	$(PYTHON) -m pip install -q -e '.[train,dev,quality]'
 	touch $@
 
 setup: $(BIN)/.installed
