@@ -130,3 +130,28 @@ def test_uncertainty_weighting_learns_per_task_scales() -> None:
 def test_in_batch_candidates_hide_the_rows_own_item() -> None:
     got = in_batch_candidates(torch.tensor([5, 6, 5]))
     assert got.tolist() == [[0, 6, 0], [5, 0, 5], [0, 6, 0]]
+
+
+def test_pool_negatives_come_from_the_rows_candidate_pool() -> None:
+    from unirank.artifact import Catalog, TaskType
+    from unirank.training.train import CandidatePoolNegatives
+
+    catalog = Catalog.build(
+        item_ids=["a", "b", "c", "d"],
+        titles=["Red Moon", "Blue Moon", "Red Sun", "Green Field"],
+        item_categories=[["x"], ["x", "y"], ["y"], ["y"]],
+        maturity=[0] * 4,
+        release_year=[0] * 4,
+        popularity=[1.0] * 4,
+        user_ids=["u"],
+    )
+    pool = CandidatePoolNegatives(catalog, seed=0)
+    moon = catalog.tokens.index("moon")
+    task = np.array([int(TaskType.SEARCH), int(TaskType.CATEGORY), int(TaskType.NOTIFICATION)])
+    query = np.array([[moon, 0], [0, 0], [0, 0]])
+    category = np.array([0, catalog.categories.index("y"), 0])
+    items, log_q = pool.sample(task, query, category, positives=np.array([1, 2, 1]), k=20)
+    assert set(items[0].tolist()) <= {0, 2}  # "Blue Moon" (index 2); "Red Moon" is the positive
+    assert set(items[1].tolist()) <= {0, 3, 4} and set(items[1].tolist()) & {3, 4}  # y minus b
+    assert not items[2].any() and not log_q[2].any()  # notification rows get no pool
+    assert log_q[0, 0] == pytest.approx(np.log(20 / 2))

@@ -67,6 +67,9 @@ class TrainConfig:
     """Sampled negatives per row; every row scores 1 + negatives candidates."""
     popular_negative_share: float = 0.5
     """Share of the proposal drawn by popularity (rest uniform); corrected by log-q in the loss."""
+    pool_negatives: int = 0
+    """Extra negatives per search / category row from its own candidate pool (titles sharing a query
+    word, items of the category): the items those rows are ranked against."""
     in_batch_negatives: bool = False
     """Also score every other row's positive in the batch as a negative (log-q corrected)."""
     user_dropout: float = 0.1
@@ -79,7 +82,7 @@ class TrainConfig:
     task_ratios: dict[str, float] | None = field(default_factory=_equal_per_task)
     """Share of each task in a batch (normalised); None samples in proportion to the data."""
 
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     """Train / validation / test shares of each user's events, cut by time per user."""
     validation_rows_per_task: int = 600
     """Validation rows per task ranked after each epoch for early stopping."""

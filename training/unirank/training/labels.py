@@ -128,7 +128,7 @@ class UserSplit:
         return split
 
     @classmethod
-    def from_logs(cls, log: LogData, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> UserSplit:
+    def from_logs(cls, log: LogData, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> UserSplit:
         """Cut each user's events at the ``fractions`` quantiles of their count."""
         if len(fractions) != 3 or min(fractions) <= 0:
             raise ValueError(f"need three positive split fractions, got {fractions}")

@@ -44,7 +44,7 @@ PEERS_BY_TASK: Mapping[str, tuple[str, ...]] = {
 """Which peers rank which task's rows."""
 
 GRIDS: Mapping[str, Mapping[str, Sequence[Any]]] = {
-    "als": {"factors": (32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)},
+    "als": {"factors": (16, 32, 64, 128), "regularization": (0.01, 0.1), "alpha": (1.0, 10.0)},
     "bpr": {"factors": (32, 64, 128), "learning_rate": (0.01, 0.05)},
     "item_knn": {"K": (20, 50, 200)},
     "co_occurrence": {"window": (3, 10, 30, 100)},

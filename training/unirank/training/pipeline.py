@@ -46,7 +46,7 @@ def prepare_data(
     log: LogData,
     max_history: int,
     max_query_tokens: int,
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     catalog: Catalog | None = None,
     labels: LabelConfig | None = None,
     co_engagement_window: int = 10,

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unirank.artifact import TASKS, Catalog
+from unirank.artifact import TASKS, Catalog, TaskType
 from unirank.model.net import ModelConfig, UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement
@@ -195,6 +195,59 @@ def _as_tensors(dataset: Dataset, rows: np.ndarray) -> dict[str, torch.Tensor]:
     }
 
 
+class CandidatePoolNegatives:
+    """Negatives from a row's own candidate pool: a title sharing a query word (search rows) or an
+    item of the row's category (category rows); other rows get padding.
+
+    Sampled negatives from the whole catalogue rarely share a query word or a category, so a model
+    trained on them alone learns "match the words" and "be in the category" but not which of the
+    matches to put first, which is what those rows are ranked on. Each pool is sampled uniformly,
+    so its log-q correction is log(k / pool size).
+    """
+
+    def __init__(self, catalog: Catalog, seed: int) -> None:
+        self.tokens = self._postings(catalog.title_token_matrix(), len(catalog.tokens))
+        self.categories = self._postings(catalog.category_matrix(), len(catalog.categories))
+        self.rng = np.random.default_rng(seed + 104729)
+
+    @staticmethod
+    def _postings(matrix: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
+        keys = matrix[1:].ravel()
+        items = np.repeat(np.arange(1, matrix.shape[0]), matrix.shape[1])
+        keys, items = keys[keys > 0], items[keys > 0]
+        order = np.lexsort((items, keys))
+        keys, items = keys[order], items[order]
+        return np.searchsorted(keys, np.arange(n_keys + 1), side="left"), items
+
+    def _draw(
+        self, postings: tuple[np.ndarray, np.ndarray], keys: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        indptr, items = postings
+        start, size = indptr[keys], indptr[keys + 1] - indptr[keys]
+        offsets = np.floor(self.rng.random((len(keys), k)) * size[:, None]).astype(np.int64)
+        drawn = np.where(size[:, None] > 0, items[np.minimum(start[:, None] + offsets, len(items) - 1)], 0)
+        return drawn, np.log(k / np.maximum(size, 1)).astype(np.float32)
+
+    def sample(
+        self, task: np.ndarray, query_tokens: np.ndarray, category: np.ndarray, positives: np.ndarray, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, k] item indices, [B, k] log-q) for the batch; 0 (padding) where a row has no pool."""
+        out = np.zeros((len(task), k), dtype=np.int64)
+        log_q = np.zeros((len(task), k), dtype=np.float32)
+        n_query = (query_tokens > 0).sum(axis=1)
+        search = np.flatnonzero((task == TaskType.SEARCH) & (n_query > 0))
+        if len(search):
+            pick = np.floor(self.rng.random(len(search)) * n_query[search]).astype(np.int64)
+            drawn, q = self._draw(self.tokens, query_tokens[search, pick], k)
+            out[search], log_q[search] = drawn, q[:, None]
+        in_category = np.flatnonzero((task == TaskType.CATEGORY) & (category > 0))
+        if len(in_category):
+            drawn, q = self._draw(self.categories, category[in_category], k)
+            out[in_category], log_q[in_category] = drawn, q[:, None]
+        out[out == positives[:, None]] = 0  # an accidental hit is padding, not a negative
+        return torch.from_numpy(out), torch.from_numpy(log_q)
+
+
 class PositiveSampler:
     """Draws one of each row's positives per step (rows with several positives: uniformly)."""
 
@@ -321,6 +374,7 @@ def _train(
         1, math.ceil(len(dataset.rows("train")) / config.batch_size)
     )
     negatives = NegativeSampler(np.asarray(catalog.popularity), config.popular_negative_share, generator)
+    pool_negatives = CandidatePoolNegatives(catalog, config.seed)
     positive_share = np.bincount(
         dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
     ).astype(np.float64)
@@ -345,6 +399,7 @@ def _train(
     say(
         f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch, "
         f"batch {config.batch_size}, {config.negatives} negatives"
+        + (f" + {config.pool_negatives} from the row's pool" if config.pool_negatives else "")
         + (" + in-batch" if config.in_batch_negatives else "")
         + f", {config.architecture}, {config.task_weighting} task weights, rows per batch by task "
         + ", ".join(f"{names[t]}={q}" for t, q in sampler.quota.items())
@@ -367,6 +422,16 @@ def _train(
             sampled = negatives.sample(positives, config.negatives)
             blocks = [positives[:, None], sampled]
             corrections = [negatives.log_q[positives][:, None], negatives.log_q[sampled]]
+            if config.pool_negatives:
+                pool, pool_log_q = pool_negatives.sample(
+                    batch["task"].numpy(),
+                    batch["query_tokens"].numpy(),
+                    batch["category"].numpy(),
+                    positives.numpy(),
+                    config.pool_negatives,
+                )
+                blocks.append(pool)
+                corrections.append(pool_log_q)
             if config.in_batch_negatives:
                 others = in_batch_candidates(positives)
                 blocks.append(others)
