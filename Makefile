@@ -74,4 +74,4 @@ MOVIELENS ?= ../shared/data/movielens-small
 quality: setup
 	$(PYTHON) -m pip install -q -e '.[quality]'
 	$(BIN)/unirank compare --data movielens:$(MOVIELENS) --seeds 3 --workers 2 --rows-per-task 3000 \
-		--json build/quality/compare.json --report docs/quality.md
+		--ablation no_imputation --json build/quality/compare.json --report docs/quality.md
