@@ -42,6 +42,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from unirank.artifact import ArtifactError, ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.backends.base import BackendError
+from unirank.server.security import SecurityError
 
 from ..conftest import PROFILES, profile_with, running_server
 from .certs import Pki, make_pki
@@ -590,6 +591,7 @@ async def faults(artifact: Path, workdir: Path) -> list[str]:
 # -- 5. attacks -------------------------------------------------------------------------------
 
 _TOKENS = {"search-app": "stress-search-token-71d2c0", "admin": "stress-admin-token-9e44aa"}
+_ROTATED_TOKEN = "stress-admin-rotated-4c1d9e"
 
 
 async def _reflect(address: str, creds: grpc.ChannelCredentials | None, token: str | None) -> str:
@@ -685,6 +687,28 @@ async def attacks(artifact: Path, workdir: Path) -> list[str]:
             await attempt("health check without a token (open)", lambda c: c.health(), credentials=mtls())
             rows.append(["reflection without a token", await _reflect(address, mtls(), None)])
             rows.append(["reflection with a token", await _reflect(address, mtls(), _TOKENS["admin"])])
+            # Rotation: the tokens file is rewritten with a new admin token and the server told
+            # (what SIGHUP does in `unirank serve`).
+            rotated = _ROTATED_TOKEN
+            tokens.write_text(f"admin:{rotated}\nsearch-app:{_TOKENS['search-app']}\n")
+            server.reload_secrets()
+            await attempt(
+                "old admin token after rotation", search, credentials=mtls(), bearer_token=_TOKENS["admin"]
+            )
+            await attempt("new admin token after rotation", search, credentials=mtls(), bearer_token=rotated)
+            tokens.write_text("admin:too-short\n")
+            try:
+                server.reload_secrets()
+                outcome = "accepted"
+            except SecurityError as error:
+                outcome = f"refused: {error}"
+            await attempt(
+                f"rotation to a malformed tokens file ({outcome}); then the rotated token",
+                search,
+                credentials=mtls(),
+                bearer_token=rotated,
+            )
+            tokens.write_text("".join(f"{name}:{token}\n" for name, token in _TOKENS.items()))
         closed = profile_with(
             tasks=relaxed,
             security={"auth": "bearer", "tokens_file": str(tokens), "health_requires_auth": True},
@@ -702,7 +726,9 @@ async def attacks(artifact: Path, workdir: Path) -> list[str]:
     finally:
         root.removeHandler(capture)
         root.setLevel(old_level)
-    leaked = sum(any(token in line for token in _TOKENS.values()) for line in capture.lines)
+    leaked = sum(
+        any(token in line for token in (*_TOKENS.values(), _ROTATED_TOKEN)) for line in capture.lines
+    )
     return [
         "## 5. Access control",
         "",
@@ -715,7 +741,10 @@ async def attacks(artifact: Path, workdir: Path) -> list[str]:
         f"Log lines written meanwhile (every logger at DEBUG): {len(capture.lines):,}; lines containing a "
         f"token: **{leaked}**. Tokens are compared with `hmac.compare_digest` over SHA-256 digests of "
         "every configured token, with no early exit (`tests/hardening/test_security.py` counts the "
-        "comparisons); they are never in the profile, in logs or in error messages (only their names).",
+        "comparisons); they are never in the profile, in logs or in error messages (only their names). "
+        "Tokens and certificates are re-read on SIGHUP (`UniRankServer.reload_secrets`; "
+        "`tests/hardening/test_rotation.py`): new connections get the new certificate, open ones keep "
+        "theirs, and a file that cannot be used is refused whole while the current secrets stay in force.",
         "",
     ]
 

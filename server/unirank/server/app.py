@@ -21,7 +21,7 @@ from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.repository import fingerprint, resolve_artifact
 from unirank.server.runtime import ModelRuntime
-from unirank.server.security import Authenticator, server_credentials
+from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
 from unirank.server.telemetry import ScoreReference, Telemetry
 from unirank.server.workers import WorkerGroup, watch_group_health
@@ -72,6 +72,8 @@ class UniRankServer:
         self.reload_failures = 0
         self.features: FeatureStore | None = features
         self.group = group
+        self.tls: TlsCredentials | None = None
+        self.auth: Authenticator | None = None
 
     @property
     def address(self) -> str:
@@ -104,8 +106,9 @@ class UniRankServer:
     async def _start(self) -> None:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         # Certificates and tokens first: a bad one fails the start before the artifact loads.
-        credentials = server_credentials(self.profile.security)
-        auth = Authenticator.create(self.profile.security, os.environ)
+        self.tls = TlsCredentials.create(self.profile.security)
+        credentials = self.tls.credentials if self.tls is not None else None
+        auth = self.auth = Authenticator.create(self.profile.security, os.environ)
         if auth is not None and credentials is None:
             log.warning("bearer tokens over plaintext: set [security] tls_cert_file unless TLS ends in front")
         telemetry = self.telemetry
@@ -223,6 +226,21 @@ class UniRankServer:
             log.info("reloaded: %s -> %s", old.version, runtime.version)
             self._spawn(self._retire(old))
             return runtime.version
+
+    def reload_secrets(self) -> list[str]:
+        """Re-read the TLS certificates and bearer tokens the profile names (rotation, on SIGHUP).
+
+        Each is checked before it replaces the current one; a file that cannot be read or parsed
+        raises SecurityError and what was in force stays in force. Returns what was rotated.
+        """
+        rotated: list[str] = []
+        if self.tls is not None:
+            self.tls.reload()
+            rotated.append("tls")
+        if self.auth is not None:
+            self.auth.reload(os.environ)
+            rotated.append("tokens")
+        return rotated
 
     @staticmethod
     async def _retire(runtime: ModelRuntime) -> None:

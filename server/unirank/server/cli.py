@@ -68,6 +68,17 @@ async def _serve(server: UniRankServer) -> None:
 
 
 async def _reload(server: UniRankServer) -> None:
+    """SIGHUP: rotate certificates and tokens, then look for a new model version."""
+    try:
+        rotated = server.reload_secrets()
+        if rotated:
+            print(f"unirank: re-read {' and '.join(rotated)}", flush=True)
+    except SecurityError as exc:
+        print(
+            f"unirank: secrets reload refused, the current ones stay in force: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         version = await server.reload()
         print(f"unirank: serving model {version}", flush=True)

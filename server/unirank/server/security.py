@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from unirank.artifact.tasks import TASKS
 from unirank.server.config import SecuritySection
 from unirank.server.errors import PermissionDenied, Unauthenticated
 from unirank.v1 import recommender_pb2 as pb
@@ -29,7 +30,8 @@ MIN_TOKEN_CHARS = 16
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _REFLECTION_PREFIX = "/grpc.reflection."
-_TASK_OF_ONEOF = {"notification", "related_items", "search", "category"}
+_TASK_OF_ONEOF = {spec.context_field: spec.name for spec in TASKS}
+"""The request oneof field of each use-case -> the task name grants use."""
 
 
 class SecurityError(Exception):
@@ -65,16 +67,45 @@ def _read_pem(path: str, what: str) -> bytes:
     return data
 
 
-def server_credentials(section: SecuritySection) -> grpc.ServerCredentials | None:
-    """TLS (and with a client CA, mutual TLS) credentials; None where the profile serves plaintext."""
-    if not section.tls_cert_file:
-        return None
-    chain = _read_pem(section.tls_cert_file, "tls_cert_file")
-    key = _read_pem(section.tls_key_file, "tls_key_file")
-    client_ca = _read_pem(section.client_ca_file, "client_ca_file") if section.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=client_ca, require_client_auth=section.require_client_cert
-    )
+class TlsCredentials:
+    """The server's TLS (and with a client CA, mutual TLS) credentials, rotatable while serving.
+
+    gRPC asks :meth:`_fetch` for a new certificate configuration at each handshake; it hands over
+    one only after :meth:`reload` read and checked new files, so connections made after a
+    rotation (SIGHUP) present the new certificate and trust the new client CA, while open
+    connections keep theirs. Files that cannot be read leave the current configuration in place.
+    """
+
+    def __init__(self, section: SecuritySection) -> None:
+        self._section = section
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self.rotations = 0
+        initial = self._configuration()
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            initial, self._fetch, require_client_authentication=section.require_client_cert
+        )
+
+    @classmethod
+    def create(cls, section: SecuritySection) -> TlsCredentials | None:
+        """None where the profile serves plaintext."""
+        return cls(section) if section.tls_cert_file else None
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        section = self._section
+        chain = _read_pem(section.tls_cert_file, "tls_cert_file")
+        key = _read_pem(section.tls_key_file, "tls_key_file")
+        client_ca = _read_pem(section.client_ca_file, "client_ca_file") if section.client_ca_file else None
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=client_ca)
+
+    def reload(self) -> None:
+        """Read the certificate files again; the next handshakes use them. SecurityError if unusable."""
+        self._pending = self._configuration()
+        self.rotations += 1
+        log.info("TLS certificates re-read from %s", self._section.tls_cert_file)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        pending, self._pending = self._pending, None
+        return pending
 
 
 # -- tokens ---------------------------------------------------------------------------------
@@ -134,13 +165,35 @@ def load_tokens(section: SecuritySection, environ: Mapping[str, str]) -> list[tu
     return entries
 
 
+def _credentials(section: SecuritySection, environ: Mapping[str, str]) -> list[_Credential]:
+    tokens = load_tokens(section, environ)
+    unknown = sorted(set(section.grants) - {name for name, _ in tokens})
+    if unknown:
+        raise SecurityError(f"security.grants: no token named {unknown}")
+    credentials = []
+    for name, token in tokens:
+        grant = section.grants.get(name)
+        principal = Principal(
+            name,
+            frozenset(grant.methods) if grant else frozenset(),
+            frozenset(grant.tasks) if grant else frozenset(),
+        )
+        credentials.append(_Credential(_digest(token), principal))
+    log.info(
+        "bearer authentication: %d token(s) named %s",
+        len(credentials),
+        [c.principal.name for c in credentials],
+    )
+    return credentials
+
+
 def requested_tasks(request: Any) -> set[str]:
     """The use-cases a request asks to rank for (none for messages that rank nothing)."""
     if isinstance(request, pb.RecommendRequest):
-        task = request.context.WhichOneof("task")
-        return {task} if task in _TASK_OF_ONEOF else set()
+        task = _TASK_OF_ONEOF.get(request.context.WhichOneof("task") or "")
+        return {task} if task is not None else set()
     if isinstance(request, pb.RecommendBatchRequest):
-        return {t for r in request.requests if (t := r.context.WhichOneof("task")) in _TASK_OF_ONEOF}
+        return {t for r in request.requests if (t := _TASK_OF_ONEOF.get(r.context.WhichOneof("task") or ""))}
     return set()
 
 
@@ -153,30 +206,26 @@ class Authenticator:
 
     def __init__(self, credentials: Iterable[_Credential], section: SecuritySection) -> None:
         self._credentials = tuple(credentials)
+        self._section = section
         self._health_requires_auth = section.health_requires_auth
         self._reflection_requires_auth = section.reflection_requires_auth
+        self.rotations = 0
 
     @classmethod
     def create(cls, section: SecuritySection, environ: Mapping[str, str]) -> Authenticator | None:
         """None where the profile asks for no authentication."""
         if section.auth == "none":
             return None
-        tokens = load_tokens(section, environ)
-        unknown = sorted(set(section.grants) - {name for name, _ in tokens})
-        if unknown:
-            raise SecurityError(f"security.grants: no token named {unknown}")
-        credentials = []
-        for name, token in tokens:
-            grant = section.grants.get(name)
-            principal = Principal(
-                name,
-                frozenset(grant.methods) if grant else frozenset(),
-                frozenset(grant.tasks) if grant else frozenset(),
-            )
-            credentials.append(_Credential(_digest(token), principal))
-        names = [c.principal.name for c in credentials]
-        log.info("bearer authentication on: %d token(s) named %s", len(names), names)
-        return cls(credentials, section)
+        return cls(_credentials(section, environ), section)
+
+    def reload(self, environ: Mapping[str, str]) -> None:
+        """Read the tokens again (rotation): calls from now on are checked against the new set.
+
+        Everything is checked before anything is swapped: a tokens file that cannot be read or
+        parsed raises SecurityError and the current tokens stay in force.
+        """
+        self._credentials = tuple(_credentials(self._section, environ))
+        self.rotations += 1
 
     def guards(self, method: str) -> bool:
         if method.startswith(_HEALTH_PREFIX):

@@ -1,9 +1,10 @@
 """``unirank serve --workers N``: N server processes sharing one port through SO_REUSEPORT.
 
 The kernel spreads connections over the workers. A supervisor restarts a worker that dies and
-forwards SIGTERM (each worker drains on its own). Health reflects every worker: a shared array
-holds each worker's readiness and every worker reports SERVING only while all of them are ready,
-so a load balancer probing any one of them sees the group's state.
+forwards SIGTERM (each worker drains on its own) and SIGHUP (each rotates its secrets and looks
+for a new model). Health reflects every worker: a shared array holds each worker's readiness and
+every worker reports SERVING only while all of them are ready, so a load balancer probing any one
+of them sees the group's state.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import multiprocessing
 import multiprocessing.sharedctypes
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -63,9 +65,16 @@ def supervise(main: WorkerMain, workers: int, grace_s: float, restart_delay_s: f
         nonlocal stopping
         stopping = True
 
+    def forward(signum: int, frame: object) -> None:
+        for process in processes:  # SIGHUP: each worker rotates secrets and looks for a new model
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes = [start(i) for i in range(workers)]
+    processes: list[SpawnProcess] = []
+    processes += [start(i) for i in range(workers)]
+    signal.signal(signal.SIGHUP, forward)
     log.info("supervising %d workers: %s", workers, [p.pid for p in processes])
     while not stopping:
         time.sleep(0.1)
