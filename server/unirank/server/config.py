@@ -109,15 +109,16 @@ class FreshnessConfig(_Strict):
     """How often to look for a new artifact version (0 = never; reload on demand only)."""
 
 
-FallbackStrategy = Literal["popular", "popular_in_category", "empty", "error"]
+FallbackStrategy = Literal["popular", "popular_in_category", "popular_new_releases", "empty", "error"]
 
 
 class FallbackConfig(_Strict):
     """What answers when the model cannot."""
 
     strategy: FallbackStrategy = "popular"
-    """``popular``, ``popular_in_category`` (category of the context, else popular), ``empty``,
-    or ``error`` (fail the RPC instead of answering)."""
+    """``popular``, ``popular_in_category`` (category of the context, else popular),
+    ``popular_new_releases`` (the request's new releases), ``empty``, or ``error`` (fail the RPC
+    instead of answering)."""
     on_deadline: bool = True
     """Use the fallback when the use-case's timeout runs out (else DEADLINE_EXCEEDED)."""
     on_backend_error: bool = True
@@ -126,7 +127,9 @@ class FallbackConfig(_Strict):
     """Use the fallback for unknown ids (else rank what retrieval finds)."""
 
 
-RetrievalSourceName = Literal["caller", "history", "related", "lexical", "embedding", "category", "popular"]
+RetrievalSourceName = Literal[
+    "caller", "history", "related", "lexical", "embedding", "category", "popular", "new_releases"
+]
 
 
 class RetrievalSourceConfig(_Strict):
@@ -135,7 +138,8 @@ class RetrievalSourceConfig(_Strict):
     source: RetrievalSourceName
     """``caller``, ``history`` (neighbours of recent history), ``related`` (co-engagement of the
     anchor), ``lexical`` (query tokens in titles), ``embedding`` (nearest item embeddings of the
-    anchor or history), ``category`` (members of the context category), ``popular``."""
+    anchor or history), ``category`` (members of the context category), ``popular``,
+    ``new_releases`` (items released in the request's new-release window, most popular first)."""
     quota: int = Field(100, ge=1, le=100_000)
     """Most candidates this source may contribute."""
 
