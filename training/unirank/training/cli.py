@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from unirank.artifact import ArtifactError
-from unirank.training.config import TrainConfig
+from unirank.training.config import WARM_START_LR_SCALE, WARM_START_MAX_STEPS, TrainConfig
 from unirank.training.evaluate import format_table
 from unirank.training.sources import USAGE, DataSpecError, parse_data_spec
 
@@ -31,8 +31,31 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=_data_spec, default="synthetic", help=f"data spec: {USAGE}")
     parser.add_argument("--out", type=Path, required=True, help="artifact directory (created or replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, init and sampling (default 0)")
-    parser.add_argument("--size", choices=SIZES, default="default", help="preset (default: default)")
+    parser.add_argument(
+        "--size", choices=SIZES, help="preset (default: default; with --warm-start the parent's)"
+    )
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="ARTIFACT",
+        help="fine-tune this artifact's model on --data (same catalogue and inputs) into a new version",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="stop after N optimizer steps (with --warm-start default "
+        f"{WARM_START_MAX_STEPS}; otherwise epochs and early stopping decide)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        help="Adam learning rate (default: the preset's; with --warm-start "
+        f"{WARM_START_LR_SCALE:g} x the parent's)",
+    )
+    parser.add_argument(
+        "--device", help="cpu (default) or cuda; under torchrun each process takes cuda:LOCAL_RANK"
+    )
     _add_training_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -114,17 +137,52 @@ def _evaluate_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from unirank.training.pipeline import train_artifact  # torch loads only when a command runs
+    # torch loads only when a command runs
+    from unirank.training.distributed import init_distributed
+    from unirank.training.pipeline import train_artifact
+    from unirank.training.warmstart import refit_artifact
 
-    overrides: dict[str, object] = {"data": args.data, **_config_overrides(args)}
+    overrides: dict[str, object] = {"data": args.data, "seed": args.seed, **_config_overrides(args)}
+    for flag, name in (("max_steps", "max_steps"), ("learning_rate", "learning_rate"), ("device", "device")):
+        if getattr(args, flag) is not None:
+            overrides[name] = getattr(args, flag)
+    if args.size is not None:
+        overrides["size"] = args.size
     if args.epochs is not None:
+        if args.warm_start is not None:
+            raise ValueError("--warm-start is bounded by --max-steps, not --epochs")
         overrides["epochs"] = args.epochs
-    config = TrainConfig.preset(args.size, seed=args.seed, **overrides)
-    started = time.perf_counter()
-    out = train_artifact(config, args.out, progress=None if args.quiet else _stderr)
+    distributed = init_distributed(str(overrides.get("device", "cpu")))
+    try:
+        quiet = args.quiet or (distributed is not None and not distributed.primary)
+        progress = None if quiet else _stderr
+        started = time.perf_counter()
+        if args.warm_start is not None:
+            out = refit_artifact(args.warm_start, overrides, args.out, progress, distributed)
+        else:
+            config = TrainConfig.preset(str(overrides.pop("size", "default")), **overrides)  # type: ignore[arg-type]
+            out = train_artifact(config, args.out, progress, distributed)
+    finally:
+        if distributed is not None:
+            distributed.close()
+    if distributed is not None and not distributed.primary:
+        return 0
     metrics = json.loads((out / "metrics.json").read_text())
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"artifact {manifest['model_version']} -> {out}  ({time.perf_counter() - started:.1f}s)")
+    parent = manifest.get("warm_started_from")
+    print(
+        f"artifact {manifest['model_version']} -> {out}  ({time.perf_counter() - started:.1f}s"
+        + (f", warm-started from {parent}, {manifest['training']['steps']} steps" if parent else "")
+        + ")"
+    )
+    mapping = manifest["training_data"].get("mapped_onto_parent")
+    if mapping:
+        print(
+            f"interactions kept {mapping['kept']}/{mapping['interactions']}: dropped "
+            f"{mapping['unknown_item']} with items unknown to the parent, {mapping['unknown_anchor']} "
+            f"with unknown anchors, {mapping['unknown_category']} with unknown categories; "
+            f"{mapping['unknown_users']} users new to the parent (kept, ranked from their history)"
+        )
     print(format_table(metrics["tasks"]))
     return 0
 

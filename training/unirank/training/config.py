@@ -11,6 +11,10 @@ from unirank.artifact import TASKS
 TASK_WEIGHTINGS: tuple[str, ...] = ("static", "uncertainty")
 ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
 """Mirrors ``unirank.model.net.ARCHITECTURES`` (not imported: this module must not load torch)."""
+WARM_START_LR_SCALE = 0.1
+"""Default learning rate of a warm-start refit, as a share of the parent's."""
+WARM_START_MAX_STEPS = 200
+"""Default step bound of a warm-start refit (``--max-steps``)."""
 
 
 def _equal_per_task() -> dict[str, float]:
@@ -95,6 +99,12 @@ class TrainConfig:
     (a multi-threaded op waits for its slowest thread); raise it on a dedicated one."""
     log_every: int = 0
     """Print progress every N steps as well as after each epoch; 0 for per epoch only."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in all, validating once more where it stops (a partial
+    epoch); None: ``epochs`` and early stopping decide. A warm-start refit is bounded by it."""
+    device: str = "cpu"
+    """Where the training steps run: ``cpu`` or ``cuda`` (each torchrun process then takes
+    ``cuda:LOCAL_RANK``); evaluation and export always run on the CPU."""
 
     def __post_init__(self) -> None:
         names = {spec.name for spec in TASKS}
@@ -110,6 +120,10 @@ class TrainConfig:
             raise ValueError("popular_negative_share must be in [0, 1] and user_dropout in [0, 1)")
         if self.task_weighting not in TASK_WEIGHTINGS:
             raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, not {self.task_weighting!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be >= 1 (or None)")
+        if self.device.split(":", 1)[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', not {self.device!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]

@@ -18,6 +18,7 @@ from unirank.model.net import build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples
+from unirank.training.distributed import Distributed
 from unirank.training.evaluate import offline_metrics
 from unirank.training.export import write_artifact
 from unirank.training.labels import TRAIN, LabelConfig, UserSplit, events_split, make_examples
@@ -25,9 +26,16 @@ from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
 from unirank.training.retrieval import build_retrieval
 from unirank.training.sources import load_logs, parse_data_spec
-from unirank.training.train import Progress, print_progress, torch_threads, train_model
+from unirank.training.train import Progress, TrainResult, print_progress, torch_threads, train_model
 
-__all__ = ["PreparedData", "TrainConfig", "evaluate_artifact", "prepare_data", "train_artifact"]
+__all__ = [
+    "PreparedData",
+    "TrainConfig",
+    "evaluate_artifact",
+    "prepare_data",
+    "train_artifact",
+    "write_version",
+]
 
 
 @dataclass
@@ -67,7 +75,7 @@ def prepare_data(
     return PreparedData(log, split, catalog, encoder, dataset, co_engagement)
 
 
-def _check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path) -> None:
     """Refuse to replace a directory that is neither empty nor an artifact (e.g. ``--out .``)."""
     if out_dir.exists() and (
         not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())
@@ -86,18 +94,27 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
         staging.rename(out_dir)
 
 
-def train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | None = print_progress) -> Path:
+def train_artifact(
+    config: TrainConfig,
+    out_dir: Path,
+    progress: Progress | None = print_progress,
+    distributed: Distributed | None = None,
+) -> Path:
     """Generate or load the data, train, evaluate and write one verified artifact to ``out_dir``.
 
     ``out_dir`` may be missing, empty, or a previous artifact (replaced atomically). Returns it.
+    Under ``distributed`` (torchrun) every process trains its share of each batch; only the primary
+    process evaluates and writes ``out_dir``, the others return it without writing anything.
     """
     with torch_threads(config.threads):
-        return _train_artifact(config, Path(out_dir), progress)
+        return _train_artifact(config, Path(out_dir), progress, distributed)
 
 
-def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | None) -> Path:
+def _train_artifact(
+    config: TrainConfig, out_dir: Path, progress: Progress | None, distributed: Distributed | None
+) -> Path:
     say = progress or (lambda _message: None)
-    _check_out_dir(out_dir)
+    check_out_dir(out_dir)
     started = time.perf_counter()
     spec = parse_data_spec(config.data)
     log = load_logs(spec, size=config.size, seed=config.seed)
@@ -108,16 +125,58 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
         config.split_fractions,
         co_engagement_window=config.co_engagement_window,
     )
-    counts = data.dataset.counts()
     say(
         f"data {spec} size={config.size} seed={config.seed}: {log.n_items} items, {log.n_users} users, "
         f"{len(log.events)} events ({time.perf_counter() - started:.1f}s); train/validation/test rows: "
-        + ", ".join(
-            f"{task} {'/'.join(str(n) for n in by_split.values())}" for task, by_split in counts.items()
-        )
+        + describe_counts(data.dataset)
+    )
+    result = train_model(
+        data.dataset, data.catalog, config, progress, data.co_engagement, distributed=distributed
+    )
+    if distributed is not None and not distributed.primary:
+        return out_dir
+    manifest = write_version(out_dir, data, config, result, str(spec), started, say, distributed)
+    say(f"wrote artifact {manifest['model_version']} to {out_dir} in {time.perf_counter() - started:.1f}s")
+    return out_dir
+
+
+def describe_counts(dataset: Dataset) -> str:
+    """``task train/validation/test`` rows, for progress lines."""
+    return ", ".join(
+        f"{task} {'/'.join(str(n) for n in by_split.values())}" for task, by_split in dataset.counts().items()
     )
 
-    result = train_model(data.dataset, data.catalog, config, progress, data.co_engagement)
+
+def write_version(
+    out_dir: Path,
+    data: PreparedData,
+    config: TrainConfig,
+    result: TrainResult,
+    spec: str,
+    started: float,
+    say: Progress,
+    distributed: Distributed | None = None,
+    training_data: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the trained model, build retrieval and write the artifact to ``out_dir`` atomically.
+
+    ``spec`` is the data spec the logs came from; ``training_data`` adds to the manifest's summary
+    of them, ``extra`` adds top-level manifest entries. Returns the manifest.
+    """
+    log = data.log
+    training_data = {
+        "source": log.source,
+        "data": spec,
+        "size": config.size,
+        "seed": config.seed,
+        "n_items": log.n_items,
+        "n_users": log.n_users,
+        "events": log.summary()["events"],
+        "split": {"kind": "per_user_time", "fractions": list(config.split_fractions)},
+        "counts": data.dataset.counts(),
+        **(training_data or {}),
+    }
     model = result.model
     phase = time.perf_counter()
     metrics = offline_metrics(
@@ -138,17 +197,6 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
     try:
         plot_training_curves(result.history, staging / TRAINING_CURVES, result.best_epoch)
         plot_task_metrics(metrics["tasks"], staging / TASK_METRICS)
-        training_data = {
-            "source": log.source,
-            "data": str(spec),
-            "size": config.size,
-            "seed": config.seed,
-            "n_items": log.n_items,
-            "n_users": log.n_users,
-            "events": log.summary()["events"],
-            "split": {"kind": "per_user_time", "fractions": list(config.split_fractions)},
-            "counts": counts,
-        }
         training = {
             "config": config.to_dict(),
             "best_epoch": result.best_epoch,
@@ -157,6 +205,12 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
             "seconds": round(time.perf_counter() - started, 2),
             "torch_version": torch.__version__,
         }
+        if distributed is not None:
+            training["distributed"] = {
+                "world_size": distributed.world_size,
+                "backend": distributed.backend,
+                "rows_per_process": len(distributed.rows(config.batch_size)),
+            }
         manifest = write_artifact(
             staging,
             model,
@@ -165,7 +219,7 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
             metrics,
             encoder_config={"max_history": config.max_history, "max_query_tokens": config.max_query_tokens},
             training_data=training_data,
-            extra={"training": training},
+            extra={**(extra or {}), "training": training},
             extra_files=(TRAINING_CURVES, TASK_METRICS),
         )
         load_artifact(staging)  # the reader's own check, before anyone can see the directory
@@ -173,8 +227,7 @@ def _train_artifact(config: TrainConfig, out_dir: Path, progress: Progress | Non
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    say(f"wrote artifact {manifest['model_version']} to {out_dir} in {time.perf_counter() - started:.1f}s")
-    return out_dir
+    return manifest
 
 
 def evaluate_artifact(
@@ -194,6 +247,10 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
     if spec.kind != trained_on.kind:
         raise ValueError(f"{path} was trained on --data {recorded['data']}, not {spec}")
     log = load_logs(spec, size=recorded["size"], seed=int(recorded["seed"]))
+    if "warm_started_from" in artifact.manifest:  # a refit: its logs were mapped onto the parent's catalogue
+        from unirank.training.warmstart import map_onto_catalog
+
+        log, _ = map_onto_catalog(log, artifact.catalog)
     if log.items.item_ids != artifact.catalog.items.keys[1:]:
         raise ValueError(
             f"the {spec} catalogue differs from the artifact's: not the data it was trained on "

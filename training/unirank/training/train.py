@@ -26,6 +26,7 @@ from unirank.training import metrics
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, StratifiedTaskSampler
+from unirank.training.distributed import Distributed
 from unirank.training.evaluate import CandidateSets, ModelScorer, rank_rows, sample_rows
 
 Progress = Callable[[str], None]
@@ -127,6 +128,8 @@ def multitask_loss(
     task: torch.Tensor,
     weights: torch.Tensor,
     log_variance: torch.Tensor | None = None,
+    batch_counts: torch.Tensor | None = None,
+    shards: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum_t w_t * L_t, L_t per task id, rows per task id) for scores [B, N] with the positive at 0.
 
@@ -134,16 +137,25 @@ def multitask_loss(
     how many of its rows a batch happens to hold, and a task absent from the batch adds nothing.
     With ``log_variance`` s (learned, one per task id) each term is w_t * (exp(-s_t) L_t + s_t / 2):
     the homoscedastic-uncertainty weighting of Kendall et al. (2018).
+
+    Data-parallel training scores one batch in ``shards`` parts: ``scores`` and ``task`` are this
+    process's rows, ``batch_counts`` the rows per task id of the whole batch. Every returned value
+    is then this part's share (L_t divides by the whole batch's count), and the shares of all parts
+    add up to the loss of the whole batch, so its gradient is the single-process gradient.
     """
-    per_row = F.cross_entropy(scores, torch.zeros(scores.shape[0], dtype=torch.long), reduction="none")
+    per_row = F.cross_entropy(
+        scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device), reduction="none"
+    )
     n_slots = weights.shape[0]
-    sums = torch.zeros(n_slots, dtype=per_row.dtype).index_add(0, task, per_row)
+    sums = torch.zeros(n_slots, dtype=per_row.dtype, device=scores.device).index_add(0, task, per_row)
     counts = torch.bincount(task, minlength=n_slots).to(per_row.dtype)
+    if batch_counts is not None:
+        counts = batch_counts.to(per_row.dtype)
     per_task = sums / counts.clamp(min=1.0)
     if log_variance is None:
         return (weights * per_task).sum(), per_task, counts
     present = (counts > 0).to(per_row.dtype)
-    terms = torch.exp(-log_variance) * per_task + 0.5 * log_variance
+    terms = torch.exp(-log_variance) * per_task + 0.5 * log_variance / shards
     return (weights * present * terms).sum(), per_task, counts
 
 
@@ -330,13 +342,92 @@ def train_model(
     config: TrainConfig,
     progress: Progress | None = print_progress,
     co_engagement: CoEngagement | None = None,
+    initial: UniRankModel | None = None,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train on the dataset's train split, early-stopping on its validation split.
 
     ``co_engagement`` (from the training split) feeds the model's co-engagement feature.
+    ``initial`` is a model to continue from (a warm start) instead of a fresh one; it must have been
+    built for ``catalog``. With ``distributed`` this process trains its share of every batch under
+    DDP; only the primary process's result holds the selected weights.
     """
     with torch_threads(config.threads):
-        return _train(dataset, catalog, config, progress, co_engagement)
+        return _train(dataset, catalog, config, progress, co_engagement, initial, distributed)
+
+
+class BatchMaker:
+    """Turns a sampler batch (row positions) into model inputs, candidates and log-q corrections.
+
+    Everything random is drawn for the whole batch in a fixed order (positives, hidden users,
+    sampled, pool and in-batch negatives), whichever rows this process scores: under DDP every
+    process draws the same values as a single process would and keeps its own rows, so the shards
+    of a step add up to exactly the single-process step.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        catalog: Catalog,
+        train_rows: np.ndarray,
+        config: TrainConfig,
+        generator: torch.Generator,
+    ) -> None:
+        self.config = config
+        self.generator = generator
+        self.tensors = _as_tensors(dataset, train_rows)
+        self.positives_of = PositiveSampler(dataset, train_rows, config.seed)
+        self.negatives = NegativeSampler(
+            np.asarray(catalog.popularity), config.popular_negative_share, generator
+        )
+        self.pool_negatives = CandidatePoolNegatives(catalog, config.seed)
+        positive_share = np.bincount(
+            dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
+        ).astype(np.float64)
+        self.positive_log_q = torch.as_tensor(
+            np.log(np.maximum(positive_share / max(positive_share.sum(), 1.0), 1e-12) * config.batch_size),
+            dtype=torch.float32,
+        )
+
+    def __call__(
+        self, index: np.ndarray, part: np.ndarray | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """(inputs, candidates [b, 1 + k...], corrections) for the rows ``part`` of the batch
+        ``index`` (all of them when None)."""
+        config = self.config
+        positives = self.positives_of(index)
+        hide = None
+        if config.user_dropout > 0:
+            hide = torch.rand(positives.shape[0], generator=self.generator) < config.user_dropout
+        sampled = self.negatives.sample(positives, config.negatives)
+        blocks = [positives[:, None], sampled]
+        corrections = [self.negatives.log_q[positives][:, None], self.negatives.log_q[sampled]]
+        if config.pool_negatives:
+            pool, pool_log_q = self.pool_negatives.sample(
+                self.tensors["task"][index].numpy(),
+                self.tensors["query_tokens"][index].numpy(),
+                self.tensors["category"][index].numpy(),
+                positives.numpy(),
+                config.pool_negatives,
+            )
+            blocks.append(pool)
+            corrections.append(pool_log_q)
+        if config.in_batch_negatives:
+            others = in_batch_candidates(positives)
+            blocks.append(others)
+            corrections.append(self.positive_log_q[others])
+        candidates, correction = torch.cat(blocks, dim=1), torch.cat(corrections, dim=1)
+        rows = index if part is None else index[part]
+        batch = {name: value[torch.from_numpy(rows)] for name, value in self.tensors.items()}
+        for name in ("history", "query_tokens"):  # same scores, less padding to compare
+            batch[name] = _trim_padding(batch[name])
+        if part is not None:
+            selected = torch.from_numpy(part)
+            candidates, correction = candidates[selected], correction[selected]
+            hide = None if hide is None else hide[selected]
+        if hide is not None:
+            batch["user"] = torch.where(hide, torch.zeros_like(batch["user"]), batch["user"])
+        return batch, candidates, correction
 
 
 def _train(
@@ -345,14 +436,19 @@ def _train(
     config: TrainConfig,
     progress: Progress | None,
     co_engagement: CoEngagement | None,
+    initial: UniRankModel | None,
+    distributed: Distributed | None,
 ) -> TrainResult:
     say = progress or (lambda _message: None)
     live = progress is print_progress and sys.stderr.isatty()
     run_started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(catalog, config, co_engagement)
-    weights = task_weight_vector(config)
+    model = initial if initial is not None else build_model(catalog, config, co_engagement)
+    device = distributed.device if distributed is not None else torch.device(config.device)
+    model.to(device)
+    primary = distributed is None or distributed.primary
+    weights = task_weight_vector(config).to(device)
     names = {int(spec.task_type): spec.name for spec in TASKS}
 
     train_rows = dataset.rows("train")
@@ -360,8 +456,7 @@ def _train(
     train_rows = train_rows[np.isin(dataset.task[train_rows], trained)]
     if not len(train_rows):
         raise ValueError("the dataset has no training rows for the tasks being trained")
-    tensors = _as_tensors(dataset, train_rows)
-    positives_of = PositiveSampler(dataset, train_rows, config.seed)
+    make_batch = BatchMaker(dataset, catalog, train_rows, config, generator)
     ratios = None
     present = set(np.unique(dataset.task[train_rows]).tolist())
     if config.task_ratios is not None:
@@ -373,15 +468,6 @@ def _train(
     sampler.steps_per_epoch = config.steps_per_epoch or max(
         1, math.ceil(len(dataset.rows("train")) / config.batch_size)
     )
-    negatives = NegativeSampler(np.asarray(catalog.popularity), config.popular_negative_share, generator)
-    pool_negatives = CandidatePoolNegatives(catalog, config.seed)
-    positive_share = np.bincount(
-        dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
-    ).astype(np.float64)
-    positive_log_q = torch.as_tensor(
-        np.log(np.maximum(positive_share / max(positive_share.sum(), 1.0), 1e-12) * config.batch_size),
-        dtype=torch.float32,
-    )
     validation_rows = {
         t: sample_rows(dataset.rows("validation", t), config.validation_rows_per_task, config.seed + t)
         for t in names
@@ -390,112 +476,164 @@ def _train(
     log_variance = None
     parameters = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
     if config.task_weighting == "uncertainty":
-        log_variance = torch.zeros(len(TASKS) + 1, requires_grad=True)
+        log_variance = torch.zeros(len(TASKS) + 1, requires_grad=True, device=device)
         parameters.append({"params": [log_variance], "weight_decay": 0.0})
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    scorer: torch.nn.Module = model if distributed is None else distributed.wrap(model)
+    shards = 1 if distributed is None else distributed.world_size
 
     result = TrainResult(model=model)
-    best_score, best_state, stale = -np.inf, copy.deepcopy(model.state_dict()), 0
+    best_state = copy.deepcopy(model.state_dict())
     say(
-        f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch, "
-        f"batch {config.batch_size}, {config.negatives} negatives"
+        f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch"
+        + (f", at most {config.max_steps} steps" if config.max_steps else "")
+        + f", batch {config.batch_size}, {config.negatives} negatives"
         + (f" + {config.pool_negatives} from the row's pool" if config.pool_negatives else "")
         + (" + in-batch" if config.in_batch_negatives else "")
         + f", {config.architecture}, {config.task_weighting} task weights, rows per batch by task "
         + ", ".join(f"{names[t]}={q}" for t, q in sampler.quota.items())
+        + (
+            f"; {shards} processes ({distributed.backend}) of {len(distributed.rows(config.batch_size))} rows"
+            if distributed is not None
+            else ""
+        )
+        + (f", on {device}" if device.type != "cpu" else "")
         + ")"
     )
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros(len(TASKS) + 1)
-        loss_steps = torch.zeros(len(TASKS) + 1)
+        loss_sum = torch.zeros(len(TASKS) + 1, device=device)
+        loss_steps = torch.zeros(len(TASKS) + 1, device=device)
         bar = ProgressBar(say, sampler.steps_per_epoch, f"epoch {epoch:>2}/{config.epochs}", live)
         for step, index in enumerate(sampler.epoch(), start=1):
-            batch = {name: value[torch.from_numpy(index)] for name, value in tensors.items()}
-            positives = positives_of(index)
-            for name in ("history", "query_tokens"):  # same scores, less padding to compare
-                batch[name] = _trim_padding(batch[name])
-            if config.user_dropout > 0:
-                hide = torch.rand(positives.shape[0], generator=generator) < config.user_dropout
-                batch["user"] = torch.where(hide, torch.zeros_like(batch["user"]), batch["user"])
-            sampled = negatives.sample(positives, config.negatives)
-            blocks = [positives[:, None], sampled]
-            corrections = [negatives.log_q[positives][:, None], negatives.log_q[sampled]]
-            if config.pool_negatives:
-                pool, pool_log_q = pool_negatives.sample(
-                    batch["task"].numpy(),
-                    batch["query_tokens"].numpy(),
-                    batch["category"].numpy(),
-                    positives.numpy(),
-                    config.pool_negatives,
-                )
-                blocks.append(pool)
-                corrections.append(pool_log_q)
-            if config.in_batch_negatives:
-                others = in_batch_candidates(positives)
-                blocks.append(others)
-                corrections.append(positive_log_q[others])
-            candidates = torch.cat(blocks, dim=1)
+            part = None if distributed is None else distributed.rows(len(index))
+            batch, candidates, correction = make_batch(index, part)
+            batch = {name: value.to(device) for name, value in batch.items()}
+            candidates, correction = candidates.to(device), correction.to(device)
+            batch_counts = None
+            if distributed is not None:
+                batch_counts = torch.bincount(make_batch.tensors["task"][index], minlength=len(weights))
+                batch_counts = batch_counts.to(device)
             item_table = model.item_table()
-            scores = model(**batch, candidates=candidates, item_table=item_table)
-            scores = scores - torch.cat(corrections, dim=1)
-            loss, per_task, counts = multitask_loss(scores, batch["task"], weights, log_variance)
+            scores = scorer(**batch, candidates=candidates, item_table=item_table) - correction
+            loss, per_task, counts = multitask_loss(
+                scores, batch["task"], weights, log_variance, batch_counts, shards
+            )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages gradients over the processes; each holds its share of the batch's loss.
+            (loss * shards).backward()
+            per_task = per_task.detach()
+            if distributed is not None:
+                if log_variance is not None and log_variance.grad is not None:
+                    distributed.sum_(log_variance.grad).div_(shards)  # not a module parameter
+                distributed.sum_(per_task)
             optimizer.step()
             in_batch = (counts > 0).to(loss_sum.dtype)
-            loss_sum += per_task.detach() * in_batch
+            loss_sum += per_task * in_batch
             loss_steps += in_batch
             result.steps += 1
             if config.log_every and step % config.log_every == 0 and not live:
-                say(f"  epoch {epoch} step {step}/{sampler.steps_per_epoch} loss {loss.item():.4f}")
+                say(f"  epoch {epoch} step {step}/{sampler.steps_per_epoch} loss {loss.item() * shards:.4f}")
             bar.update(
                 step,
                 {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0},
             )
-        bar.close()
-        train_loss = {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0}
-        ndcg = validation_ndcg(model, dataset, validation_rows, catalog)
-        total_weight = sum(float(weights[t]) for t in ndcg) or 1.0
-        selection = sum(float(weights[t]) * v for t, v in ndcg.items()) / total_weight
-        seconds = time.perf_counter() - started
-        effective = {names[t]: float(weights[t]) for t in trained}
-        if log_variance is not None:
-            learned = torch.exp(-log_variance.detach())
-            effective = {names[t]: float(weights[t] * learned[t]) for t in trained}
-        result.history.append(
-            EpochLog(
-                epoch=epoch,
-                train_loss=train_loss,
-                validation_ndcg={names[t]: v for t, v in ndcg.items()},
-                selection_score=selection,
-                seconds=seconds,
-                effective_weights=effective,
-            )
-        )
-        improved = selection > best_score
-        say(
-            f"epoch {epoch:>2}/{config.epochs} {seconds:5.1f}s  loss "
-            + " ".join(f"{n}={v:.3f}" for n, v in train_loss.items())
-            + "  val ndcg@10 "
-            + " ".join(f"{names[t]}={v:.3f}" for t, v in ndcg.items())
-            + f"  mean={selection:.4f}{' *' if improved else ''}"
-            + (
-                "  weights " + " ".join(f"{n}={w:.2f}" for n, w in effective.items())
-                if log_variance is not None
-                else ""
-            )
-        )
-        if improved:
-            best_score, best_state, stale = selection, copy.deepcopy(model.state_dict()), 0
-            result.best_epoch = epoch
-        else:
-            stale += 1
-            if stale >= config.patience:
-                say(f"early stop: no validation gain for {stale} epochs; keeping epoch {result.best_epoch}")
+            if config.max_steps is not None and result.steps >= config.max_steps:
                 break
-    model.load_state_dict(best_state)
+        bar.close()
+        out_of_steps = config.max_steps is not None and result.steps >= config.max_steps
+        stop = out_of_steps
+        if primary:
+            stop, improved = _end_epoch(
+                epoch,
+                started,
+                model,
+                dataset,
+                catalog,
+                config,
+                validation_rows,
+                weights,
+                names,
+                trained,
+                loss_sum,
+                loss_steps,
+                log_variance,
+                result,
+                say,
+            )
+            if improved:
+                best_state = copy.deepcopy(model.state_dict())
+            stop = stop or out_of_steps
+        if distributed is not None:
+            stop = distributed.decide(stop)
+        if stop:
+            break
+    if primary:
+        model.load_state_dict(best_state)
+    model.to("cpu")
     model.eval()
     result.seconds = time.perf_counter() - run_started
     return result
+
+
+def _end_epoch(
+    epoch: int,
+    started: float,
+    model: UniRankModel,
+    dataset: Dataset,
+    catalog: Catalog,
+    config: TrainConfig,
+    validation_rows: dict[int, np.ndarray],
+    weights: torch.Tensor,
+    names: dict[int, str],
+    trained: list[int],
+    loss_sum: torch.Tensor,
+    loss_steps: torch.Tensor,
+    log_variance: torch.Tensor | None,
+    result: TrainResult,
+    say: Progress,
+) -> tuple[bool, bool]:
+    """Validate (on the CPU), log the epoch and decide: (stop early, this epoch is the best so far)."""
+    train_loss = {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0}
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    ndcg = validation_ndcg(model if on_cpu else copy.deepcopy(model).cpu(), dataset, validation_rows, catalog)
+    total_weight = sum(float(weights[t]) for t in ndcg) or 1.0
+    selection = sum(float(weights[t]) * v for t, v in ndcg.items()) / total_weight
+    seconds = time.perf_counter() - started
+    effective = {names[t]: float(weights[t]) for t in trained}
+    if log_variance is not None:
+        learned = torch.exp(-log_variance.detach())
+        effective = {names[t]: float(weights[t] * learned[t]) for t in trained}
+    best_score = max((log.selection_score for log in result.history), default=-np.inf)
+    result.history.append(
+        EpochLog(
+            epoch=epoch,
+            train_loss=train_loss,
+            validation_ndcg={names[t]: v for t, v in ndcg.items()},
+            selection_score=selection,
+            seconds=seconds,
+            effective_weights=effective,
+        )
+    )
+    improved = selection > best_score
+    say(
+        f"epoch {epoch:>2}/{config.epochs} {seconds:5.1f}s  loss "
+        + " ".join(f"{n}={v:.3f}" for n, v in train_loss.items())
+        + "  val ndcg@10 "
+        + " ".join(f"{names[t]}={v:.3f}" for t, v in ndcg.items())
+        + f"  mean={selection:.4f}{' *' if improved else ''}"
+        + (
+            "  weights " + " ".join(f"{n}={w:.2f}" for n, w in effective.items())
+            if log_variance is not None
+            else ""
+        )
+    )
+    if improved:
+        result.best_epoch = epoch
+        return False, True
+    stale = epoch - result.best_epoch
+    if stale >= config.patience:
+        say(f"early stop: no validation gain for {stale} epochs; keeping epoch {result.best_epoch}")
+        return True, False
+    return False, False
