@@ -282,4 +282,7 @@ def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int
                 break
     if check.violations:
         raise InvalidArgument(check.violations)
-    return [RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms) for e in message.events]
+    return [
+        RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms, e.event_type)
+        for e in message.events
+    ]

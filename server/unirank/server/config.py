@@ -264,6 +264,11 @@ class FeaturesSection(_Strict):
     """Longest a request waits for the store; past it the request proceeds without fresh history."""
     max_events_per_call: int = Field(1000, ge=1, le=100_000)
     """Most events in one RecordEvents call."""
+    event_log: str = ""
+    """Also append every accepted RecordEvents event to this CSV file, in the UniRank log format's
+    interactions columns (``user_id, item_id, timestamp, event_type``), as training logs for the
+    next refit (docs/deployment.md, "Freshness loop"); empty: no log. Relative paths are resolved
+    against the server's working directory; ``store = "none"`` with a log only logs."""
 
 
 class GrantConfig(_Strict):

@@ -4,13 +4,30 @@ import os
 
 from unirank.server.config import FeaturesSection
 from unirank.server.features.base import FeatureStore, FeatureStoreError, RecentEvent
+from unirank.server.features.eventlog import EventLog, LoggedFeatureStore
 from unirank.server.features.memory import InMemoryFeatureStore
 
-__all__ = ["FeatureStore", "FeatureStoreError", "InMemoryFeatureStore", "RecentEvent", "make_feature_store"]
+__all__ = [
+    "EventLog",
+    "FeatureStore",
+    "FeatureStoreError",
+    "InMemoryFeatureStore",
+    "LoggedFeatureStore",
+    "RecentEvent",
+    "make_feature_store",
+]
 
 
 def make_feature_store(section: FeaturesSection) -> FeatureStore | None:
-    """The profile's store; the redis client is imported only when the profile asks for it."""
+    """The profile's store, wrapped to append to ``event_log`` when the profile names one; the
+    redis client is imported only when the profile asks for it."""
+    store = _make_store(section)
+    if section.event_log:
+        return LoggedFeatureStore(store, EventLog(section.event_log))
+    return store
+
+
+def _make_store(section: FeaturesSection) -> FeatureStore | None:
     if section.store == "none":
         return None
     if section.store == "memory":

@@ -12,6 +12,8 @@ class RecentEvent:
     user_id: str
     item_id: str
     event_time_ms: int
+    event_type: int = 0
+    """``unirank.v1.EventType`` value (0: unspecified, logged as a play)."""
 
 
 class FeatureStoreError(Exception):
