@@ -24,6 +24,7 @@ _TASK_TYPES = {
     "related_items": pb.TASK_TYPE_RELATED_ITEMS,
     "search": pb.TASK_TYPE_SEARCH,
     "category": pb.TASK_TYPE_CATEGORY,
+    "new_releases": pb.TASK_TYPE_NEW_RELEASES,
 }
 
 MODEL_INFO = pb.GetModelInfoResponse(

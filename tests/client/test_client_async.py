@@ -34,6 +34,10 @@ async def test_each_use_case_sends_its_oneof(server: RunningServer) -> None:
         await client.search("space", user_id="u1")
         assert sent(server).context.search.query == "space"
 
+        new = await client.new_releases("u1", window_years=2)
+        assert sent(server).context.new_releases.window_years == 2
+        assert new.task_type == "new_releases"
+
         ranking = await client.category(
             "c1", user_id="u1", candidate_item_ids=["a", "b"], max_results=1, debug=True
         )

@@ -87,6 +87,20 @@ def test_notification_and_category_build_their_tasks(
     assert "(no items)" in out
 
 
+def test_new_releases_sends_the_user_and_window(
+    recommend: Cli, server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert recommend("new-releases", "--user", "u2", "--window-years", "4", "--history", "h1") == 0
+    request = sent(server)
+    assert request.context.WhichOneof("task") == "new_releases"
+    assert request.context.new_releases.window_years == 4
+    assert (request.context.user_id, list(request.context.history_item_ids)) == ("u2", ["h1"])
+    assert "task=new_releases" in capsys.readouterr().out
+    assert recommend("new-releases", "--user", "u2") == 0
+    assert sent(server).context.WhichOneof("task") == "new_releases"
+    assert sent(server).context.new_releases.window_years == 0
+
+
 def test_timeout_flag_sets_the_deadline(recommend: Cli, server: RunningServer) -> None:
     assert recommend("--timeout", "12", "notification", "--user", "u") == 0
     remaining = server.last.time_remaining
@@ -158,6 +172,8 @@ def test_unreachable_server_is_reported(capsys: pytest.CaptureFixture[str]) -> N
         [],
         ["recommend", "search"],  # --query is required
         ["recommend", "notification"],  # --user is required
+        ["recommend", "new-releases"],  # --user is required
+        ["recommend", "new-releases", "--user", "u", "--window-years", "-1"],
         ["recommend", "--max-results", "-1", "search", "--query", "q"],
         ["recommend", "--timeout", "0", "search", "--query", "q"],
         ["frobnicate"],

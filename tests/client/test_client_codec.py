@@ -8,6 +8,7 @@ from unirank.client import codec
 from unirank.client.domain import (
     Category,
     ModelInfo,
+    NewReleases,
     Notification,
     RankedItem,
     Ranking,
@@ -24,6 +25,7 @@ TASKS: list[tuple[Task, str]] = [
     (RelatedItems(anchor_item_id="i9"), "related_items"),
     (Search(query="space opera"), "search"),
     (Category(category_id="sci-fi"), "category"),
+    (NewReleases(window_years=2), "new_releases"),
 ]
 
 
@@ -65,7 +67,13 @@ def test_request_round_trip_sets_the_oneof(task: Task, oneof: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "task", [RelatedItems(anchor_item_id=""), Search(query=""), Category(category_id="")]
+    "task",
+    [
+        RelatedItems(anchor_item_id=""),
+        Search(query=""),
+        Category(category_id=""),
+        NewReleases(window_years=0),
+    ],
 )
 def test_empty_task_field_still_names_the_task(task: Task) -> None:
     # The server must still see which use-case was asked for (and answer INVALID_ARGUMENT

@@ -84,6 +84,19 @@ def test_notification_sends_the_notification_oneof(server: RunningServer, client
     assert ranking.timings == {}
 
 
+def test_new_releases_sends_its_window(server: RunningServer, client: RecommenderClient) -> None:
+    ranking = client.new_releases("u2", window_years=5, history_item_ids=["h1"], event_time_unix_ms=7)
+    request = sent(server)
+    assert request.context.WhichOneof("task") == "new_releases"
+    assert request.context.new_releases.window_years == 5
+    assert (request.context.user_id, list(request.context.history_item_ids)) == ("u2", ["h1"])
+    assert request.context.event_time_unix_ms == 7
+    assert ranking.task_type == "new_releases"
+    client.new_releases("u2")
+    assert sent(server).context.WhichOneof("task") == "new_releases"  # set even with the default window
+    assert sent(server).context.new_releases.window_years == 0
+
+
 def test_related_items_sends_the_anchor(server: RunningServer, client: RecommenderClient) -> None:
     ranking = client.related_items("i7", user_id="u3", candidate_item_ids=["a"])
     request = sent(server)

@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from unirank.artifact import TASKS
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -169,9 +170,7 @@ def _requests(draw: st.DrawFn, huge: bool = True) -> pb.RecommendRequest:
         event_time_unix_ms=draw(st.integers(0, 2**62) if valid else st.integers(-(2**63), 2**63 - 1)),
         history_item_ids=history,
     )
-    kind = draw(
-        st.sampled_from(["notification", "related_items", "search", "category"] + ([] if valid else ["none"]))
-    )
+    kind = draw(st.sampled_from([spec.context_field for spec in TASKS] + ([] if valid else ["none"])))
     if kind == "notification":
         context.notification.SetInParent()
     elif kind == "related_items":
@@ -181,6 +180,11 @@ def _requests(draw: st.DrawFn, huge: bool = True) -> pb.RecommendRequest:
         context.search.query = draw(_query if valid else st.one_of(_text, huge_query))
     elif kind == "category":
         context.category.category_id = draw(_category if valid else _text)
+    elif kind == "new_releases":
+        context.new_releases.SetInParent()
+        context.new_releases.window_years = draw(
+            st.integers(0, 10) if valid else st.integers(-(2**31), 2**31 - 1)
+        )
     options = pb.RequestOptions(
         max_results=draw(st.integers(0, 100) if valid else st.integers(0, 2**32 - 1)),
         candidate_item_ids=candidates,

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from unirank.artifact import load_artifact
+from unirank.artifact import TASKS, load_artifact
 from unirank.client import AsyncRecommenderClient, Ranking
-from unirank.client.domain import Category, Notification, RecommendationRequest, RelatedItems, Search
+from unirank.client.domain import (
+    Category,
+    NewReleases,
+    Notification,
+    RecommendationRequest,
+    RelatedItems,
+    Search,
+)
 
 from ..conftest import known_query, profile_with, running_server
 
@@ -29,6 +36,7 @@ def _requests(artifact_dir: Path) -> list[RecommendationRequest]:
             RecommendationRequest(task=RelatedItems(anchor_item_id=item), max_results=20),
             RecommendationRequest(task=Search(query=token), user_id=user, max_results=20),
             RecommendationRequest(task=Category(category_id=catalog.categories.key(1 + i)), max_results=20),
+            RecommendationRequest(task=NewReleases(), user_id=user, history_item_ids=(item,), max_results=20),
         ]
     return requests
 
@@ -41,9 +49,7 @@ async def _rank_all(address: str, requests: list[RecommendationRequest]) -> list
 async def test_onnxruntime_and_torch_batched_give_identical_top_k(artifact_dir: Path) -> None:
     requests = _requests(artifact_dir)
     # Same per-use-case pipeline on both; only the model section differs.
-    relaxed = {
-        name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")
-    }
+    relaxed = {spec.name: {"timeout_ms": 10_000} for spec in TASKS}
     batched = profile_with(
         "cpu-realtime",
         name="cpu-realtime-torch",
@@ -82,4 +88,5 @@ def _task_name(request: RecommendationRequest) -> str:
         RelatedItems: "related_items",
         Search: "search",
         Category: "category",
+        NewReleases: "new_releases",
     }[type(request.task)]

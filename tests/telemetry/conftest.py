@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from unirank.artifact import Artifact
+from unirank.artifact import TASKS, Artifact
 from unirank.client import AsyncRecommenderClient, Ranking
 from unirank.server.app import UniRankServer
 from unirank.server.config import Profile, TelemetrySection, load_profile
@@ -21,7 +21,7 @@ from unirank.server.telemetry import Telemetry
 
 from ..conftest import PROFILES, known_query
 
-TASK_NAMES = ("notification", "related_items", "search", "category")
+TASK_NAMES = tuple(spec.name for spec in TASKS)
 
 
 @dataclass
@@ -97,6 +97,7 @@ def one_call_per_task(artifact: Artifact) -> dict[str, Call]:
         "related_items": lambda c: c.related_items(item, request_id="req-related"),
         "search": lambda c: c.search(query, request_id="req-search"),
         "category": lambda c: c.category(category, request_id="req-category"),
+        "new_releases": lambda c: c.new_releases(user, request_id="req-new-releases"),
     }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from unirank.artifact import load_artifact
+from unirank.artifact import TASKS, load_artifact
 from unirank.server.telemetry.drift import DriftWindow, ScoreReference, psi
 
 REFERENCE = ScoreReference(edges=(0.0, 1.0, 2.0, 3.0), fractions=(0.25, 0.5, 0.25))
@@ -42,7 +42,7 @@ def test_matching_live_scores_have_near_zero_psi() -> None:
 
 def test_references_come_from_the_artifact_metrics(artifact_dir: Path) -> None:
     references = ScoreReference.from_metrics(load_artifact(artifact_dir).metrics)
-    assert set(references) == {"notification", "related_items", "search", "category"}
+    assert set(references) == {spec.name for spec in TASKS}
     for reference in references.values():
         assert len(reference.edges) == reference.bins + 1
         assert sum(reference.fractions) == pytest.approx(1.0)

@@ -39,7 +39,9 @@ async def test_prometheus_endpoint_serves_per_task_series(artifact_dir: Path) ->
     duration = [
         line for line in text.splitlines() if line.startswith("rpc_server_call_duration_seconds_count")
     ]
-    assert len(duration) == 4 and all('rpc_response_status_code="OK"' in line for line in duration)
+    assert len(duration) == len(TASK_NAMES) and all(
+        'rpc_response_status_code="OK"' in line for line in duration
+    )
     assert "unirank_server_requests_total{" in text
     assert "unirank_score_drift_psi" in text or "unirank_model_info" in text
     with pytest.raises(OSError):  # stopped with the server

@@ -63,8 +63,8 @@ async def test_one_request_per_use_case_gives_a_server_span_with_a_child_per_sta
         assert attributes[semconv.REQUEST_ID].startswith("req-")
         assert root.status.status_code is StatusCode.UNSET
         stages = children(spans, root)
-        # Requests with a user read the online feature store first (only notification sends one here).
-        with_user = {"notification"}
+        # Requests with a user read the online feature store first (notification and new releases here).
+        with_user = {"notification", "new_releases"}
         expected = (["features"] if task in with_user else []) + (["cache"] if task in cached else [])
         expected += RANKING_STAGES
         assert [s.name for s in stages] == expected
@@ -230,10 +230,10 @@ async def test_batched_inference_gets_one_span_per_batch_linked_to_each_member(a
     spans = captured.finished()
     batches = [s for s in spans if s.name == "inference.batch"]
     inference = [s for s in spans if s.name == "inference"]
-    assert len(inference) == 4 and batches
+    assert len(inference) == len(TASK_NAMES) and batches
     linked = sorted(link.context.span_id for batch in batches for link in batch.links)
     assert linked == sorted(s.context.span_id for s in inference), "every member linked exactly once"
-    assert sum((b.attributes or {})[semconv.BATCH_SIZE] for b in batches) == 4
+    assert sum((b.attributes or {})[semconv.BATCH_SIZE] for b in batches) == len(TASK_NAMES)
     for batch in batches:
         attributes = batch.attributes or {}
         assert batch.parent is None, "a batch serves several traces: it is a root with links"

@@ -359,3 +359,85 @@ def test_training_rows_can_be_capped_per_task() -> None:
             if task == TaskType.SEARCH and full.contexts[r].query == "pixar"
         )
         assert len(_rows(capped, task, TEST)) == len(_rows(full, task, TEST))
+
+
+YEAR_2019_MS, YEAR_2020_MS, YEAR_2021_MS = 1_546_300_800_000, 1_577_836_800_000, 1_609_459_200_000  # 1 Jan
+
+
+def _release_log() -> LogData:
+    """One user rates m0..m9, one a minute: m0-m5 in 2019, m6 in 2020, m7-m9 in 2021 (the newest
+    release year)."""
+    ratings = [5, 5, 2, 5, 5, 4, 5, 5, 4, 5]
+    years = [2019, 2010, 2018, 2017, 2016, 2019, 2020, 2021, 2019, 2018]
+    times = [YEAR_2019_MS + i * 60_000 for i in range(6)] + [YEAR_2020_MS]
+    times += [YEAR_2021_MS + i * 60_000 for i in range(3)]
+    plays = EventTable.build(
+        user=np.zeros(10, dtype=np.int64),
+        item=np.arange(10),
+        timestamp_ms=np.array(times),
+        event_type=EventType.PLAY,
+        rating=np.array(ratings, dtype=np.float64),
+    )
+    return LogData(
+        items=ItemTable(
+            item_ids=[f"m{i}" for i in range(10)],
+            titles=TITLES,
+            categories=GENRES,
+            maturity=np.zeros(10, dtype=np.int64),
+            release_year=np.array(years, dtype=np.int64),
+        ),
+        user_ids=["u0"],
+        category_ids=sorted({g for gs in GENRES for g in gs}),
+        events=plays,
+        source="hand",
+    )
+
+
+def test_derived_new_release_rows() -> None:
+    log = _release_log()
+    split = UserSplit.from_logs(log, (0.7, 0.1, 0.2))  # m0-m6 train, m7 validation, m8-m9 test
+    only = {"new_releases": LABEL_FUNCTIONS["new_releases"]}
+    examples = make_examples(log, 3, split, label_functions=only)
+    got = {
+        SPLITS[int(examples.split[r])]: (
+            examples.contexts[r].history_item_ids,
+            examples.positives(r).tolist(),
+        )
+        for r in range(len(examples))
+        if examples.split[r] != TRAIN
+    }
+    # At 2021 the window is 2019-2021: m7 (2021) and m8 (2019) are new, m9 (2018) is not.
+    assert got == {"validation": (("m4", "m5", "m6"), [7]), "test": (("m5", "m6", "m7"), [8])}
+    train = [
+        (examples.contexts[r].history_item_ids, examples.positives(r).tolist())
+        for r in _rows(examples, TaskType.NEW_RELEASES, TRAIN)
+    ]
+    # In 2019 the window is 2017-2019: liked and new are m0, m3, m5 (m2 is disliked, m1 and m4 are
+    # older; m6, liked in 2020, is not out yet in 2019). m0 has no history, so rows start at m3.
+    assert train == [(("m0", "m1", "m2"), [3, 5]), (("m2", "m3", "m4"), [5]), (("m3", "m4", "m5"), [6])]
+    assert examples.exclude_seen.all() and (examples.task == TaskType.NEW_RELEASES).all()
+
+
+def test_new_release_positives_are_new_unseen_and_in_the_rows_future(
+    log: LogData, examples: Examples
+) -> None:
+    """Every positive is new at its row's time, a first engagement after it, in the row's split."""
+    from unirank.artifact.catalog import is_new_release
+
+    plays = log.events_of(EventType.PLAY)
+    split = UserSplit.from_logs(log)
+    years, newest = log.items.release_year, int(log.items.release_year.max())
+    rows = _rows(examples, TaskType.NEW_RELEASES)
+    assert len(rows) > 100
+    for row in rows:
+        positives = examples.positives(row)
+        time, user = int(examples.timestamp_ms[row]), int(examples.user[row])
+        assert len(positives) and is_new_release(years[positives], time, newest).all()
+        mine = plays.user == user
+        before = set(plays.item[mine & (plays.timestamp_ms < time)].tolist())
+        assert not before & set(positives.tolist())  # never something the user had played
+        for item in positives.tolist():  # each was played at or after the row's time, in its split
+            when = plays.timestamp_ms[mine & (plays.item == item)]
+            assert (when >= time).any()
+            assert int(examples.split[row]) in split.assign(np.full(len(when), user), when).tolist()
+    assert not is_new_release(years, int(examples.timestamp_ms[rows[0]]), newest).all()  # a real filter

@@ -103,13 +103,16 @@ def _inputs(task: TaskType, query: str = "", anchor: str = "", category: str = "
 
 
 def _dataset(
-    inputs: ModelInputs, positives: list[list[int]], excluded: list[list[int]] | None = None
+    inputs: ModelInputs,
+    positives: list[list[int]],
+    excluded: list[list[int]] | None = None,
+    timestamp_ms: list[int] | None = None,
 ) -> Dataset:
     n = len(inputs)
     excluded = excluded or [[] for _ in range(n)]
     return Dataset(
         inputs=inputs,
-        timestamp_ms=np.zeros(n, dtype=np.int64),
+        timestamp_ms=np.array(timestamp_ms or [0] * n, dtype=np.int64),
         split=np.zeros(n, dtype=np.int8),
         positive_indptr=np.cumsum([0] + [len(p) for p in positives]),
         positive_items=np.array([x for p in positives for x in p], dtype=np.int64),
@@ -206,3 +209,25 @@ def test_category_rows_rank_only_their_category() -> None:
     # Category x holds a and b: a ranks second of two, and the top list has no other item.
     assert ranked.ranks.tolist() == [1, 3]
     assert set(ranked.top[0].tolist()) == {2, 1, 0}
+
+
+def test_new_release_rows_rank_only_what_is_new_at_their_time() -> None:
+    catalog = Catalog.build(
+        item_ids=["a", "b", "c", "d"],
+        titles=["Red Moon", "Blue Moon", "Red Sun", "Green Field"],
+        item_categories=[["x"], ["x", "y"], ["y"], ["y"]],
+        maturity=[0, 0, 0, 0],
+        release_year=[2019, 2014, 2021, 2020],
+        popularity=[1.0, 5.0, 3.0, 10.0],
+        user_ids=["u"],
+    )
+    encoder = FeatureEncoder(catalog, max_history=2, max_query_tokens=3)
+    contexts = [Context(TaskType.NEW_RELEASES)] * 2 + [Context(TaskType.NOTIFICATION)]
+    inputs = encoder.batch([encoder.encode(c) for c in contexts], np.array([[1], [1], [1]]))
+    mid_2020, mid_2023 = 1_593_561_600_000, 1_688_169_600_000
+    dataset = _dataset(inputs, [[1], [1], [1]], timestamp_ms=[mid_2020, mid_2023, mid_2020])
+    ranked = rank_rows(PopularityScorer(catalog), dataset, np.array([0, 1, 2]), CandidateSets(catalog), k=4)
+    # 2020: 2018-2020 are new (a, d; c is not out yet). 2023: the catalogue ends in 2021, so
+    # 2019-2021 (a, c, d). The notification row ranks all four.
+    assert ranked.ranks.tolist() == [1, 2, 3]
+    assert [set(row[row > 0].tolist()) for row in ranked.top] == [{1, 4}, {1, 3, 4}, {1, 2, 3, 4}]

@@ -23,6 +23,7 @@ from unirank.client.domain import (
     Category,
     Event,
     ModelInfo,
+    NewReleases,
     Notification,
     Ranking,
     RecommendationRequest,
@@ -114,6 +115,22 @@ class AsyncRecommenderClient:
     ) -> Ranking:
         """Items to push to ``user_id``."""
         task = Notification()
+        return await self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    async def new_releases(
+        self,
+        user_id: str,
+        *,
+        window_years: int = 0,
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Recently released items for ``user_id``; ``window_years`` 0 is the server's default."""
+        task = NewReleases(window_years=window_years)
         return await self.recommend(
             build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
             timeout=timeout,

@@ -20,6 +20,7 @@ from unirank.client._common import DEFAULT_TIMEOUT_S
 from unirank.client.domain import (
     Category,
     ModelInfo,
+    NewReleases,
     Notification,
     Ranking,
     RecommendationRequest,
@@ -40,7 +41,10 @@ _TASK_HELP = {
     "notification": "rank items to push to a user",
     "related": "rank items like an anchor item",
     "category": "rank items for a category / genre row",
+    "new-releases": "rank recently released items for a user",
 }
+# Use-cases ranked for a user: --user is required.
+_PERSONAL = ("notification", "new-releases")
 
 
 def _id_list(text: str) -> list[str]:
@@ -148,7 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
             task.add_argument("--item", required=True, metavar="ID", help="anchor item id")
         elif name == "category":
             task.add_argument("--category", required=True, metavar="ID", help="category id")
-        task.add_argument("--user", required=name == "notification", default="", metavar="ID", help="user id")
+        elif name == "new-releases":
+            task.add_argument(
+                "--window-years",
+                type=_non_negative_int,
+                default=0,
+                metavar="N",
+                help="release years that count as new (default: 0, the server's window)",
+            )
+        task.add_argument("--user", required=name in _PERSONAL, default="", metavar="ID", help="user id")
         task.add_argument(
             "--history", type=_id_list, default=[], metavar="ID,ID", help="recent items, most recent last"
         )
@@ -189,6 +201,8 @@ def _task(args: argparse.Namespace) -> Task:
         return RelatedItems(anchor_item_id=args.item)
     if args.task == "category":
         return Category(category_id=args.category)
+    if args.task == "new-releases":
+        return NewReleases(window_years=args.window_years)
     return Notification()
 
 

@@ -10,6 +10,7 @@ from unirank.client.domain import (
     Category,
     Event,
     ModelInfo,
+    NewReleases,
     Notification,
     RankedItem,
     Ranking,
@@ -75,6 +76,8 @@ def task_of(context: pb.RequestContext) -> Task:
         return Search(query=context.search.query)
     if which == "category":
         return Category(category_id=context.category.category_id)
+    if which == "new_releases":
+        return NewReleases(window_years=context.new_releases.window_years)
     raise ValueError("the request context names no task (the 'task' oneof is unset)")
 
 
@@ -89,6 +92,8 @@ def _set_task(context: pb.RequestContext, task: Task) -> None:
         context.search.CopyFrom(pb.SearchContext(query=task.query))
     elif isinstance(task, Category):
         context.category.CopyFrom(pb.CategoryContext(category_id=task.category_id))
+    elif isinstance(task, NewReleases):
+        context.new_releases.CopyFrom(pb.NewReleasesContext(window_years=task.window_years))
     else:
         raise TypeError(f"not a UniRank task: {task!r}")
 

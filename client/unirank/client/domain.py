@@ -31,8 +31,19 @@ class Category:
     category_id: str
 
 
+@dataclass(frozen=True)
+class NewReleases:
+    """Rank recently released items for the request's user.
+
+    ``window_years``: how many release years count as new, ending at the request's year; 0 means
+    the server's default window.
+    """
+
+    window_years: int = 0
+
+
 # The use-case of a request; mirrors the ``oneof task`` of ``unirank.v1.RequestContext``.
-Task = Notification | RelatedItems | Search | Category
+Task = Notification | RelatedItems | Search | Category | NewReleases
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ class Ranking:
     items: list[RankedItem] = field(default_factory=list)
     request_id: str = ""
     task_type: str = ""
-    """Short task name: "notification", "related_items", "search" or "category"."""
+    """Short task name: "notification", "related_items", "search", "category" or "new_releases"."""
     model_version: str = ""
     profile: str = ""
     served_from_cache: bool = False

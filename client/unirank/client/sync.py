@@ -23,6 +23,7 @@ from unirank.client.domain import (
     Category,
     Event,
     ModelInfo,
+    NewReleases,
     Notification,
     Ranking,
     RecommendationRequest,
@@ -112,6 +113,22 @@ class RecommenderClient:
     ) -> Ranking:
         """Items to push to ``user_id``."""
         task = Notification()
+        return self.recommend(
+            build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
+            timeout=timeout,
+        )
+
+    def new_releases(
+        self,
+        user_id: str,
+        *,
+        window_years: int = 0,
+        history_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+        **fields: Unpack[RequestFields],
+    ) -> Ranking:
+        """Recently released items for ``user_id``; ``window_years`` 0 is the server's default."""
+        task = NewReleases(window_years=window_years)
         return self.recommend(
             build_request(task, user_id=user_id, history_item_ids=history_item_ids, fields=fields),
             timeout=timeout,

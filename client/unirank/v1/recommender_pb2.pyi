@@ -14,6 +14,7 @@ class TaskType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_TYPE_RELATED_ITEMS: _ClassVar[TaskType]
     TASK_TYPE_SEARCH: _ClassVar[TaskType]
     TASK_TYPE_CATEGORY: _ClassVar[TaskType]
+    TASK_TYPE_NEW_RELEASES: _ClassVar[TaskType]
 
 class RetrievalSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +26,7 @@ class RetrievalSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RETRIEVAL_SOURCE_EMBEDDING: _ClassVar[RetrievalSource]
     RETRIEVAL_SOURCE_CATEGORY: _ClassVar[RetrievalSource]
     RETRIEVAL_SOURCE_POPULAR: _ClassVar[RetrievalSource]
+    RETRIEVAL_SOURCE_NEW_RELEASES: _ClassVar[RetrievalSource]
 
 class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +48,7 @@ TASK_TYPE_NOTIFICATION: TaskType
 TASK_TYPE_RELATED_ITEMS: TaskType
 TASK_TYPE_SEARCH: TaskType
 TASK_TYPE_CATEGORY: TaskType
+TASK_TYPE_NEW_RELEASES: TaskType
 RETRIEVAL_SOURCE_UNSPECIFIED: RetrievalSource
 RETRIEVAL_SOURCE_CALLER: RetrievalSource
 RETRIEVAL_SOURCE_HISTORY: RetrievalSource
@@ -54,6 +57,7 @@ RETRIEVAL_SOURCE_LEXICAL: RetrievalSource
 RETRIEVAL_SOURCE_EMBEDDING: RetrievalSource
 RETRIEVAL_SOURCE_CATEGORY: RetrievalSource
 RETRIEVAL_SOURCE_POPULAR: RetrievalSource
+RETRIEVAL_SOURCE_NEW_RELEASES: RetrievalSource
 FALLBACK_REASON_UNSPECIFIED: FallbackReason
 FALLBACK_REASON_COLD_START: FallbackReason
 FALLBACK_REASON_DEADLINE: FallbackReason
@@ -87,8 +91,14 @@ class CategoryContext(_message.Message):
     category_id: str
     def __init__(self, category_id: _Optional[str] = ...) -> None: ...
 
+class NewReleasesContext(_message.Message):
+    __slots__ = ("window_years",)
+    WINDOW_YEARS_FIELD_NUMBER: _ClassVar[int]
+    window_years: int
+    def __init__(self, window_years: _Optional[int] = ...) -> None: ...
+
 class RequestContext(_message.Message):
-    __slots__ = ("request_id", "user_id", "country", "language", "device", "event_time_unix_ms", "history_item_ids", "notification", "related_items", "search", "category")
+    __slots__ = ("request_id", "user_id", "country", "language", "device", "event_time_unix_ms", "history_item_ids", "notification", "related_items", "search", "category", "new_releases")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTRY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +110,7 @@ class RequestContext(_message.Message):
     RELATED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     SEARCH_FIELD_NUMBER: _ClassVar[int]
     CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    NEW_RELEASES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     user_id: str
     country: str
@@ -111,7 +122,8 @@ class RequestContext(_message.Message):
     related_items: RelatedItemsContext
     search: SearchContext
     category: CategoryContext
-    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., country: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., event_time_unix_ms: _Optional[int] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., notification: _Optional[_Union[NotificationContext, _Mapping]] = ..., related_items: _Optional[_Union[RelatedItemsContext, _Mapping]] = ..., search: _Optional[_Union[SearchContext, _Mapping]] = ..., category: _Optional[_Union[CategoryContext, _Mapping]] = ...) -> None: ...
+    new_releases: NewReleasesContext
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[str] = ..., country: _Optional[str] = ..., language: _Optional[str] = ..., device: _Optional[str] = ..., event_time_unix_ms: _Optional[int] = ..., history_item_ids: _Optional[_Iterable[str]] = ..., notification: _Optional[_Union[NotificationContext, _Mapping]] = ..., related_items: _Optional[_Union[RelatedItemsContext, _Mapping]] = ..., search: _Optional[_Union[SearchContext, _Mapping]] = ..., category: _Optional[_Union[CategoryContext, _Mapping]] = ..., new_releases: _Optional[_Union[NewReleasesContext, _Mapping]] = ...) -> None: ...
 
 class RequestOptions(_message.Message):
     __slots__ = ("max_results", "candidate_item_ids", "excluded_item_ids", "debug")

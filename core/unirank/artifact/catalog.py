@@ -20,6 +20,46 @@ from unirank.artifact.text import tokenize
 MATURITY_LEVELS: tuple[str, ...] = ("all", "7+", "13+", "16+", "18+")
 """Maturity ratings, least to most restricted; an item stores the index into this tuple."""
 
+NEW_RELEASE_YEARS = 3
+"""Default width in years of the new-release window (the ``new_releases`` use-case): training
+labels and offline evaluation use it, and the server when a request leaves ``window_years`` at 0."""
+
+_MS_RANGE = (-62_135_596_800_000, 253_402_300_799_999)  # years 1..9999: what datetime64[Y] shows
+
+
+def calendar_year(time_ms: np.ndarray | int) -> np.ndarray:
+    """The UTC calendar year of Unix-millisecond times (clipped to years 1..9999)."""
+    ms = np.clip(np.asarray(time_ms, dtype=np.int64), *_MS_RANGE)
+    return ms.astype("datetime64[ms]").astype("datetime64[Y]").astype(np.int64) + 1970
+
+
+def new_release_years(
+    time_ms: np.ndarray | int, newest_year: int, window_years: int = NEW_RELEASE_YEARS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The release years ``(first, last)``, both inclusive, that count as new at ``time_ms``.
+
+    The window is ``window_years`` wide and ends at the year of ``time_ms``, or at the catalogue's
+    ``newest_year`` when that is earlier (a catalogue exported years ago still has new releases,
+    and an item is never new before its release year). One definition for training labels,
+    offline evaluation and serving, so "new" cannot mean different things in each.
+    """
+    if window_years < 1:
+        raise ValueError(f"window_years must be >= 1, got {window_years}")
+    last = np.minimum(calendar_year(time_ms), newest_year)
+    return last - (window_years - 1), last
+
+
+def is_new_release(
+    release_year: np.ndarray,
+    time_ms: np.ndarray | int,
+    newest_year: int,
+    window_years: int = NEW_RELEASE_YEARS,
+) -> np.ndarray:
+    """bool, broadcasting ``release_year`` against ``time_ms``: new at that time (unknown year 0: never)."""
+    first, last = new_release_years(time_ms, newest_year, window_years)
+    year = np.asarray(release_year)
+    return (year > 0) & (year >= first) & (year <= last)
+
 
 class Vocab:
     """An ordered set of string keys with index 0 reserved for missing."""
@@ -123,6 +163,11 @@ class Catalog:
     def n_items(self) -> int:
         """Number of real items (the padding slot excluded)."""
         return len(self.items) - 1
+
+    @property
+    def newest_release_year(self) -> int:
+        """The latest known release year of the catalogue (0 when no year is known)."""
+        return max(self.release_year)
 
     def title_token_matrix(self) -> np.ndarray:
         """int64 [n_items + 1, max_title_tokens]: token indices of each title, 0-padded."""

@@ -1,4 +1,8 @@
-"""The registry of use-cases (tasks). Adding a use-case starts with one entry here."""
+"""The registry of use-cases (tasks). Adding a use-case starts with one entry here.
+
+docs/adding-a-use-case.md walks through the rest (proto, labels, serving, client) with
+``new_releases`` as the worked example.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ class TaskType(enum.IntEnum):
     RELATED_ITEMS = 2
     SEARCH = 3
     CATEGORY = 4
+    NEW_RELEASES = 5
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(TaskType.RELATED_ITEMS, "related_items", "related_items"),
     TaskSpec(TaskType.SEARCH, "search", "search"),
     TaskSpec(TaskType.CATEGORY, "category", "category"),
+    TaskSpec(TaskType.NEW_RELEASES, "new_releases", "new_releases"),
 )
 
 _BY_NAME = {spec.name: spec for spec in TASKS}

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             ["related", "--item", ids["item"]],
             ["search", "--query", ids["query"]],
             ["category", "--category", ids["category"], "--user", ids["user"]],
+            ["new-releases", "--user", ids["user"], "--history", ids["history"]],
         ):
             _run([*_unirank(), "recommend", "--target", target, "--max-results", "5", "--debug", *use_case])
     finally:

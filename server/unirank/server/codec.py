@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
-from unirank.artifact import Context, TaskType
+from unirank.artifact import TASKS, Context, TaskType
 from unirank.server.config import ServerSection
 from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument
@@ -18,12 +18,8 @@ MAX_QUERY_CHARS = 512
 MAX_LIST_IDS = 10_000
 MAX_SHORT_FIELD = 64
 
-_ONEOF_TO_TASK: dict[str, TaskType] = {
-    "notification": TaskType.NOTIFICATION,
-    "related_items": TaskType.RELATED_ITEMS,
-    "search": TaskType.SEARCH,
-    "category": TaskType.CATEGORY,
-}
+_ONEOF_TO_TASK: dict[str, TaskType] = {spec.context_field: spec.task_type for spec in TASKS}
+MAX_WINDOW_YEARS = 200
 
 
 @dataclass(frozen=True)
@@ -146,7 +142,7 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
     oneof = ctx.WhichOneof("task")
     if oneof is None:
         raise InvalidArgument.single(
-            f"{prefix}context.task", "no use-case set: one of notification, related_items, search, category"
+            f"{prefix}context.task", f"no use-case set: one of {', '.join(_ONEOF_TO_TASK)}"
         )
     task = _ONEOF_TO_TASK[oneof]
     check.optional_id(f"{prefix}context.request_id", ctx.request_id)
@@ -158,9 +154,14 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
         check.add(f"{prefix}context.event_time_unix_ms", "must be >= 0")
     check.id_list(f"{prefix}context.history_item_ids", list(ctx.history_item_ids))
     query = anchor = category = ""
-    if task is TaskType.NOTIFICATION:
+    window_years = 0
+    if task in (TaskType.NOTIFICATION, TaskType.NEW_RELEASES):
         if not ctx.user_id and not ctx.history_item_ids:
-            check.add(f"{prefix}context.user_id", "notification needs a user_id or history_item_ids")
+            check.add(f"{prefix}context.user_id", f"{oneof} needs a user_id or history_item_ids")
+        if task is TaskType.NEW_RELEASES:
+            window_years = ctx.new_releases.window_years
+            if not 0 <= window_years <= MAX_WINDOW_YEARS:
+                check.add(f"{prefix}context.new_releases.window_years", f"must be in [0, {MAX_WINDOW_YEARS}]")
     elif task is TaskType.RELATED_ITEMS:
         anchor = ctx.related_items.anchor_item_id
         check.required_id(f"{prefix}context.related_items.anchor_item_id", anchor)
@@ -200,6 +201,7 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
         language=ctx.language,
         device=ctx.device,
         event_time_unix_ms=ctx.event_time_unix_ms,
+        window_years=window_years,
     )
 
 

@@ -19,6 +19,7 @@ class Source(enum.IntEnum):
     EMBEDDING = 5
     CATEGORY = 6
     POPULAR = 7
+    NEW_RELEASES = 8
 
 
 class FallbackReason(enum.IntEnum):
@@ -48,6 +49,8 @@ class RankRequest:
     language: str = ""
     device: str = ""
     event_time_unix_ms: int = 0
+    window_years: int = 0
+    """New-release window of a ``new_releases`` request; 0 is the default window."""
 
     @property
     def task(self) -> TaskType:

@@ -4,6 +4,7 @@ post-rules -> respond, with the use-case's fallback around it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -28,6 +29,7 @@ from unirank.server.errors import (
     UnknownEntity,
 )
 from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent
+from unirank.server.retrieval import ReleaseWindow
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
@@ -44,6 +46,13 @@ class TaskRuntime:
     pre_rules: tuple[BoundRule, ...]
     post_rules: tuple[BoundRule, ...]
     cache: TTLCache[RankResponse] | None
+
+    @functools.cached_property
+    def uses_release_window(self) -> bool:
+        """Retrieval or fallback depends on the request's new-release window (its time)."""
+        return self.config.fallback.strategy == "popular_new_releases" or any(
+            source.source == "new_releases" for source in self.config.retrieval.sources
+        )
 
 
 class _Fallback(Exception):
@@ -107,8 +116,14 @@ class RankingPipeline:
         return runtime
 
     def check(self, request: RankRequest, field_prefix: str = "") -> TaskRuntime:
-        """Profile-dependent validation (served task, result limit)."""
+        """Profile- and model-dependent validation (served task, result limit)."""
         task = self.task_runtime(request.task)
+        n_tasks = self._runtime.n_tasks
+        if task_by_type(request.task).head_index >= n_tasks:
+            raise TaskNotServed(
+                f"model {self._runtime.version} has no head for {task.name}: it was trained with "
+                f"{n_tasks} tasks, before {task.name} was added; serve an artifact trained since"
+            )
         limit = task.config.max_results_limit
         if request.options.max_results > limit:
             raise InvalidArgument.single(
@@ -144,11 +159,16 @@ class RankingPipeline:
         if self._features is not None and request.context.user_id:
             with trace.stage("features"):
                 request = await self._with_recent_history(request, task)
+        window = (
+            runtime.retriever.release_window(request.event_time_unix_ms, request.window_years)
+            if task.uses_release_window
+            else None
+        )
         key: Hashable | None = None
         # Caller-supplied candidates make a request unique: caching it would only fill memory.
         if task.cache is not None and not request.options.candidate_item_ids:
             with trace.stage("cache"):
-                key = (runtime.version, self.config_epoch, _cache_key(request))
+                key = (runtime.version, self.config_epoch, window, _cache_key(request))
                 cached = task.cache.get(key)
             trace.cache_lookup(cached is not None)
             if cached is not None:
@@ -161,9 +181,9 @@ class RankingPipeline:
             budget_s = min(budget_s, max(0.0, deadline - loop.time()))
         try:
             async with asyncio.timeout(budget_s):
-                response = await self._rank(request, task, runtime, trace, loop.time() + budget_s)
+                response = await self._rank(request, task, runtime, trace, loop.time() + budget_s, window)
         except _Fallback as fallback:
-            response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, trace)
+            response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, trace, window)
         except TimeoutError:
             if not task.config.fallback.on_deadline:
                 raise DeadlineExceeded(f"{task.name} ran past its {budget_s * 1000:.0f} ms budget") from None
@@ -174,6 +194,7 @@ class RankingPipeline:
                 FallbackReason.DEADLINE,
                 f"budget {budget_s * 1000:.0f} ms ran out",
                 trace,
+                window,
             )
         if key is not None and task.cache is not None and not response.fallback:
             task.cache.put(key, response)
@@ -224,6 +245,7 @@ class RankingPipeline:
         runtime: ModelRuntime,
         trace: RequestTrace,
         deadline: float,
+        window: ReleaseWindow | None,
     ) -> RankResponse:
         config = task.config
         with trace.stage("encode"):
@@ -237,7 +259,7 @@ class RankingPipeline:
                 ids = runtime.encoder.catalog.items.indices(request.options.candidate_item_ids)
                 candidates = runtime.retriever.caller_candidates(ids, config.retrieval.max_candidates)
             else:
-                candidates = runtime.retriever.retrieve(encoded, config.retrieval)
+                candidates = runtime.retriever.retrieve(encoded, config.retrieval, window)
         with trace.stage("pre_rules"):
             candidates = self._exclude_requested(request, runtime, candidates)
             for rule in task.pre_rules:
@@ -292,6 +314,7 @@ class RankingPipeline:
         reason: FallbackReason,
         detail: str,
         trace: RequestTrace,
+        window: ReleaseWindow | None,
     ) -> RankResponse:
         strategy = task.config.fallback.strategy
         log.debug("%s answered by its %r fallback (%s): %s", task.name, strategy, reason.name.lower(), detail)
@@ -308,7 +331,9 @@ class RankingPipeline:
                 encoded = runtime.encoder.encode(request.context)
                 category = encoded.category if strategy == "popular_in_category" else 0
                 limit = self._max_results(request, task) + task.config.retrieval.max_candidates
-                items = runtime.retriever.popular(limit, category)
+                items = runtime.retriever.popular(
+                    limit, category, window if strategy == "popular_new_releases" else None
+                )
                 ranked = Candidates(
                     items, np.full(len(items), Source.POPULAR, np.int8), np.zeros(len(items), np.float32)
                 )
@@ -360,7 +385,11 @@ class RankingPipeline:
 
 def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
     """Why the request lacks the signal its use-case needs (empty string when it has it)."""
-    if task is TaskType.NOTIFICATION and not encoded.user and not encoded.history.any():
+    if (
+        task in (TaskType.NOTIFICATION, TaskType.NEW_RELEASES)
+        and not encoded.user
+        and not encoded.history.any()
+    ):
         return "unknown user_id and no known history_item_ids"
     if task is TaskType.RELATED_ITEMS and not encoded.anchor_item:
         return "unknown anchor_item_id"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from unirank.artifact import Artifact, EncodedContext
+from unirank.artifact.catalog import NEW_RELEASE_YEARS, new_release_years
 from unirank.server.config import RetrievalConfig
 from unirank.server.domain import Source
 from unirank.server.rules import Candidates
@@ -19,10 +22,21 @@ _SOURCES: dict[str, Source] = {
     "embedding": Source.EMBEDDING,
     "category": Source.CATEGORY,
     "popular": Source.POPULAR,
+    "new_releases": Source.NEW_RELEASES,
 }
 _EMPTY = np.zeros(0, dtype=np.int64)
 # How many recent history items seed history-based retrieval.
 _HISTORY_SEEDS = 5
+# Distinct release windows whose item lists are kept (requests name few: one per year and width).
+_MAX_CACHED_WINDOWS = 64
+
+
+@dataclass(frozen=True)
+class ReleaseWindow:
+    """The release years, both inclusive, that count as new for one request."""
+
+    first: int
+    last: int
 
 
 class Retriever:
@@ -32,6 +46,11 @@ class Retriever:
         self._data = artifact.retrieval
         self._n_items = len(artifact.catalog.items)
         self._embeddings = np.ascontiguousarray(self._data.item_embeddings, dtype=np.float32)
+        catalog = artifact.catalog
+        self._newest_year = catalog.newest_release_year
+        self._by_popularity = 1 + np.argsort(-np.asarray(catalog.popularity[1:]), kind="stable")
+        self._years_by_popularity = np.asarray(catalog.release_year, dtype=np.int64)[self._by_popularity]
+        self._new_releases: dict[ReleaseWindow, np.ndarray] = {}
         self._fns: dict[str, Callable[[EncodedContext, int], np.ndarray]] = {
             "history": self._history,
             "related": self._related,
@@ -41,8 +60,31 @@ class Retriever:
             "popular": self._popular,
         }
 
-    def retrieve(self, encoded: EncodedContext, config: RetrievalConfig) -> Candidates:
-        """Run the configured sources in order; earlier sources win duplicates."""
+    def release_window(self, event_time_ms: int, window_years: int) -> ReleaseWindow:
+        """New releases at ``event_time_ms`` (0: now), ``window_years`` wide (0: the default)."""
+        first, last = new_release_years(
+            event_time_ms or int(time.time() * 1000), self._newest_year, window_years or NEW_RELEASE_YEARS
+        )
+        return ReleaseWindow(int(first), int(last))
+
+    def new_releases(self, window: ReleaseWindow) -> np.ndarray:
+        """Items released within ``window``, most popular first."""
+        found = self._new_releases.get(window)
+        if found is None:
+            years = self._years_by_popularity
+            found = self._by_popularity[(years > 0) & (years >= window.first) & (years <= window.last)]
+            if len(self._new_releases) >= _MAX_CACHED_WINDOWS:
+                self._new_releases.clear()
+            self._new_releases[window] = found
+        return found
+
+    def retrieve(
+        self, encoded: EncodedContext, config: RetrievalConfig, window: ReleaseWindow | None = None
+    ) -> Candidates:
+        """Run the configured sources in order; earlier sources win duplicates.
+
+        ``window`` is the request's new-release window (the ``new_releases`` source; default: now).
+        """
         seen = np.zeros(self._n_items, dtype=bool)
         seen[0] = True  # padding is never a candidate
         items: list[np.ndarray] = []
@@ -51,10 +93,12 @@ class Retriever:
         for source in config.sources:
             if remaining <= 0:
                 break
-            fn = self._fns.get(source.source)
-            if fn is None:  # "caller" is handled by the pipeline before retrieval
+            if source.source == "new_releases":  # the only source that reads the request's time
+                found = self.new_releases(window or self.release_window(0, 0))
+            elif (fn := self._fns.get(source.source)) is not None:
+                found = fn(encoded, source.quota)
+            else:  # "caller" is handled by the pipeline before retrieval
                 continue
-            found = fn(encoded, source.quota)
             if not len(found):
                 continue
             fresh = found[~seen[found]]
@@ -123,8 +167,11 @@ class Retriever:
     def _popular(self, enc: EncodedContext, quota: int) -> np.ndarray:
         return self._data.popular_items[: quota * 2]
 
-    def popular(self, n: int, category: int = 0) -> np.ndarray:
-        """The fallback list: popular in ``category`` when given and known, else popular overall."""
+    def popular(self, n: int, category: int = 0, window: ReleaseWindow | None = None) -> np.ndarray:
+        """The fallback list: the most popular new releases of ``window`` when given, else popular
+        in ``category`` when given and known, else popular overall."""
+        if window is not None:
+            return self.new_releases(window)[:n]
         if category > 0:
             items = self._data.category(category)
             if len(items):

@@ -70,6 +70,12 @@ class ModelRuntime:
     def version(self) -> str:
         return self.artifact.model_version
 
+    @property
+    def n_tasks(self) -> int:
+        """Task heads of the model (task ids 1..n_tasks); an artifact trained before a use-case was
+        added has no head for it."""
+        return int(self.artifact.manifest["model_config"]["n_tasks"])
+
     @classmethod
     async def load(
         cls,
@@ -113,8 +119,9 @@ class ModelRuntime:
         from unirank.artifact import Context
 
         popular = self.artifact.retrieval.popular_items
+        tasks = [spec for spec in TASKS if spec.head_index < self.n_tasks]
         for i in range(requests):
-            spec = TASKS[i % len(TASKS)]
+            spec = tasks[i % len(tasks)]
             n = min(len(popular), (10, 100, 200)[i % 3])
             encoded = self.encoder.encode(Context(task=spec.task_type))
             inputs = self.encoder.batch([encoded], popular[None, :n])

@@ -70,7 +70,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         pipeline = self._pipeline
         runtime = pipeline.runtime
         artifact = runtime.artifact
-        served = {t.task_type for t in TASKS if t.task_type in pipeline.tasks}
+        served = {
+            t.task_type for t in TASKS if t.task_type in pipeline.tasks and t.head_index < runtime.n_tasks
+        }
         task_metrics = artifact.metrics.get("tasks", {})
         tasks = []
         for spec in TASKS:

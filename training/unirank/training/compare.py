@@ -18,6 +18,7 @@ seeds per task, method and metric, and the relative delta of the unified model a
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import pickle
@@ -177,18 +178,21 @@ def single_task_config(config: TrainConfig, task: str) -> TrainConfig:
 
     The budget (max steps x batch size) is the unified model's, all spent on the task. A unified
     step holds 1/T of its rows per task, so a single-task model validates T times as often (every
-    ``steps_per_epoch / T`` steps, with T times the epochs and patience): both are checked after
-    the same number of rows of the task, and neither is stuck with a coarse checkpoint.
+    ``steps_per_epoch / T`` steps, rounded, with the epochs and patience scaled to match): both are
+    checked after the same number of rows of the task, and neither is stuck with a coarse
+    checkpoint. Where the rounded epoch does not divide the budget, the last epoch overshoots it by
+    less than one single-task epoch.
     """
     single = config.only(task)
     n_tasks = len(TASKS)
     steps = config.steps_per_epoch
     if steps is None or steps < n_tasks:
         return single
+    per_epoch = max(1, round(steps / n_tasks))
     return single.replace(
-        steps_per_epoch=steps // n_tasks,
-        epochs=config.epochs * n_tasks,
-        patience=config.patience * n_tasks,
+        steps_per_epoch=per_epoch,
+        epochs=math.ceil(config.epochs * steps / per_epoch),
+        patience=math.ceil(config.patience * steps / per_epoch),
     )
 
 
@@ -412,7 +416,8 @@ def run_compare(
                 "selection": "early stopping and peer hyperparameters on the validation split only",
                 "budget": "every model: the same maximum steps, batch size and negatives; a single-task "
                 "model spends all of it on its task and is validated as often per row of its task "
-                "(every steps_per_epoch / 4 steps, patience and max epochs x 4)",
+                f"(every steps_per_epoch / {len(TASKS)} steps, rounded; patience and max epochs scaled to "
+                "match)",
             },
             "peer_params": peer_params,
             "runs": [asdict(run) for run in runs],

@@ -1,8 +1,9 @@
 """Per-task offline evaluation: full ranking of each task's rows over its candidate set, model vs baselines.
 
-A task's candidate set is the whole catalogue, except for category rows (the category's items);
-items the use-case never recommends (the anchor; for notification, category and derived related
-rows, everything the user already played) are excluded before ranking.
+A task's candidate set is the whole catalogue, except for category rows (the category's items) and
+new-release rows (the items new at the row's time); items the use-case never recommends (the
+anchor; for notification, category, new-release and derived related rows, everything the user
+already played) are excluded before ranking.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from unirank.artifact import TASKS, Catalog, ModelInputs, TaskType
+from unirank.artifact.catalog import is_new_release
 from unirank.model.net import UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
@@ -43,7 +45,8 @@ Scorer = Callable[[Batch], np.ndarray]
 
 
 class CandidateSets:
-    """Restricts each row to its task's candidate set: category rows rank their category's items."""
+    """Restricts each row to its task's candidate set: category rows rank their category's items,
+    new-release rows the items new at the row's time."""
 
     def __init__(self, catalog: Catalog) -> None:
         cats = catalog.category_matrix()[1:]
@@ -51,14 +54,24 @@ class CandidateSets:
         rows = np.repeat(np.arange(catalog.n_items), cats.shape[1])
         self.members[cats.ravel(), rows] = True
         self.members[0] = True  # no category: no restriction
+        self.release_year = np.asarray(catalog.release_year[1:], dtype=np.int64)
+        self.newest_year = catalog.newest_release_year
 
-    def apply(self, scores: np.ndarray, inputs: ModelInputs) -> None:
+    def apply(self, scores: np.ndarray, inputs: ModelInputs, timestamp_ms: np.ndarray) -> None:
+        """Set ``scores`` [B, n_items] to -inf outside each row's set; ``timestamp_ms``: each row's time."""
         rows = np.flatnonzero(inputs.task == TaskType.CATEGORY)
         if len(rows):
-            outside = ~self.members[inputs.category[rows]]
-            block = scores[rows]
-            block[outside] = -np.inf
-            scores[rows] = block
+            _outside(scores, rows, ~self.members[inputs.category[rows]])
+        rows = np.flatnonzero(inputs.task == TaskType.NEW_RELEASES)
+        if len(rows):
+            new = is_new_release(self.release_year[None, :], timestamp_ms[rows, None], self.newest_year)
+            _outside(scores, rows, ~new)
+
+
+def _outside(scores: np.ndarray, rows: np.ndarray, outside: np.ndarray) -> None:
+    block = scores[rows]
+    block[outside] = -np.inf
+    scores[rows] = block
 
 
 MODEL = "model"
@@ -156,7 +169,7 @@ def rank_rows(
         inputs = chunk_inputs(dataset, part)
         scores = np.array(scorer(Batch(inputs, dataset, part)), dtype=np.float64)
         if candidates is not None:
-            candidates.apply(scores, inputs)
+            candidates.apply(scores, inputs, dataset.timestamp_ms[part])
         _apply_exclusions(scores, dataset, part)
         positives = [dataset.positives(int(r)) for r in part]
         indptr = np.zeros(len(part) + 1, dtype=np.int64)
@@ -270,8 +283,9 @@ def offline_metrics(
             "k": metrics.K_DEFAULT,
             "rows": rows,
             "ranking": "full ranking over each task's candidate set (category: the category's items; "
-            "others: the catalogue); excluded: the anchor, and for notification, category and "
-            "engagement-derived related rows everything the user played before",
+            "new_releases: the items new at the row's time; others: the catalogue); excluded: the "
+            "anchor, and for notification, category, new_releases and engagement-derived related "
+            "rows everything the user played before",
         },
     }
 

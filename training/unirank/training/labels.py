@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 
 from unirank.artifact import TASKS, Context, TaskType
+from unirank.artifact.catalog import is_new_release
 from unirank.artifact.text import tokenize
 from unirank.training.logs import EventType, LogData
 
@@ -454,6 +455,48 @@ def _window_rows(
     return users, starts[users], lists
 
 
+def _user_rows(
+    task: TaskType,
+    log: LogData,
+    ctx: LabelContext,
+    rows: np.ndarray,
+    positives: Sequence[Sequence[int]],
+    eligible: Callable[[np.ndarray], np.ndarray],
+) -> Examples:
+    """A user's-future task (what they engage with next; already played items excluded): training
+    rows at the sorted play positions ``rows`` with their ``positives``, and per user one validation
+    and one test row at the start of that split's window, whose positives are the window's plays
+    that ``eligible(starts)`` keeps (a mask over the sorted plays, given each play's user's start)."""
+    plays = ctx.plays
+    parts = [
+        _build(
+            task,
+            log,
+            ctx,
+            plays.user[rows],
+            plays.time[rows],
+            positives,
+            split=np.zeros(len(rows), dtype=np.int8),
+            exclude_seen=True,
+        )
+    ]
+    for split_index, starts in ((VALIDATION, ctx.split.validation_start_ms), (TEST, ctx.split.test_start_ms)):
+        users, times, lists = _window_rows(ctx, split_index, eligible(starts[plays.user]), starts)
+        parts.append(
+            _build(
+                task,
+                log,
+                ctx,
+                users,
+                times,
+                lists,
+                split=np.full(len(users), split_index, dtype=np.int8),
+                exclude_seen=True,
+            )
+        )
+    return Examples.concat(parts)
+
+
 def notification_labels(log: LogData, ctx: LabelContext) -> Examples:
     """User -> the items they engage with next.
 
@@ -473,33 +516,7 @@ def notification_labels(log: LogData, ctx: LabelContext) -> Examples:
     firsts = np.flatnonzero(plays.first & (split == TRAIN))
     rows = _at_most(firsts[(end - start)[firsts] >= 1], config.max_train_rows_per_task, config.seed)
     positives = _windows(plays.user, rows, firsts, plays.item, config.future_window)
-    parts = [
-        _build(
-            TaskType.NOTIFICATION,
-            log,
-            ctx,
-            plays.user[rows],
-            plays.time[rows],
-            positives,
-            split=np.zeros(len(rows), dtype=np.int8),
-            exclude_seen=True,
-        )
-    ]
-    for split_index, starts in ((VALIDATION, ctx.split.validation_start_ms), (TEST, ctx.split.test_start_ms)):
-        users, times, lists = _window_rows(ctx, split_index, plays.first, starts)
-        parts.append(
-            _build(
-                TaskType.NOTIFICATION,
-                log,
-                ctx,
-                users,
-                times,
-                lists,
-                split=np.full(len(users), split_index, dtype=np.int8),
-                exclude_seen=True,
-            )
-        )
-    return Examples.concat(parts)
+    return _user_rows(TaskType.NOTIFICATION, log, ctx, rows, positives, lambda _starts: plays.first)
 
 
 def related_labels(log: LogData, ctx: LabelContext) -> Examples:
@@ -720,12 +737,53 @@ def category_labels(log: LogData, ctx: LabelContext) -> Examples:
     return Examples.concat(parts)
 
 
+def new_releases_labels(log: LogData, ctx: LabelContext) -> Examples:
+    """User -> the new releases they go on to like; candidates are the items new at the row's time.
+
+    An item is new at a time when its release year lies in the window of
+    :data:`~unirank.artifact.catalog.NEW_RELEASE_YEARS` years ending at that time's year
+    (:func:`~unirank.artifact.catalog.new_release_years`: the one definition serving uses too).
+    From plain engagements: a training row at each liked first engagement of an item new at that
+    time, whose positives are the user's next ``future_window`` such engagements of items still new
+    at the row's time; one validation and one test row per user, at the window's start, whose
+    positives are every liked first engagement inside the window of an item new at that start.
+    Already played items are excluded, as for notifications.
+    """
+    plays, config = ctx.plays, ctx.config
+    years = log.items.release_year
+    newest = int(years.max()) if len(years) else 0
+    liked_first = plays.first & _liked(plays, config)
+    split = ctx.split.assign(plays.user, plays.time)
+    start, end = plays.before(plays.user, plays.time)
+    candidates = np.flatnonzero(
+        liked_first & (split == TRAIN) & is_new_release(years[plays.item], plays.time, newest)
+    )
+    rows = _at_most(candidates[(end - start)[candidates] >= 1], config.max_train_rows_per_task, config.seed)
+    windows = _windows(plays.user, rows, candidates, plays.item, config.future_window)
+    # A later engagement may be of an item released after the row's year: not a candidate then.
+    lengths = np.array([len(w) for w in windows], dtype=np.int64)
+    items = np.fromiter((i for w in windows for i in w), dtype=np.int64, count=int(lengths.sum()))
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    new = is_new_release(years[items], plays.time[rows][row_of], newest)
+    kept = np.bincount(row_of[new], minlength=len(rows))
+    positives = [part.tolist() for part in np.split(items[new], np.cumsum(kept)[:-1])] if len(rows) else []
+    return _user_rows(
+        TaskType.NEW_RELEASES,
+        log,
+        ctx,
+        rows,
+        positives,
+        lambda starts: liked_first & is_new_release(years[plays.item], starts, newest),
+    )
+
+
 LABEL_FUNCTIONS: Mapping[str, LabelFunction] = MappingProxyType(
     {
         "notification": notification_labels,
         "related_items": related_labels,
         "search": search_labels,
         "category": category_labels,
+        "new_releases": new_releases_labels,
     }
 )
 """Task name -> its label function; read-only (a new use-case is a code change, not a mutation)."""

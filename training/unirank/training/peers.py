@@ -4,7 +4,8 @@
   item-kNN with cosine similarity (``implicit.nearest_neighbours.CosineRecommender``);
 * related items: the same item-kNN's neighbours of the anchor, and session co-occurrence counts;
 * search: BM25 (``rank_bm25``) over each item's title and the tags users gave it in training;
-* category: the notification peers ranked inside the category (the evaluation restricts them).
+* category: the notification peers ranked inside the category (the evaluation restricts them);
+* new releases: the notification peers ranked among the items new at the row's time (likewise).
 
 Every peer learns from the training split only, has its hyperparameters chosen on the
 validation split from a small grid (:data:`GRIDS`), and sees at test time the same information
@@ -40,6 +41,7 @@ PEERS_BY_TASK: Mapping[str, tuple[str, ...]] = {
     "related_items": ("item_knn", "co_occurrence"),
     "search": ("bm25",),
     "category": ("als", "bpr", "item_knn"),
+    "new_releases": ("als", "bpr", "item_knn"),
 }
 """Which peers rank which task's rows."""
 
