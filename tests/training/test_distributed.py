@@ -114,3 +114,33 @@ def test_a_single_process_is_not_distributed() -> None:
     assert not launched_by_torchrun({})
     assert not launched_by_torchrun({"RANK": "0", "WORLD_SIZE": "1"})  # torchrun with one process
     assert launched_by_torchrun({"RANK": "1", "WORLD_SIZE": "2"})
+
+
+def test_a_training_step_allocates_nothing_on_the_cpu(artifact_dir: Path) -> None:
+    """The CUDA path (NCCL, ``--device cuda``) cannot run here; the meta device stands in for it:
+    any tensor the model or the loss creates on the CPU mid-step makes this fail."""
+    from unirank.model.net import build_model_from_checkpoint
+    from unirank.training.export import random_inputs
+    from unirank.training.train import multitask_loss
+
+    model = build_model_from_checkpoint(torch.load(artifact_dir / MODEL_TORCH, weights_only=True))
+    inputs = {
+        name: torch.from_numpy(value).to("meta")
+        for name, value in random_inputs(model, batch=4, history=3, query=2, candidates=6, seed=0)
+        .as_dict()
+        .items()
+    }
+    model.to("meta").train()
+    scores = model(**inputs, item_table=model.item_table())
+    weights = torch.ones(len(TASKS) + 1, device="meta")
+    log_variance = torch.zeros(len(TASKS) + 1, device="meta")
+    counts = torch.ones(len(TASKS) + 1, device="meta")  # as under DDP: the whole batch's rows per task
+    loss, _, _ = multitask_loss(scores, inputs["task"], weights, log_variance, counts, shards=2)
+    loss.backward()
+    assert scores.shape == (4, 6) and loss.device.type == "meta"
+    full = model.score_all_items(
+        *(inputs[name] for name in ("task", "user", "history", "query_tokens")),
+        inputs["anchor_item"],
+        inputs["category"],
+    )
+    assert full.shape == (4, model.config.n_items - 1)

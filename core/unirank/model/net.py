@@ -270,7 +270,8 @@ class UniRankModel(nn.Module):
         batch = items.shape[0]
         neighbours = self.item_neighbours[items].reshape(batch, -1)  # [B, M * K]
         weights = (values[items] * (items > 0).to(dtype).unsqueeze(-1)).reshape(batch, -1)
-        return torch.zeros(batch, self.config.n_items, dtype=dtype).scatter_add(1, neighbours, weights)
+        rows = torch.zeros(batch, self.config.n_items, dtype=dtype, device=items.device)
+        return rows.scatter_add(1, neighbours, weights)
 
     def _impute(
         self, history: torch.Tensor, query_tokens: torch.Tensor, anchor_item: torch.Tensor
@@ -348,8 +349,8 @@ class UniRankModel(nn.Module):
         # Share of the distinct query tokens found in the title: a multi-hot query looked up at the
         # title's (distinct) tokens, linear in title length rather than title x query length.
         batch = query_tokens.shape[0]
-        hot = torch.zeros(batch, self.config.n_tokens, dtype=dot.dtype).scatter(
-            1, query_tokens, torch.ones(query_tokens.shape, dtype=dot.dtype)
+        hot = torch.zeros(batch, self.config.n_tokens, dtype=dot.dtype, device=dot.device).scatter(
+            1, query_tokens, torch.ones(query_tokens.shape, dtype=dot.dtype, device=dot.device)
         )
         hot = hot * self.real_token  # the padding token 0 is never a match
         n_query = hot.sum(-1, keepdim=True).clamp(min=1.0)

@@ -148,9 +148,8 @@ def multitask_loss(
     )
     n_slots = weights.shape[0]
     sums = torch.zeros(n_slots, dtype=per_row.dtype, device=scores.device).index_add(0, task, per_row)
-    counts = torch.bincount(task, minlength=n_slots).to(per_row.dtype)
-    if batch_counts is not None:
-        counts = batch_counts.to(per_row.dtype)
+    counts = torch.bincount(task, minlength=n_slots) if batch_counts is None else batch_counts
+    counts = counts.to(per_row.dtype)
     per_task = sums / counts.clamp(min=1.0)
     if log_variance is None:
         return (weights * per_task).sum(), per_task, counts
