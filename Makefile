@@ -75,3 +75,10 @@ quality: setup
 	$(PYTHON) -m pip install -q -e '.[quality]'
 	$(BIN)/unirank compare --data movielens:$(MOVIELENS) --seeds 3 --workers 2 --rows-per-task 3000 \
 		--ablation no_imputation --json build/quality/compare.json --report docs/quality.md
+
+.PHONY: refit-demo
+# The freshness loop (docs/deployment.md): a server logs RecordEvents events, they become training
+# logs, a warm-start refit is published into the artifact repository and the server switches to it
+# while a caller counts failed requests (must be 0). Writes build/refit-demo; REFIT_ARGS=--max-steps 200.
+refit-demo: setup
+	$(PYTHON) scripts/refit_loop.py $(REFIT_ARGS)
