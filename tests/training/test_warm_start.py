@@ -198,9 +198,18 @@ def test_a_tampered_parent_is_refused_before_its_weights_are_read(
 
 def test_a_parent_without_a_manifest_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "parent").mkdir()
-    code = cli_main(["train", "--warm-start", str(tmp_path / "parent"), "--out", str(tmp_path / "out")])
+    out = str(tmp_path / "out")
+    code = cli_main(["train", "--warm-start", str(tmp_path / "parent"), "--data", "synthetic", "--out", out])
     assert code == 1
     assert f"no {MANIFEST}" in capsys.readouterr().err
+
+
+def test_a_refit_names_its_logs(
+    artifact_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(["train", "--warm-start", str(artifact_dir), "--out", str(tmp_path / "out")])
+    assert code == 1
+    assert "--warm-start needs --data" in capsys.readouterr().err
 
 
 def test_the_models_shape_stays_the_parents(artifact_dir: Path) -> None:
@@ -215,7 +224,17 @@ def test_epochs_do_not_bound_a_refit(
     artifact_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code = cli_main(
-        ["train", "--warm-start", str(artifact_dir), "--epochs", "3", "--out", str(tmp_path / "o")]
+        [
+            "train",
+            "--warm-start",
+            str(artifact_dir),
+            "--data",
+            "synthetic",
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     assert code == 1
     assert "--max-steps, not --epochs" in capsys.readouterr().err

@@ -28,7 +28,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unirank train", description="Train the multi-task model and write one artifact directory."
     )
-    parser.add_argument("--data", type=_data_spec, default="synthetic", help=f"data spec: {USAGE}")
+    parser.add_argument(
+        "--data", type=_data_spec, help=f"data spec: {USAGE} (default synthetic; required with --warm-start)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="artifact directory (created or replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data, init and sampling (default 0)")
     parser.add_argument(
@@ -142,7 +144,13 @@ def _train(args: argparse.Namespace) -> int:
     from unirank.training.pipeline import train_artifact
     from unirank.training.warmstart import refit_artifact
 
-    overrides: dict[str, object] = {"data": args.data, "seed": args.seed, **_config_overrides(args)}
+    if args.warm_start is not None and args.data is None:
+        raise ValueError("--warm-start needs --data: the new logs to fine-tune on")
+    overrides: dict[str, object] = {
+        "data": args.data or "synthetic",
+        "seed": args.seed,
+        **_config_overrides(args),
+    }
     for flag, name in (("max_steps", "max_steps"), ("learning_rate", "learning_rate"), ("device", "device")):
         if getattr(args, flag) is not None:
             overrides[name] = getattr(args, flag)

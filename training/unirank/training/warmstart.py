@@ -41,6 +41,7 @@ import torch
 from unirank.artifact import TASKS, Artifact, ArtifactError, Catalog, load_artifact
 from unirank.artifact.store import MANIFEST, sha256_file
 from unirank.model.net import UniRankModel, build_model_from_checkpoint
+from unirank.training.baselines import CoEngagement
 from unirank.training.config import WARM_START_LR_SCALE, WARM_START_MAX_STEPS, TrainConfig
 from unirank.training.dataset import catalog_from_logs
 from unirank.training.distributed import Distributed
@@ -125,7 +126,9 @@ def refit_config(parent: Parent, overrides: dict[str, Any]) -> TrainConfig:
         )
     max_steps = overrides.get("max_steps") or WARM_START_MAX_STEPS
     learning_rate = overrides.get("learning_rate") or parent.config.learning_rate * WARM_START_LR_SCALE
-    return parent.config.replace(**{**overrides, "max_steps": max_steps, "learning_rate": learning_rate})
+    # Where the parent trained says nothing about where the refit runs: the CPU unless told.
+    settings = {"device": "cpu", **overrides, "max_steps": max_steps, "learning_rate": learning_rate}
+    return parent.config.replace(**settings)
 
 
 @dataclass
@@ -246,11 +249,11 @@ def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMappin
 
 
 def warm_start_model(
-    parent: Parent, catalog: Catalog, config: TrainConfig, prepared_co_engagement: Any
+    parent: Parent, catalog: Catalog, config: TrainConfig, co_engagement: CoEngagement | None
 ) -> UniRankModel:
     """A model for the refreshed ``catalog`` (new popularity and co-engagement buffers) holding the
     parent's trained parameters; refuses a parent whose shape this config cannot rebuild."""
-    model = build_model(catalog, config, prepared_co_engagement)
+    model = build_model(catalog, config, co_engagement)
     if model.config.to_dict() != parent.model.config.to_dict():
         raise ArtifactError(
             f"the parent's model config {parent.model.config.to_dict()} cannot be rebuilt from its "
