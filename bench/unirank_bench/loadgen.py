@@ -194,6 +194,21 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _retry_delay_s(error: Any) -> float:
+    """The delay a refusal's ``google.rpc.RetryInfo`` asks for; 0 when it carries none."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    info = error_details_pb2.RetryInfo()
+                    detail.Unpack(info)
+                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+    return 0.0
+
+
 async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -> WorkerResult:
     import grpc
 
@@ -217,6 +232,11 @@ async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker)
                 done = time.monotonic_ns()
                 if lo_ns <= done <= hi_ns:
                     errors[error.code().name] += 1
+                # A well-behaved caller waits as long as the server's RetryInfo asks before its
+                # next request; without one it would spin on refusals and load the server with them.
+                delay = _retry_delay_s(error)
+                if delay:
+                    await asyncio.sleep(min(delay, 1.0))
                 continue
             done = time.monotonic_ns()
             if lo_ns <= done <= hi_ns:

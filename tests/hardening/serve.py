@@ -182,6 +182,19 @@ class Load:
             sender = _Sender(channel, self.anchor_item_id)
             await asyncio.gather(*(self._caller(sender, until) for _ in range(self.callers)))
 
+    async def run_count(self, requests: int) -> None:
+        """Send ``requests`` requests in all, ``callers`` at a time."""
+        left = [requests]
+
+        async def caller(sender: _Sender) -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                self.outcomes.append(await sender.send())
+
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            sender = _Sender(channel, self.anchor_item_id)
+            await asyncio.gather(*(caller(sender) for _ in range(self.callers)))
+
     async def _caller(self, sender: _Sender, until: float | None) -> None:
         while until is None or time.perf_counter() < until:
             self.in_flight += 1

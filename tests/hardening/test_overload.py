@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from unirank.artifact import ModelInputs
 from unirank.client import AsyncRecommenderClient
@@ -49,9 +50,16 @@ class _SlowBackend:
         await self.inner.close()
 
 
-async def test_four_times_capacity_is_shed_with_retry_info(artifact_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "queue",
+    [
+        pytest.param({"max_queued_rpcs": 0, "max_queue_wait_ms": 0}, id="slots-only"),
+        pytest.param({"max_queued_rpcs": 2 * LIMIT, "max_queue_wait_ms": 40}, id="bounded-line"),
+    ],
+)
+async def test_four_times_capacity_is_shed_with_retry_info(artifact_dir: Path, queue: dict[str, int]) -> None:
     tasks = {name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")}
-    profile = profile_with(server={"max_concurrent_rpcs": LIMIT}, tasks=tasks)
+    profile = profile_with(server={"max_concurrent_rpcs": LIMIT, **queue}, tasks=tasks)
     async with running_server(profile, artifact_dir) as server:
         pipeline = server.pipeline
         assert pipeline is not None
@@ -77,6 +85,11 @@ async def test_four_times_capacity_is_shed_with_retry_info(artifact_dir: Path) -
     assert codes["OK"] > 0 and shed, codes
     assert all(o.reason == "OVERLOADED" and o.retry_after_s and o.retry_after_s > 0 for o in shed)
     assert backend.peak <= LIMIT  # never more than the limit in the model at once
-    assert server.admission.in_flight == 0
+    assert server.admission.in_flight == 0 and server.admission.queued == 0
     assert health == "SERVING"
+    if queue["max_queued_rpcs"]:
+        # Some waited in line and were admitted, some gave up after the longest wait; an admitted
+        # call waited at most that long (plus the calls ahead of it), never behind the whole backlog.
+        waited = [o for o in shed if "waited" in o.message]
+        assert waited, Counter(o.message for o in shed)
     assert offered > capacity

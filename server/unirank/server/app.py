@@ -60,7 +60,10 @@ class UniRankServer:
         self.host = host if host is not None else profile.server.host
         self.requested_port = port if port is not None else profile.server.port
         self.port = 0
-        self.admission = Admission(profile.server.max_concurrent_rpcs)
+        limits = profile.server
+        self.admission = Admission(
+            limits.max_concurrent_rpcs, limits.max_queued_rpcs, limits.max_queue_wait_ms / 1000.0
+        )
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
         self._server: grpc.aio.Server | None = None
@@ -255,7 +258,7 @@ class UniRankServer:
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new RPCs, let in-flight ones finish within the grace period."""
         grace = self.profile.server.grace_period_s if grace_s is None else grace_s
-        self.admission.draining = True
+        self.admission.drain()
         if self.group is not None:
             self.group.set_ready(False)
         await self.health.enter_graceful_shutdown()

@@ -62,7 +62,16 @@ class ServerSection(_Strict):
     port: int = Field(50051, ge=0, le=65535)
     """TCP port; 0 picks a free one (tests)."""
     max_concurrent_rpcs: int = Field(512, ge=1, le=1_000_000)
-    """Admission limit: RPCs past it get RESOURCE_EXHAUSTED with RetryInfo."""
+    """Admission: RPCs that run at once. Past it a call waits in line (``max_queued_rpcs``) or is
+    refused with RESOURCE_EXHAUSTED and RetryInfo."""
+    max_queued_rpcs: int = Field(0, ge=0, le=1_000_000)
+    """Callers that may wait, first come first served, for one of the ``max_concurrent_rpcs``
+    slots; past it calls are refused at once, before their request is even checked (the cheapest
+    refusal there is, which is what keeps a process answering at several times its capacity)."""
+    max_queue_wait_ms: int = Field(0, ge=0, le=600_000)
+    """Longest wait in that line; a caller still waiting then is refused with RESOURCE_EXHAUSTED
+    and RetryInfo, so admitted calls never carry more than this much queueing under overload.
+    0: wait until a slot frees or the call's deadline passes."""
     max_pending_rpcs: int = Field(1000, ge=1, le=1_000_000)
     """RPCs gRPC may hold before the server takes them up (its backlog, ahead of admission). Past
     it gRPC core refuses new calls itself, cheaply but with status CANCELLED (core's choice, not

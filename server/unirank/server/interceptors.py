@@ -5,6 +5,8 @@ where the profile asks for it; GetServingStats skips admission and telemetry).""
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +19,7 @@ from unirank.server.codec import RequestLimits, limit_violations
 from unirank.server.errors import Draining, InvalidArgument, Overloaded, ServingError, to_rpc_status
 from unirank.server.security import Authenticator, Principal
 from unirank.server.telemetry import Telemetry
+from unirank.server.telemetry.core import MethodInfo
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +27,92 @@ SERVICE_PREFIX = "/unirank.v1."
 
 
 class Admission:
-    """Counts in-flight RPCs; refuses past the limit and while draining."""
+    """Execution slots for RPCs, a bounded FIFO of callers waiting for one, and draining.
 
-    def __init__(self, max_in_flight: int) -> None:
+    ``max_in_flight`` RPCs run at once. With ``max_queued`` > 0, callers past that wait in arrival
+    order for a slot, at most ``max_queued`` of them and each at most ``max_wait_s`` (0: until a
+    slot frees or the call ends); anyone past those bounds is refused with RESOURCE_EXHAUSTED and
+    RetryInfo. The bounds keep both memory and the latency of admitted calls bounded under
+    overload, while short bursts queue instead of failing.
+    """
+
+    def __init__(self, max_in_flight: int, max_queued: int = 0, max_wait_s: float = 0.0) -> None:
         self.max_in_flight = max_in_flight
+        self.max_queued = max_queued
+        self.max_wait_s = max_wait_s
         self.in_flight = 0
         self.draining = False
         self.arrivals = 0
         """RPCs that reached admission so far, admitted or not (draining watches it settle)."""
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def enter(self) -> None:
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @property
+    def saturated(self) -> bool:
+        """Whether the next call would be refused at once (draining, every slot and place taken)."""
+        return self.draining or (
+            self.in_flight >= self.max_in_flight and len(self._waiters) >= self.max_queued
+        )
+
+    async def enter(self) -> None:
+        """Take a slot, waiting in line for one where the profile allows; Overloaded / Draining otherwise."""
         self.arrivals += 1
         if self.draining:
             raise Draining()
-        if self.in_flight >= self.max_in_flight:
-            raise Overloaded(f"{self.in_flight} requests in flight, limit {self.max_in_flight}")
-        self.in_flight += 1
+        if self.in_flight < self.max_in_flight and not self._waiters:
+            self.in_flight += 1
+            return
+        if len(self._waiters) >= self.max_queued:
+            raise Overloaded(
+                f"{self.in_flight} requests in flight and {len(self._waiters)} waiting, "
+                f"limits {self.max_in_flight} and {self.max_queued}"
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            if self.max_wait_s > 0:
+                async with asyncio.timeout(self.max_wait_s):
+                    await waiter
+            else:
+                await waiter
+        except TimeoutError:
+            self._abandon(waiter)
+            raise Overloaded(
+                f"waited {self.max_wait_s * 1e3:.0f} ms for one of {self.max_in_flight} slots "
+                "(server.max_queue_wait_ms)"
+            ) from None
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        # The slot was handed over by exit(): in_flight already counts it.
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self.exit()  # a slot reached us as we gave up: pass it on
+            return
+        waiter.cancel()
+        with contextlib.suppress(ValueError):  # still in line (exit() and drain() pop theirs)
+            self._waiters.remove(waiter)
 
     def exit(self) -> None:
+        """Release a slot: straight to the longest waiter if there is one."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
         self.in_flight -= 1
+
+    def drain(self) -> None:
+        """Refuse new calls and every waiting one (UNAVAILABLE, DRAINING): only admitted calls finish."""
+        self.draining = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Draining())
 
 
 class _Refused:
@@ -79,6 +149,20 @@ def _tolerant(
             return _Refused(error, empty)
         violations = limit_violations(message, limits)
         return _Refused(InvalidArgument(violations), message) if violations else message
+
+    return decode
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Decode for labelling only: a message that does not parse is labelled as no use-case."""
+    if deserializer is None:
+        return None
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return deserializer(b"")
 
     return decode
 
@@ -123,6 +207,40 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._telemetry = telemetry if telemetry is not None else Telemetry.disabled()
         self._limits = limits if limits is not None else RequestLimits()
         self._auth = auth
+        self._shed_handlers: dict[tuple[str, bool], grpc.RpcMethodHandler] = {}
+
+    def _shed(self, method: str, info: MethodInfo, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The cached handler that refuses ``method`` while admission is saturated.
+
+        Its status (with RetryInfo) is built once and the request is decoded only to label the
+        refusal with its use-case in metrics and traces: no limits checked, no waiting, no slot.
+        """
+        admission = self._admission
+        key = (method, admission.draining)
+        cached = self._shed_handlers.get(key)
+        if cached is not None:
+            return cached
+        error: ServingError = (
+            Draining()
+            if admission.draining
+            else Overloaded(f"server at its limit of {admission.max_in_flight} requests in flight")
+        )
+        status = rpc_status.to_status(to_rpc_status(error))
+        telemetry = self._telemetry
+
+        async def shed(request: Any, context: grpc.aio.ServicerContext) -> None:
+            admission.arrivals += 1
+            scope = telemetry.start_rpc(info, request, context)
+            scope.fail(error.code, error)
+            telemetry.end_rpc(scope)
+            await context.abort_with_status(status)
+
+        deserializer = handler.request_deserializer
+        shed_handler = grpc.unary_unary_rpc_method_handler(
+            shed, request_deserializer=_lenient(deserializer), response_serializer=handler.response_serializer
+        )
+        self._shed_handlers[key] = shed_handler
+        return shed_handler
 
     async def intercept_service(
         self,
@@ -148,8 +266,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         info = telemetry.method(method)
         if info is None:  # GetServingStats: monitoring must work when the server is saturated
             return handler if denial is None else _refusal(handler, denial)
-        behaviour = handler.unary_unary
         admission = self._admission
+        if denial is None and admission.saturated:
+            # Shed before any per-call work: a refusal must cost much less than an answer, or
+            # under overload the process spends its CPU refusing and the backlog grows anyway.
+            return self._shed(method, info, handler)
+        behaviour = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             refused = request if isinstance(request, _Refused) else None
@@ -158,15 +280,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             scope = telemetry.start_rpc(info, request, context)
             try:
                 try:
-                    if denial is not None:  # before admission: unknown callers take no slot
+                    if denial is not None:  # before admission: unknown callers take no slot ...
                         raise denial
-                    admission.enter()
+                    if refused is not None:  # ... and neither do requests refused as malformed
+                        raise refused.error
+                    await admission.enter()
                 except ServingError as error:
                     scope.fail(error.code, error)
                     await abort_with(context, error)
                 try:
-                    if refused is not None:
-                        raise refused.error
                     if principal is not None and auth is not None:
                         auth.authorize_tasks(principal, request)
                     return await behaviour(request, context)
