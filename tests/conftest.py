@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unirank.artifact import Artifact
+from unirank.artifact import TASKS, Artifact
 from unirank.server.app import UniRankServer
 from unirank.server.config import Profile, load_profile, parse_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
+TASK_NAMES = tuple(spec.name for spec in TASKS)
+"""Every use-case the task registry knows, in registry order."""
 
 
 @pytest.fixture(scope="session")

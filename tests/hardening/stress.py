@@ -48,14 +48,14 @@ from unirank.server.backends.base import BackendError
 from unirank.server.config import ServerSection
 from unirank.server.security import SecurityError
 
-from ..conftest import PROFILES, profile_with, running_server
+from ..conftest import PROFILES, TASK_NAMES, profile_with, running_server
 from .certs import Pki, make_pki
 from .serve import Load, Outcome, ServeProcess, open_loop, run_serve, serving, sigterm_under_load
 from .test_faults import DAMAGES, damage
 from .test_limits import CASES, LIMITS, _request
 
 REPO = Path(__file__).resolve().parents[2]
-TASKS = ("notification", "related_items", "search", "category")
+TASKS = TASK_NAMES
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -9,9 +9,9 @@ import pytest
 from unirank.client import AsyncRecommenderClient, RecommendationRequest, Search, UniRankError
 from unirank.v1 import recommender_pb2 as pb
 
-from ..conftest import profile_with, running_server
+from ..conftest import TASK_NAMES, profile_with, running_server
 
-TASKS = ("notification", "related_items", "search", "category")
+TASKS = TASK_NAMES
 LIMITS = {
     "max_candidate_ids": 50,
     "max_history_ids": 20,

@@ -18,7 +18,7 @@ import pytest
 from unirank.artifact import ModelInputs
 from unirank.client import AsyncRecommenderClient
 
-from ..conftest import profile_with, running_server
+from ..conftest import TASK_NAMES, profile_with, running_server
 from .serve import Load, open_loop
 
 LIMIT = 4
@@ -58,7 +58,7 @@ class _SlowBackend:
     ],
 )
 async def test_four_times_capacity_is_shed_with_retry_info(artifact_dir: Path, queue: dict[str, int]) -> None:
-    tasks = {name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")}
+    tasks = {name: {"timeout_ms": 10_000} for name in TASK_NAMES}
     profile = profile_with(server={"max_concurrent_rpcs": LIMIT, **queue}, tasks=tasks)
     async with running_server(profile, artifact_dir) as server:
         pipeline = server.pipeline

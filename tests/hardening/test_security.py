@@ -19,7 +19,7 @@ from unirank.server.security import Authenticator, SecurityError, load_tokens, p
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
-from ..conftest import profile_with, running_server
+from ..conftest import TASK_NAMES, profile_with, running_server
 from .certs import Pki, make_pki
 
 # Long enough for the server's 16-character floor; distinctive enough to grep logs for.
@@ -38,9 +38,7 @@ def _secure(pki: Pki, **security: Any) -> Any:
     base = {"tls_cert_file": str(pki.server.cert), "tls_key_file": str(pki.server.key)}
     return profile_with(
         security={**base, **security},
-        tasks={
-            name: {"timeout_ms": 10_000} for name in ("notification", "related_items", "search", "category")
-        },
+        tasks={name: {"timeout_ms": 10_000} for name in TASK_NAMES},
     )
 
 
