@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -270,3 +272,22 @@ def test_every_token_is_compared_whichever_matches(monkeypatch: pytest.MonkeyPat
         except Unauthenticated:
             name = None
         assert (name, calls) == (expected, 5)  # every token compared: no early exit on a match
+
+
+async def test_the_cli_speaks_mutual_tls_with_client_certificate_flags(
+    pki: Pki, artifact_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from unirank.client.cli import main
+
+    profile = _secure(pki, client_ca_file=str(pki.ca.cert), require_client_cert=True)
+    async with running_server(profile, artifact_dir) as server:
+        base = ["recommend", "--target", server.address, "--ca-cert", str(pki.ca.cert), "--timeout", "10"]
+        mtls = ["--client-cert", str(pki.client.cert), "--client-key", str(pki.client.key)]
+        with_cert = await asyncio.to_thread(main, [*base, *mtls, "search", "--query", "space", "--json"])
+        answered = capsys.readouterr().out
+        without = await asyncio.to_thread(main, [*base, "search", "--query", "space"])
+        refused = capsys.readouterr()
+        with pytest.raises(SystemExit, match="go together"):
+            main([*base, "--client-cert", str(pki.client.cert), "search", "--query", "space"])
+    assert with_cert == 0 and json.loads(answered)["task_type"] == "search", answered
+    assert without != 0 and "UNAVAILABLE" in refused.out + refused.err

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+import grpc
+
 from unirank.client._common import DEFAULT_TIMEOUT_S
 from unirank.client.domain import (
     Category,
@@ -88,6 +90,15 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, nested: bool) -> N
     group.add_argument("--tls", action="store_true", default=default(False), help="use TLS")
     group.add_argument(
         "--ca-cert", default=default(None), metavar="PEM", help="root certificates for TLS (implies --tls)"
+    )
+    group.add_argument(
+        "--client-cert",
+        default=default(None),
+        metavar="PEM",
+        help="client certificate chain for mutual TLS (with --client-key; implies --tls)",
+    )
+    group.add_argument(
+        "--client-key", default=default(None), metavar="PEM", help="private key of --client-cert"
     )
     group.add_argument(
         "--token", default=default(None), help="bearer token (default: $UNIRANK_TOKEN; prefer the variable)"
@@ -227,18 +238,37 @@ def request_from_args(args: argparse.Namespace) -> RecommendationRequest:
     )
 
 
+def _read_pem(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as pem:
+        return pem.read()
+
+
+def _connection(args: argparse.Namespace) -> dict[str, Any]:
+    """Target, deadline and credentials from the flags, then the environment, then the defaults."""
+    if bool(args.client_cert) != bool(args.client_key):
+        raise SystemExit("unirank: --client-cert and --client-key go together (mutual TLS)")
+    root_certificates = _read_pem(args.ca_cert)
+    credentials = None
+    if args.client_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=_read_pem(args.client_key),
+            certificate_chain=_read_pem(args.client_cert),
+        )
+    return {
+        "target": args.target or os.environ.get("UNIRANK_TARGET") or DEFAULT_TARGET,
+        "timeout": args.timeout,
+        "tls": args.tls,
+        "root_certificates": root_certificates,
+        "credentials": credentials,
+        "bearer_token": args.token or os.environ.get("UNIRANK_TOKEN") or None,
+    }
+
+
 def _client(args: argparse.Namespace) -> RecommenderClient:
-    root_certificates = None
-    if args.ca_cert:
-        with open(args.ca_cert, "rb") as pem:
-            root_certificates = pem.read()
-    return RecommenderClient(
-        args.target or os.environ.get("UNIRANK_TARGET") or DEFAULT_TARGET,
-        timeout=args.timeout,
-        tls=args.tls,
-        root_certificates=root_certificates,
-        bearer_token=args.token or os.environ.get("UNIRANK_TOKEN") or None,
-    )
+    return RecommenderClient(**_connection(args))
 
 
 def _table(rows: list[list[str]], right_aligned: set[int]) -> list[str]:
@@ -340,17 +370,7 @@ def _output(args: argparse.Namespace, as_json: Any, as_text: str) -> None:
 
 
 def _stats_client(args: argparse.Namespace) -> StatsClient:
-    root_certificates = None
-    if args.ca_cert:
-        with open(args.ca_cert, "rb") as pem:
-            root_certificates = pem.read()
-    return StatsClient(
-        args.target or os.environ.get("UNIRANK_TARGET") or DEFAULT_TARGET,
-        timeout=args.timeout,
-        tls=args.tls,
-        root_certificates=root_certificates,
-        bearer_token=args.token or os.environ.get("UNIRANK_TOKEN") or None,
-    )
+    return StatsClient(**_connection(args))
 
 
 def _monitor(args: argparse.Namespace) -> int:

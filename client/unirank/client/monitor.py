@@ -95,10 +95,11 @@ class StatsClient:
         timeout: float | None = DEFAULT_TIMEOUT_S,
         tls: bool = False,
         root_certificates: bytes | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
         bearer_token: str | None = None,
     ) -> None:
         self._settings = CallSettings.create(timeout=timeout, bearer_token=bearer_token, metadata=())
-        secure = channel_credentials(None, root_certificates, tls)
+        secure = channel_credentials(credentials, root_certificates, tls)
         self._channel = (
             grpc.secure_channel(target, secure) if secure is not None else grpc.insecure_channel(target)
         )
