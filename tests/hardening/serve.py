@@ -205,6 +205,8 @@ class Load:
             self.outcomes.append(outcome)
             if outcome.code == "UNAVAILABLE":
                 return
+            if outcome.code == "RESOURCE_EXHAUSTED" and outcome.retry_after_s:
+                await asyncio.sleep(outcome.retry_after_s)  # as RetryInfo asks: no refusal spin
 
 
 async def open_loop(
@@ -242,6 +244,8 @@ class SigtermReport:
     finished_after_signal: int
     """Requests sent before the signal that completed OK after it: drained, not cut."""
     refused_draining: int
+    refused_overloaded: int
+    """Refused at admission with RESOURCE_EXHAUSTED + RetryInfo: never started, retried elsewhere."""
     refused_closed: int
     failed: list[Outcome]
     exit_code: int
@@ -254,8 +258,9 @@ async def sigterm_under_load(
     """Load the server, SIGTERM it mid-load, and classify every request.
 
     A request sent before the signal must succeed, or be refused as DRAINING (it reached the server
-    after draining began: refused with RetryInfo, never started). After the signal, a request may
-    also find the port closed (UNAVAILABLE). Anything else is a failed request.
+    after draining began: refused with RetryInfo, never started) or OVERLOADED (refused at admission
+    with RetryInfo, never started). After the signal, a request may also find the port closed
+    (UNAVAILABLE). Anything else is a failed request.
     """
     load = Load(served.address, anchor_item_id, callers)
     running = asyncio.create_task(load.run())
@@ -272,8 +277,9 @@ async def sigterm_under_load(
         if outcome.code == "OK":
             continue
         draining = outcome.code == "UNAVAILABLE" and outcome.reason == "DRAINING"
+        overloaded = outcome.code == "RESOURCE_EXHAUSTED" and outcome.reason == "OVERLOADED"
         closed = outcome.code == "UNAVAILABLE" and not outcome.reason and not before
-        if not (draining or closed):
+        if not (draining or overloaded or closed):
             failed.append(outcome)
     return SigtermReport(
         requests=len(load.outcomes),
@@ -282,6 +288,7 @@ async def sigterm_under_load(
             o.code == "OK" and o.started_s < signalled < o.ended_s for o in load.outcomes
         ),
         refused_draining=sum(o.reason == "DRAINING" for o in load.outcomes),
+        refused_overloaded=sum(o.reason == "OVERLOADED" for o in load.outcomes),
         refused_closed=sum(o.code == "UNAVAILABLE" and not o.reason for o in load.outcomes),
         failed=failed,
         exit_code=exit_code,

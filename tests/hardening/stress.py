@@ -505,7 +505,9 @@ async def sigterm(artifact: Path, quick: bool) -> list[str]:
         "## 3. SIGTERM under load",
         "",
         f"A real `unirank serve` (cpu-realtime) under {callers} closed-loop callers for {warm_s:.0f} s, then "
-        "SIGTERM. Each caller stops at its first UNAVAILABLE (a real client fails over then).",
+        "SIGTERM. Each caller stops at its first UNAVAILABLE (a real client fails over then) and waits "
+        "as RetryInfo asks after a RESOURCE_EXHAUSTED (cpu-realtime admits 2 calls at a time and lets "
+        f"16 more wait at most 3 ms, so {callers} callers are past its capacity by design).",
         "",
         *_table(
             [
@@ -513,6 +515,7 @@ async def sigterm(artifact: Path, quick: bool) -> list[str]:
                 "outstanding at the signal",
                 "sent before, answered OK after",
                 "refused DRAINING (RetryInfo)",
+                "refused OVERLOADED before the signal (RetryInfo)",
                 "port already closed",
                 "**failed**",
                 "exit code",
@@ -524,6 +527,7 @@ async def sigterm(artifact: Path, quick: bool) -> list[str]:
                     report.in_flight_at_signal,
                     report.finished_after_signal,
                     report.refused_draining,
+                    report.refused_overloaded,
                     report.refused_closed,
                     f"**{len(report.failed)}** {dict(failed) or ''}",
                     report.exit_code,

@@ -54,6 +54,7 @@ async def test_onnxruntime_and_torch_batched_give_identical_top_k(artifact_dir: 
         "cpu-realtime",
         name="cpu-realtime-torch",
         model={"backend": "torch", "device": "cuda", "batching": {"enabled": True, "max_queue_delay_ms": 5}},
+        server={"max_concurrent_rpcs": 256},  # batches need many calls in flight (as gpu-batched ships)
         tasks=relaxed,
     )
     async with running_server("cpu-realtime", artifact_dir) as onnx_server:

@@ -110,7 +110,8 @@ async def test_new_version_is_picked_up_by_polling(artifact_dir: Path, tmp_path:
 
 
 async def test_drain_finishes_in_flight_requests_and_refuses_new_ones(artifact_dir: Path) -> None:
-    profile = profile_with(tasks={"related_items": {"timeout_ms": 8000}})
+    # Slots for every caller: the test holds several calls in flight at once.
+    profile = profile_with(server={"max_concurrent_rpcs": 64}, tasks={"related_items": {"timeout_ms": 8000}})
     async with running_server(profile, artifact_dir) as server:
         pipeline = server.pipeline
         assert pipeline is not None
