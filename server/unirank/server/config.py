@@ -46,8 +46,10 @@ class ModelSection(_Strict):
     """``cuda`` falls back to CPU with a logged warning where no GPU is present."""
     intra_op_threads: int = Field(1, ge=1, le=256)
     """Threads inside one model call (ONNX Runtime intra-op / torch intra-op)."""
-    inference_workers: int = Field(2, ge=1, le=64)
-    """Executor threads that run model calls off the event loop."""
+    inference_workers: int = Field(2, ge=0, le=64)
+    """Threads that run model calls off the event loop. 0 runs ONNX Runtime inline on the loop:
+    no thread hand-off (lowest latency one call at a time), but the loop waits for every call
+    (torch always runs off the loop)."""
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     batching: BatchingConfig = BatchingConfig()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -18,8 +20,60 @@ from unirank.server.backends.base import BackendError
 log = logging.getLogger(__name__)
 
 
+def _settle(future: asyncio.Future[np.ndarray], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (deadline, cancellation) while the model ran
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class ScoringThreads:
+    """Model calls off the event loop on dedicated threads fed by one queue.
+
+    Leaner than ``run_in_executor``: no ``concurrent.futures`` future to chain to an asyncio one,
+    just a queue put, the call, and one ``call_soon_threadsafe`` that settles the caller's future.
+    """
+
+    def __init__(self, workers: int, call: Callable[[ModelInputs], np.ndarray], name: str) -> None:
+        self._call = call
+        self._queue: queue.SimpleQueue[tuple[asyncio.Future[np.ndarray], ModelInputs] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, inputs: ModelInputs) -> asyncio.Future[np.ndarray]:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.put((future, inputs))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, inputs = item
+            if future.done():
+                continue
+            try:
+                result, error = self._call(inputs), None
+            except BaseException as exc:  # handed to the caller, whatever it is
+                result, error = None, exc
+            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 class OnnxBackend:
-    """Runs the artifact's ONNX graph in a thread pool (``InferenceSession.run`` releases the GIL)."""
+    """Runs the artifact's ONNX graph on dedicated scoring threads (``InferenceSession.run``
+    releases the GIL), or inline on the event loop with ``workers = 0``."""
 
     name = "onnxruntime"
     device = "cpu"
@@ -29,7 +83,7 @@ class OnnxBackend:
         self._threads = threads
         self._workers = workers
         self._session: ort.InferenceSession | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._scoring: ScoringThreads | None = None
 
     def _load(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -48,10 +102,10 @@ class OnnxBackend:
         return session
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="onnx")
         # Session creation holds the GIL for a while: do it off the loop, before serving.
-        self._session = await loop.run_in_executor(self._executor, self._load)
+        self._session = await asyncio.to_thread(self._load)
+        if self._workers > 0:
+            self._scoring = ScoringThreads(self._workers, self.score_sync, "onnx")
 
     def score_sync(self, inputs: ModelInputs) -> np.ndarray:
         if self._session is None:
@@ -65,13 +119,14 @@ class OnnxBackend:
     async def score(
         self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
     ) -> np.ndarray:
-        if self._executor is None:
+        if self._session is None:
             raise BackendError("backend not started")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.score_sync, inputs)
+        if self._scoring is None:
+            return self.score_sync(inputs)  # inline: the loop waits for this one call
+        return await self._scoring.submit(inputs)
 
     async def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
-            self._executor = None
+        scoring, self._scoring = self._scoring, None
+        if scoring is not None:
+            await asyncio.to_thread(scoring.close)
         self._session = None
