@@ -208,6 +208,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._limits = limits if limits is not None else RequestLimits()
         self._auth = auth
         self._shed_handlers: dict[tuple[str, bool], grpc.RpcMethodHandler] = {}
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _shed(self, method: str, info: MethodInfo, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The cached handler that refuses ``method`` while admission is saturated.
@@ -271,6 +272,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             # Shed before any per-call work: a refusal must cost much less than an answer, or
             # under overload the process spends its CPU refusing and the backlog grows anyway.
             return self._shed(method, info, handler)
+        if principal is None and denial is None:
+            # Nothing per call to close over: one guarded handler per method serves every call.
+            cached = self._guarded.get(method)
+            if cached is None or cached[0] is not handler:
+                cached = (handler, self._guard(method, info, handler, None, None))
+                self._guarded[method] = cached
+            return cached[1]
+        return self._guard(method, info, handler, principal, denial)
+
+    def _guard(
+        self,
+        method: str,
+        info: MethodInfo,
+        handler: grpc.RpcMethodHandler,
+        principal: Principal | None,
+        denial: ServingError | None,
+    ) -> grpc.RpcMethodHandler:
+        """``handler`` behind telemetry, admission, the request limits and the error table."""
+        telemetry = self._telemetry
+        admission = self._admission
+        auth = self._auth
         behaviour = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
