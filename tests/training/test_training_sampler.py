@@ -63,3 +63,24 @@ def test_bad_ratios_are_rejected() -> None:
         StratifiedTaskSampler(TASK, 64, {1: 1.0, 4: 1.0})
     with pytest.raises(ValueError, match="positive ratio"):
         StratifiedTaskSampler(TASK, 64, {1: 0.0, 2: 0.0, 3: 0.0})
+
+
+def test_batch_shares_follow_the_square_root_of_each_tasks_rows_by_default() -> None:
+    from unirank.artifact import TASKS
+    from unirank.training.config import TrainConfig
+    from unirank.training.train import task_ratios
+
+    tasks = np.repeat([1, 2, 5], [10_000, 2_500, 100])
+    config = TrainConfig.tiny()
+    assert config.task_ratios is None and config.task_sampling == "sqrt"
+    assert task_ratios(config, tasks) == {1: 100.0, 2: 50.0, 5: 10.0}
+    assert task_ratios(config.replace(task_sampling="equal"), tasks) == {1: 1.0, 2: 1.0, 5: 1.0}
+    assert task_ratios(config.replace(task_sampling="proportional"), tasks) is None
+    # Explicit ratios win, for the tasks that have rows.
+    explicit = config.replace(task_ratios={"notification": 3.0, "search": 1.0})
+    assert task_ratios(explicit, tasks) == {1: 3.0, 2: 0.0, 5: 0.0}
+    # A single-task model samples its task only.
+    only = config.only(TASKS[1].name)
+    assert task_ratios(only, tasks) == {1: 0.0, 2: 1.0, 5: 0.0}
+    with pytest.raises(ValueError, match="task_sampling"):
+        config.replace(task_sampling="cube")

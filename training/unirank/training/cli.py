@@ -74,6 +74,11 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-weights", type=_task_table, help="w_t per task, e.g. search=2,category=0.5")
     parser.add_argument("--task-ratios", type=_task_table, help="share of each task per batch, e.g. search=2")
     parser.add_argument(
+        "--task-sampling",
+        choices=("sqrt", "equal", "proportional"),
+        help="batch shares without --task-ratios (default sqrt: square root of each task's rows)",
+    )
+    parser.add_argument(
         "--impute", action=argparse.BooleanOptionalAction, help="semantic imputation of missing context"
     )
     parser.add_argument(
@@ -104,6 +109,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, object]:
         ("task_weighting", "task_weighting"),
         ("task_weights", "task_weights"),
         ("task_ratios", "task_ratios"),
+        ("task_sampling", "task_sampling"),
         ("impute", "impute_context"),
         ("in_batch_negatives", "in_batch_negatives"),
     ):

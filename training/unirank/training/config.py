@@ -17,6 +17,9 @@ WARM_START_MAX_STEPS = 200
 """Default step bound of a warm-start refit (``--max-steps``)."""
 
 
+TASK_SAMPLINGS = ("sqrt", "equal", "proportional")
+
+
 def _equal_per_task() -> dict[str, float]:
     return {spec.name: 1.0 for spec in TASKS}
 
@@ -83,8 +86,13 @@ class TrainConfig:
     task_weighting: str = "static"
     """``static`` (the w_t above) or ``uncertainty``: w_t * (exp(-s_t) L_t + s_t / 2) with learned s_t
     (Kendall, Gal and Cipolla, CVPR 2018), so noisier tasks are down-weighted automatically."""
-    task_ratios: dict[str, float] | None = field(default_factory=_equal_per_task)
-    """Share of each task in a batch (normalised); None samples in proportion to the data."""
+    task_ratios: dict[str, float] | None = None
+    """Share of each task in a batch (normalised), by task name; None: ``task_sampling`` decides."""
+    task_sampling: str = "sqrt"
+    """Batch shares where ``task_ratios`` is None: ``sqrt`` (in proportion to the square root of
+    each task's training rows: big tasks get more steps, small ones are not drowned, and none is
+    revisited so often that it overfits while the others still learn), ``equal`` or
+    ``proportional`` (to the rows)."""
 
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     """Train / validation / test shares of each user's events, cut by time per user."""
@@ -118,6 +126,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and negatives must be >= 1")
         if not 0.0 <= self.popular_negative_share <= 1.0 or not 0.0 <= self.user_dropout < 1.0:
             raise ValueError("popular_negative_share must be in [0, 1] and user_dropout in [0, 1)")
+        if self.task_sampling not in TASK_SAMPLINGS:
+            raise ValueError(f"task_sampling must be one of {TASK_SAMPLINGS}, not {self.task_sampling!r}")
         if self.task_weighting not in TASK_WEIGHTINGS:
             raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, not {self.task_weighting!r}")
         if self.max_steps is not None and self.max_steps < 1:

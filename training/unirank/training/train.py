@@ -115,6 +115,20 @@ def build_model(
     )
 
 
+def task_ratios(config: TrainConfig, tasks: np.ndarray) -> dict[int, float] | None:
+    """Batch share per task id of the rows being trained (None: in proportion to the rows)."""
+    present, counts = np.unique(tasks, return_counts=True)
+    rows = dict(zip(present.tolist(), counts.tolist(), strict=True))
+    if config.task_ratios is not None:
+        by_id = {int(spec.task_type): config.task_ratios.get(spec.name, 0.0) for spec in TASKS}
+        return {t: r for t, r in by_id.items() if t in rows}
+    if config.task_sampling == "proportional":
+        return None
+    if config.task_sampling == "equal":
+        return dict.fromkeys(rows, 1.0)
+    return {t: math.sqrt(n) for t, n in rows.items()}
+
+
 def task_weight_vector(config: TrainConfig) -> torch.Tensor:
     """w indexed by task id (slot 0, the unspecified task, weighs nothing)."""
     weights = torch.zeros(len(TASKS) + 1)
@@ -456,11 +470,7 @@ def _train(
     if not len(train_rows):
         raise ValueError("the dataset has no training rows for the tasks being trained")
     make_batch = BatchMaker(dataset, catalog, train_rows, config, generator)
-    ratios = None
-    present = set(np.unique(dataset.task[train_rows]).tolist())
-    if config.task_ratios is not None:
-        ratios = {int(spec.task_type): config.task_ratios.get(spec.name, 0.0) for spec in TASKS}
-        ratios = {t: r for t, r in ratios.items() if t in present}
+    ratios = task_ratios(config, dataset.task[train_rows])
     sampler = StratifiedTaskSampler(dataset.task[train_rows], config.batch_size, ratios, seed=config.seed)
     # An epoch is the same number of steps whichever tasks are trained: a single-task model gets
     # the unified model's budget (steps x batch size), all of it on its own task.
