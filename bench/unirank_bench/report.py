@@ -329,7 +329,10 @@ def markdown(
         lines += [f"- `{f['target']}`: " + f["error"].splitlines()[0] for f in results["failures"]]
     lines += ["", "### All runs", ""]
     lines += [
-        "Closed loop: C callers each sending the next request when the last is answered; open loop: "
+        "Closed loop: C callers each sending the next request when the last is answered (after a "
+        "refusal carrying RetryInfo, e.g. RESOURCE_EXHAUSTED from cpu-realtime's bounded admission "
+        "line, a caller first waits as long as it asks, like any well-behaved gRPC client; refusals "
+        "are listed under errors, req/s counts answers only); open loop: "
         "a fixed rate, latency from the scheduled send time. CPU/request: the server process's "
         "user + system time over the window divided by answers; client CPU likewise for the load "
         "generator. RSS: the server's main process at the end of the window. Batch: mean requests per "
