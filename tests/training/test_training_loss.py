@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +152,38 @@ def test_score_all_items_equals_forward_over_the_whole_catalogue() -> None:
         uncached = model.score_all_items(**context)
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(uncached, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_task_retires_after_task_patience_epochs_without_its_own_gain() -> None:
+    from unirank.training.train import EpochLog, TrainResult, _stale_tasks
+
+    names = {1: "notification", 2: "related_items", 5: "new_releases"}
+    curves = {1: [0.10, 0.11, 0.12, 0.13], 2: [0.05, 0.06, 0.06, 0.07], 5: [0.17, 0.18, 0.16, 0.15]}
+    result = TrainResult(model=_model())
+    for epoch in range(4):
+        result.history.append(
+            EpochLog(epoch + 1, {}, {names[t]: c[epoch] for t, c in curves.items()}, 0.0, 0.0, {})
+        )
+    assert _stale_tasks(result, names, [1, 2, 5], patience=2) == [5]  # best at epoch 2, then worse
+    assert _stale_tasks(result, names, [1, 2, 5], patience=0) == []  # off
+    assert _stale_tasks(result, names, [5], patience=2) == []  # the last one keeps training
+    assert _stale_tasks(result, names, [1, 2, 5], patience=4) == []  # not enough history yet
+
+
+def test_new_release_rows_draw_negatives_from_what_was_new_at_their_time(artifact_dir: Path) -> None:
+    from unirank.artifact import load_artifact
+    from unirank.training.train import CandidatePoolNegatives
+
+    catalog = load_artifact(artifact_dir).catalog
+    pool = CandidatePoolNegatives(catalog, seed=0)
+    years = np.asarray(catalog.release_year)
+    newest = catalog.newest_release_year
+    lasts = [newest, newest - 3, newest - 6]
+    times = np.array([int(datetime(y, 7, 1, tzinfo=UTC).timestamp() * 1000) for y in lasts], dtype=np.int64)
+    drawn, log_q = pool.new_releases(times, k=40)
+    for row, last in enumerate(lasts):
+        new = (years >= last - 2) & (years <= last) & (np.arange(len(years)) > 0)
+        picked = drawn[row][drawn[row] > 0]
+        assert len(picked) == 40, "a window with new items fills every slot"
+        assert new[picked].all()
+        assert log_q[row] == pytest.approx(np.log(40 / new.sum()))

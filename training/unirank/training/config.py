@@ -62,6 +62,10 @@ class TrainConfig:
     """Upper bound; early stopping on the validation metric usually ends sooner."""
     patience: int = 2
     """Epochs without validation improvement before stopping (the best epoch's weights are kept)."""
+    task_patience: int = 2
+    """Epochs without improvement of one task's own validation NDCG before that task stops
+    training (its rows leave the batches, its head gets no gradient) while the others go on;
+    0 never retires a task. The last task still training is never retired."""
     steps_per_epoch: int | None = 100
     """Steps between validations (an "epoch" here); None: one pass over the training rows.
 
@@ -77,6 +81,9 @@ class TrainConfig:
     pool_negatives: int = 0
     """Extra negatives per search / category row from its own candidate pool (titles sharing a query
     word, items of the category): the items those rows are ranked against."""
+    release_pool_negatives: int = 48
+    """Of each new_releases row's ``negatives``, how many are drawn from the items new at the
+    row's time (the set it is ranked in) instead of the whole catalogue; 0: none."""
     in_batch_negatives: bool = False
     """Also score every other row's positive in the batch as a negative (log-q corrected)."""
     user_dropout: float = 0.1

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from unirank.artifact import TASKS, Catalog, TaskType
+from unirank.artifact.catalog import new_release_years
 from unirank.model.net import ModelConfig, UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement
@@ -234,6 +235,23 @@ class CandidatePoolNegatives:
         self.tokens = self._postings(catalog.title_token_matrix(), len(catalog.tokens))
         self.categories = self._postings(catalog.category_matrix(), len(catalog.categories))
         self.rng = np.random.default_rng(seed + 104729)
+        years = np.asarray(catalog.release_year, dtype=np.int64)
+        self.by_release = np.flatnonzero(years > 0)  # item indices with a known year, by year
+        self.by_release = self.by_release[np.argsort(years[self.by_release], kind="stable")]
+        self.release_sorted = years[self.by_release]
+        self.newest_year = catalog.newest_release_year
+        self.release_rng = np.random.default_rng(seed + 130363)
+
+    def new_releases(self, time_ms: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``k`` items new at each time (uniformly: the pool new_releases rows are ranked in), with
+        log-q ``log(k / pool size)``; 0 (padding) where nothing was new."""
+        first, last = new_release_years(time_ms, self.newest_year)
+        start = np.searchsorted(self.release_sorted, first, side="left")
+        size = np.searchsorted(self.release_sorted, last, side="right") - start
+        offsets = np.floor(self.release_rng.random((len(time_ms), k)) * size[:, None]).astype(np.int64)
+        index = np.minimum(start[:, None] + offsets, max(len(self.by_release) - 1, 0))
+        drawn = np.where(size[:, None] > 0, self.by_release[index] if len(self.by_release) else 0, 0)
+        return drawn, np.log(k / np.maximum(size, 1)).astype(np.float32)
 
     @staticmethod
     def _postings(matrix: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
@@ -394,6 +412,7 @@ class BatchMaker:
             np.asarray(catalog.popularity), config.popular_negative_share, generator
         )
         self.pool_negatives = CandidatePoolNegatives(catalog, config.seed)
+        self.time_ms = dataset.timestamp_ms[train_rows]
         positive_share = np.bincount(
             dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
         ).astype(np.float64)
@@ -413,8 +432,20 @@ class BatchMaker:
         if config.user_dropout > 0:
             hide = torch.rand(positives.shape[0], generator=self.generator) < config.user_dropout
         sampled = self.negatives.sample(positives, config.negatives)
+        sampled_log_q = self.negatives.log_q[sampled]
+        k = min(config.release_pool_negatives, config.negatives)
+        if k:
+            # new_releases rows are ranked among the items new at their time: most of their
+            # negatives come from there, not from a catalogue where nearly everything is old.
+            releases = np.flatnonzero(self.tensors["task"][index].numpy() == TaskType.NEW_RELEASES)
+            if len(releases):
+                drawn, log_q = self.pool_negatives.new_releases(self.time_ms[index[releases]], k)
+                drawn[drawn == positives.numpy()[releases, None]] = 0  # a hit is padding
+                rows_t = torch.from_numpy(releases)
+                sampled[rows_t, :k] = torch.from_numpy(drawn)
+                sampled_log_q[rows_t, :k] = torch.from_numpy(np.repeat(log_q[:, None], k, axis=1))
         blocks = [positives[:, None], sampled]
-        corrections = [self.negatives.log_q[positives][:, None], self.negatives.log_q[sampled]]
+        corrections = [self.negatives.log_q[positives][:, None], sampled_log_q]
         if config.pool_negatives:
             pool, pool_log_q = self.pool_negatives.sample(
                 self.tensors["task"][index].numpy(),
@@ -493,6 +524,8 @@ def _train(
 
     result = TrainResult(model=model)
     best_state = copy.deepcopy(model.state_dict())
+    active = [t for t in trained if t in validation_rows]
+    loss_weights = weights.clone()
     say(
         f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch"
         + (f", at most {config.max_steps} steps" if config.max_steps else "")
@@ -527,7 +560,7 @@ def _train(
             item_table = model.item_table()
             scores = scorer(**batch, candidates=candidates, item_table=item_table) - correction
             loss, per_task, counts = multitask_loss(
-                scores, batch["task"], weights, log_variance, batch_counts, shards
+                scores, batch["task"], loss_weights, log_variance, batch_counts, shards
             )
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over the processes; each holds its share of the batch's loss.
@@ -578,12 +611,58 @@ def _train(
             stop = distributed.decide(stop)
         if stop:
             break
+        retire = _stale_tasks(result, names, active, config.task_patience) if primary else []
+        if distributed is not None:
+            retire = [t for t in active if distributed.decide(t in retire)]
+        if retire:
+            # A task that stopped improving on validation stops training (its rows leave the
+            # batches, its head gets no gradient) while the others go on: a small task no longer
+            # overfits, dragging the mean down and stopping everyone early. It still counts in
+            # the selection, so a retired task that the others' training hurts is seen.
+            active = [t for t in active if t not in retire]
+            loss_weights[retire] = 0.0
+            sampler = _sampler_without(sampler, dataset.task[train_rows], ratios, retire, config, epoch)
+            say(
+                "retired from training (no validation gain for "
+                f"{config.task_patience} epochs): {', '.join(names[t] for t in retire)}"
+            )
     if primary:
         model.load_state_dict(best_state)
     model.to("cpu")
     model.eval()
     result.seconds = time.perf_counter() - run_started
     return result
+
+
+def _stale_tasks(result: TrainResult, names: dict[int, str], active: list[int], patience: int) -> list[int]:
+    """Active tasks whose own validation NDCG has not improved for ``patience`` epochs (never the
+    last one still training; none with ``patience`` 0)."""
+    if patience < 1 or len(active) < 2 or len(result.history) <= patience:
+        return []
+    stale = []
+    for t in active:
+        curve = [log.validation_ndcg.get(names[t], -np.inf) for log in result.history]
+        if max(curve[-patience:]) <= max(curve[:-patience]):
+            stale.append(t)
+    return stale[: len(active) - 1]
+
+
+def _sampler_without(
+    sampler: StratifiedTaskSampler,
+    tasks: np.ndarray,
+    ratios: dict[int, float] | None,
+    retired: list[int],
+    config: TrainConfig,
+    epoch: int,
+) -> StratifiedTaskSampler:
+    """The same sampler with the retired tasks' share of every batch given to the others."""
+    if ratios is None:
+        present, counts = np.unique(tasks, return_counts=True)
+        ratios = dict(zip(present.tolist(), counts.astype(float).tolist(), strict=True))
+    kept = {t: (0.0 if t in retired or sampler.quota.get(t, 0) == 0 else r) for t, r in ratios.items()}
+    fresh = StratifiedTaskSampler(tasks, config.batch_size, kept, seed=config.seed + 1000 * epoch)
+    fresh.steps_per_epoch = sampler.steps_per_epoch
+    return fresh
 
 
 def _end_epoch(
