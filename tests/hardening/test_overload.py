@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from unirank.artifact import ModelInputs
-from unirank.client import AsyncRecommenderClient
+from unirank.client import AsyncRecommenderClient, UniRankError
 
 from ..conftest import TASK_NAMES, profile_with, running_server
 from .serve import Load, open_loop
@@ -93,3 +93,17 @@ async def test_four_times_capacity_is_shed_with_retry_info(artifact_dir: Path, q
         waited = [o for o in shed if "waited" in o.message]
         assert waited, Counter(o.message for o in shed)
     assert offered > capacity
+
+
+async def test_a_call_shed_on_arrival_is_counted_for_its_use_case(artifact_dir: Path) -> None:
+    async with running_server("cpu-realtime", artifact_dir) as server:
+        item = server.pipeline.runtime.artifact.catalog.items.key(1)
+        server.admission.max_in_flight = server.admission.max_queued = 0  # no slot, no place in line
+        async with AsyncRecommenderClient(server.address) as client:
+            for _ in range(3):
+                with pytest.raises(UniRankError) as refused:
+                    await client.related_items(item)
+                assert refused.value.code == "RESOURCE_EXHAUSTED" and refused.value.retry_after_s
+        stats = server.telemetry.stats.task("related_items")
+        assert stats.rpcs_by_code().get("RESOURCE_EXHAUSTED") == 3
+        assert server.admission.in_flight == 0

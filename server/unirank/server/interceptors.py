@@ -214,7 +214,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         """The cached handler that refuses ``method`` while admission is saturated.
 
         Its status (with RetryInfo) is built once and the request is decoded only to label the
-        refusal with its use-case in metrics and traces: no limits checked, no waiting, no slot.
+        refusal with its use-case: no limits checked, no waiting, no slot, and no span (a shed
+        call is counted in the metrics, not traced: under overload thousands of refusals a second
+        would be traced, the very work shedding exists to avoid). Calls refused after waiting in
+        line are traced like any other.
         """
         admission = self._admission
         key = (method, admission.draining)
@@ -229,11 +232,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         status = rpc_status.to_status(to_rpc_status(error))
         telemetry = self._telemetry
 
+        code = error.code
+
         async def shed(request: Any, context: grpc.aio.ServicerContext) -> None:
             admission.arrivals += 1
-            scope = telemetry.start_rpc(info, request, context)
-            scope.fail(error.code, error)
-            telemetry.end_rpc(scope)
+            telemetry.count_shed(info, request, code)
             await context.abort_with_status(status)
 
         deserializer = handler.request_deserializer

@@ -614,6 +614,14 @@ class Telemetry:
             _CURRENT.reset(scope._token)
             scope._token = None
 
+    def count_shed(self, method: MethodInfo, request: Any, code: grpc.StatusCode) -> None:
+        """A call refused on arrival (overload, draining): counted by task and code, not traced."""
+        task = method.task_of(request)
+        self.stats.task(task).rpc_finished(method.short_name, code.name, 0.0)
+        if self._call_duration is not None:
+            attributes = self._rpc_attributes(method, task, code, semconv.is_server_error(code))
+            self._call_duration.record(0.0, attributes)
+
     def _rpc_attributes(
         self, method: MethodInfo, task: str, code: grpc.StatusCode, server_error: bool
     ) -> dict[str, Any]:
