@@ -72,8 +72,7 @@ def supervise(main: WorkerMain, workers: int, grace_s: float, restart_delay_s: f
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    processes: list[SpawnProcess] = []
-    processes += [start(i) for i in range(workers)]
+    processes = [start(i) for i in range(workers)]
     signal.signal(signal.SIGHUP, forward)
     log.info("supervising %d workers: %s", workers, [p.pid for p in processes])
     while not stopping:

@@ -37,7 +37,7 @@ from unirank.training import metrics
 from unirank.training.baselines import TaskAwarePopularityScorer
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset
-from unirank.training.evaluate import Scorer, evaluate_scorers, evaluation_rows
+from unirank.training.evaluate import METRIC_ORDER, Scorer, evaluate_scorers, evaluation_rows
 
 Progress = Callable[[str], None]
 
@@ -46,13 +46,9 @@ SINGLE_TASK = "single_task"
 NO_TASK_TYPE = "no_task_type"
 POPULARITY = "popularity"
 PEERS = "peers"
-METRICS: tuple[str, ...] = (
-    f"ndcg@{metrics.K_DEFAULT}",
-    f"recall@{metrics.K_DEFAULT}",
-    "mrr",
-    f"coverage@{metrics.K_DEFAULT}",
-)
 TARGET_METRIC = f"ndcg@{metrics.K_DEFAULT}"
+METRICS: tuple[str, ...] = (TARGET_METRIC, *(m for m in METRIC_ORDER if m != TARGET_METRIC))
+"""The evaluation's metrics, the comparison's target first."""
 PEER_TARGET_TASKS: tuple[str, ...] = ("notification", "related_items", "search")
 """Tasks on which the unified model is expected to match the best classic peer."""
 

@@ -200,6 +200,8 @@ class StratifiedTaskSampler:
         if total <= 0:
             raise ValueError("at least one task with rows needs a positive ratio")
         self.batch_size = batch_size
+        self.ratios = weights
+        """The share of each task with rows, as given (not normalised); 0 for tasks not drawn."""
         self.quota = self._quota({t: w / total for t, w in weights.items() if w > 0}, batch_size)
         self.steps_per_epoch = max(1, math.ceil(len(task) / batch_size))
         self._rows = {t: np.flatnonzero(task == t) for t in self.quota}

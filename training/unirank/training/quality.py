@@ -16,9 +16,17 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from unirank.artifact import TASKS
-from unirank.training.compare import NO_TASK_TYPE, PEERS, POPULARITY, SINGLE_TASK, TARGET_METRIC, UNIFIED
+from unirank.training.compare import (
+    METRICS,
+    NO_TASK_TYPE,
+    PEERS,
+    POPULARITY,
+    SINGLE_TASK,
+    TARGET_METRIC,
+    UNIFIED,
+)
 
-SHOWN_METRICS: tuple[str, ...] = ("ndcg@10", "recall@10", "mrr", "coverage@10")
+SHOWN_METRICS: tuple[str, ...] = METRICS
 NDCG_PLOT = "ndcg.png"
 METRICS_PLOT = "metrics.png"
 CURVES_PLOT = "training_curves.png"

@@ -621,7 +621,13 @@ def _train(
             # the selection, so a retired task that the others' training hurts is seen.
             active = [t for t in active if t not in retire]
             loss_weights[retire] = 0.0
-            sampler = _sampler_without(sampler, dataset.task[train_rows], ratios, retire, config, epoch)
+            # The retired tasks' share of every batch goes to the others, in their proportions.
+            shares = {t: 0.0 if t in retire else r for t, r in sampler.ratios.items()}
+            steps = sampler.steps_per_epoch
+            sampler = StratifiedTaskSampler(
+                dataset.task[train_rows], config.batch_size, shares, seed=config.seed + 1000 * epoch
+            )
+            sampler.steps_per_epoch = steps
             say(
                 "retired from training (no validation gain for "
                 f"{config.task_patience} epochs): {', '.join(names[t] for t in retire)}"
@@ -645,24 +651,6 @@ def _stale_tasks(result: TrainResult, names: dict[int, str], active: list[int], 
         if max(curve[-patience:]) <= max(curve[:-patience]):
             stale.append(t)
     return stale[: len(active) - 1]
-
-
-def _sampler_without(
-    sampler: StratifiedTaskSampler,
-    tasks: np.ndarray,
-    ratios: dict[int, float] | None,
-    retired: list[int],
-    config: TrainConfig,
-    epoch: int,
-) -> StratifiedTaskSampler:
-    """The same sampler with the retired tasks' share of every batch given to the others."""
-    if ratios is None:
-        present, counts = np.unique(tasks, return_counts=True)
-        ratios = dict(zip(present.tolist(), counts.astype(float).tolist(), strict=True))
-    kept = {t: (0.0 if t in retired or sampler.quota.get(t, 0) == 0 else r) for t, r in ratios.items()}
-    fresh = StratifiedTaskSampler(tasks, config.batch_size, kept, seed=config.seed + 1000 * epoch)
-    fresh.steps_per_epoch = sampler.steps_per_epoch
-    return fresh
 
 
 def _end_epoch(

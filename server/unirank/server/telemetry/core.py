@@ -590,15 +590,8 @@ class Telemetry:
     def end_rpc(self, scope: RpcScope) -> None:
         duration_s = time.perf_counter() - scope.start
         code = scope.code
-        task = scope.task
-        stats = self.stats.task(task)
-        stats.in_flight -= 1
-        stats.rpc_finished(scope.method.short_name, code.name, duration_s)
-        server_error = semconv.is_server_error(code)
-        if self._call_duration is not None:
-            self._call_duration.record(
-                duration_s, self._rpc_attributes(scope.method, task, code, server_error)
-            )
+        self.stats.task(scope.task).in_flight -= 1
+        server_error = self._record_rpc(scope.method, scope.task, code, duration_s)
         span = scope.span
         if span is not None:
             if span.is_recording():
@@ -616,11 +609,16 @@ class Telemetry:
 
     def count_shed(self, method: MethodInfo, request: Any, code: grpc.StatusCode) -> None:
         """A call refused on arrival (overload, draining): counted by task and code, not traced."""
-        task = method.task_of(request)
-        self.stats.task(task).rpc_finished(method.short_name, code.name, 0.0)
+        self._record_rpc(method, method.task_of(request), code, 0.0)
+
+    def _record_rpc(self, method: MethodInfo, task: str, code: grpc.StatusCode, duration_s: float) -> bool:
+        """Count one finished RPC in the serving stats and the call-duration histogram; returns
+        whether ``code`` is a server error."""
+        self.stats.task(task).rpc_finished(method.short_name, code.name, duration_s)
+        server_error = semconv.is_server_error(code)
         if self._call_duration is not None:
-            attributes = self._rpc_attributes(method, task, code, semconv.is_server_error(code))
-            self._call_duration.record(0.0, attributes)
+            self._call_duration.record(duration_s, self._rpc_attributes(method, task, code, server_error))
+        return server_error
 
     def _rpc_attributes(
         self, method: MethodInfo, task: str, code: grpc.StatusCode, server_error: bool
