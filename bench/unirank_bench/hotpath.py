@@ -10,7 +10,9 @@ is the number to compare before and after a hot-path change. The steps:
 - ``recommend``: ``RankingPipeline.recommend`` with the profile's real backend (the executor hop
   included); the response cache is off so every request is ranked;
 - ``encode_response``: ``codec.response_to_pb``;
-- ``score_only``: the backend's ``score_sync`` on the already encoded inputs (the model alone).
+- ``score_only``: the backend's ``score_sync`` on the already encoded inputs (the model alone);
+- ``recommend_no_model``: ``recommend`` with a backend answering canned scores at no cost: the
+  pipeline's own work (validation aside), the number to drive down.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ async def _cpu_per_call_us(fn: Callable[[Any], Awaitable[Any]], items: Sequence[
         n = len(items)
         best = min(best, ((time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6))
     return best
+
+
+class _Canned:
+    """Answers every call with fixed scores at no cost: what ``recommend`` spends besides the model."""
+
+    name, device, inline = "canned", "cpu", True
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._scores = np.linspace(1.0, 0.0, 1000, dtype=np.float32)
+
+    async def score(self, inputs: Any, deadline: float | None = None, *, tag: Any = None) -> np.ndarray:
+        return np.broadcast_to(self._scores[: inputs.candidates.shape[1]], inputs.candidates.shape)
 
 
 async def measure(artifact_dir: Path, profile_path: Path, requests: int, workload: str) -> dict[str, Any]:
@@ -86,6 +101,9 @@ async def measure(artifact_dir: Path, profile_path: Path, requests: int, workloa
         }
         if hasattr(backend, "score_sync"):
             steps["score_only"] = await _cpu_per_call_us(score_only, inputs)
+        runtime.backend = _Canned(backend)
+        steps["recommend_no_model"] = await _cpu_per_call_us(recommend, ranked)
+        runtime.backend = backend
         return {
             "workload": workload,
             "requests": len(messages),

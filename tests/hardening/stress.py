@@ -555,7 +555,7 @@ async def sigterm(artifact: Path, quick: bool) -> list[str]:
 
 
 class _Faulty:
-    name, device = "faulty", "cpu"
+    name, device, inline = "faulty", "cpu", False
 
     def __init__(self, inner: Any, mode: str) -> None:
         self.inner, self.mode = inner, mode

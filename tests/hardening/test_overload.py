@@ -31,6 +31,7 @@ class _SlowBackend:
 
     def __init__(self, inner: Any) -> None:
         self.inner, self.name, self.device = inner, inner.name, inner.device
+        self.inline = False  # it sleeps
         self.active = self.peak = 0
 
     async def score(

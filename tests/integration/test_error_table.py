@@ -24,6 +24,7 @@ class _FaultyBackend:
 
     name = "faulty"
     device = "cpu"
+    inline = False
 
     def __init__(self, inner: Any, mode: str) -> None:
         self.inner, self.mode = inner, mode
@@ -47,6 +48,7 @@ class _BrokenStore:
     """A feature store whose backend is gone."""
 
     name = "broken"
+    inline = False
 
     async def append(self, events: Any) -> None:
         raise FeatureStoreError("injected: store unreachable")

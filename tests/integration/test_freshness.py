@@ -176,6 +176,7 @@ async def test_record_events_validates_and_ignores_unknown_items(artifact_dir: P
 
 class _BrokenStore:
     name = "broken"
+    inline = False
 
     async def append(self, events: list[RecentEvent]) -> None:
         raise FeatureStoreError("injected")

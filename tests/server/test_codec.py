@@ -81,3 +81,9 @@ def test_new_releases_requests_are_validated(context: dict[str, object], field: 
     with pytest.raises(InvalidArgument) as caught:
         request_from_pb(message)
     assert [v.field for v in caught.value.violations] == [field]
+
+
+def test_sources_are_indexed_by_value() -> None:
+    from unirank.server.domain import SOURCES, Source
+
+    assert [s.value for s in SOURCES] == list(range(len(Source)))

@@ -71,3 +71,41 @@ def test_every_registered_rule_validates_its_params() -> None:
         assert validate_rule_configs(wrong_stage, RuleConfig(name=name))
     assert validate_rule_configs("pre", RuleConfig(name="maturity_ceiling", params={"max_level": "99"}))
     assert not validate_rule_configs("pre", RuleConfig(name="maturity_ceiling", params={"max_level": "7+"}))
+
+
+def _kept_in_order(keys: list[int], limit: int) -> list[int]:
+    """Reference for dedupe_titles (limit 1) and max_per_category: a Python loop over the ranking."""
+    counts: dict[int, int] = {}
+    kept = []
+    for position, key in enumerate(keys):
+        if counts.get(key, 0) < limit:
+            kept.append(position)
+            counts[key] = counts.get(key, 0) + 1
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_dedupe_and_category_cap_match_a_plain_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_items = 60
+    title_keys = rng.integers(0, 12, n_items + 1)
+    categories = rng.integers(0, 5, n_items + 1)
+    context = RuleContext(
+        history_items=np.zeros(0, np.int64),
+        anchor_item=0,
+        maturity=np.zeros(n_items + 1, np.int64),
+        release_year=np.zeros(n_items + 1, np.int64),
+        primary_category=categories,
+        title_keys=title_keys,
+    )
+    ranking = rng.permutation(np.arange(1, n_items + 1))[: rng.integers(0, n_items)].tolist()
+    deduped = run("dedupe_titles", cands(ranking), context).items.tolist()
+    assert deduped == [ranking[i] for i in _kept_in_order(title_keys[ranking].tolist(), 1)]
+    limit = int(rng.integers(1, 4))
+    capped = run("max_per_category", cands(ranking), context, max=limit).items.tolist()
+    assert capped == [ranking[i] for i in _kept_in_order(categories[ranking].tolist(), limit)]
+
+
+def test_exclude_seen_with_repeated_and_unknown_history(ctx: RuleContext) -> None:
+    repeated = RuleContext(**{**ctx.__dict__, "history_items": np.array([5, 5, 2, 6])})
+    assert run("exclude_seen", cands([1, 2, 3, 5, 6, 4]), repeated).items.tolist() == [1, 3, 4]

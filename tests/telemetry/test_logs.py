@@ -27,6 +27,7 @@ from .conftest import traced_server
 class _Failing:
     name = "failing"
     device = "cpu"
+    inline = False
 
     async def score(
         self, inputs: ModelInputs, deadline: float | None = None, *, tag: Any = None

@@ -127,6 +127,7 @@ class _Failing:
 
     name = "failing"
     device = "cpu"
+    inline = False
 
     def __init__(self, error: Exception) -> None:
         self.error = error

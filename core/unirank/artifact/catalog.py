@@ -87,6 +87,10 @@ class Vocab:
         """int64 indices of ``keys`` (0 where unknown), looked up in one C-level loop."""
         return np.fromiter(map(self._index.get, keys, repeat(0)), dtype=np.int64, count=len(keys))
 
+    def known_indices(self, keys: Iterable[str]) -> list[int]:
+        """Indices of the known ``keys``, in order (unknown ones dropped)."""
+        return list(filter(None, map(self._index.get, keys, repeat(0))))
+
     def key(self, index: int) -> str:
         return self.keys[index]
 

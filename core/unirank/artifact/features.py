@@ -87,19 +87,13 @@ class FeatureEncoder:
 
     def history_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """The most recent ``max_history`` known items, most recent last, left-aligned, 0-padded."""
-        indices = self.catalog.items.indices(item_ids)
-        known = indices[indices > 0][-self.max_history :]
-        out = np.zeros(self.max_history, dtype=np.int64)
-        out[: len(known)] = known
-        return out
+        known = self.catalog.items.known_indices(item_ids)[-self.max_history :]
+        return np.array(known + [0] * (self.max_history - len(known)), dtype=np.int64)
 
     def query_indices(self, query: str) -> np.ndarray:
         """Known query tokens in order, 0-padded to ``max_query_tokens``."""
-        known = [t for t in (self.catalog.tokens.index(x) for x in tokenize(query)) if t]
-        known = known[: self.max_query_tokens]
-        out = np.zeros(self.max_query_tokens, dtype=np.int64)
-        out[: len(known)] = known
-        return out
+        known = self.catalog.tokens.known_indices(tokenize(query))[: self.max_query_tokens] if query else []
+        return np.array(known + [0] * (self.max_query_tokens - len(known)), dtype=np.int64)
 
     def encode(self, context: Context) -> EncodedContext:
         catalog = self.catalog
@@ -130,6 +124,17 @@ class FeatureEncoder:
         """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding)."""
         if candidates.ndim != 2 or candidates.shape[0] != len(encoded):
             raise ValueError(f"candidates must be [B={len(encoded)}, N], got {candidates.shape}")
+        if len(encoded) == 1:  # the online case: views and 1-element arrays, no per-field iteration
+            (e,) = encoded
+            return ModelInputs(
+                task=np.array([e.task], dtype=np.int64),
+                user=np.array([e.user], dtype=np.int64),
+                history=e.history.reshape(1, -1),
+                query_tokens=e.query_tokens.reshape(1, -1),
+                anchor_item=np.array([e.anchor_item], dtype=np.int64),
+                category=np.array([e.category], dtype=np.int64),
+                candidates=np.ascontiguousarray(candidates, dtype=np.int64),
+            )
         return ModelInputs(
             task=np.fromiter((e.task for e in encoded), dtype=np.int64, count=len(encoded)),
             user=np.fromiter((e.user for e in encoded), dtype=np.int64, count=len(encoded)),

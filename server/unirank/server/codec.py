@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unirank.artifact import TASKS, Context, TaskType
@@ -89,7 +90,7 @@ def _id_problem(value: str) -> str | None:
     return None
 
 
-def _all_plain_ascii_ids(values: list[str]) -> bool:
+def _all_plain_ascii_ids(values: Sequence[str]) -> bool:
     """The common case of a whole id list, checked in C: non-empty, short, printable ASCII, no space."""
     if not values or not all(values) or max(map(len, values)) > MAX_ID_LENGTH:
         return False
@@ -121,7 +122,7 @@ class _Validator:
         elif _has_control(value):
             self.add(field, "contains control characters")
 
-    def id_list(self, field: str, values: list[str], limit: int = MAX_LIST_IDS) -> None:
+    def id_list(self, field: str, values: Sequence[str], limit: int = MAX_LIST_IDS) -> None:
         if len(values) > limit:
             self.add(field, f"has {len(values)} entries, at most {limit} allowed")
             return
@@ -152,11 +153,12 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
     check.short(f"{prefix}context.device", ctx.device)
     if ctx.event_time_unix_ms < 0:
         check.add(f"{prefix}context.event_time_unix_ms", "must be >= 0")
-    check.id_list(f"{prefix}context.history_item_ids", list(ctx.history_item_ids))
+    history = tuple(ctx.history_item_ids)
+    check.id_list(f"{prefix}context.history_item_ids", history)
     query = anchor = category = ""
     window_years = 0
     if task in (TaskType.NOTIFICATION, TaskType.NEW_RELEASES):
-        if not ctx.user_id and not ctx.history_item_ids:
+        if not ctx.user_id and not history:
             check.add(f"{prefix}context.user_id", f"{oneof} needs a user_id or history_item_ids")
         if task is TaskType.NEW_RELEASES:
             window_years = ctx.new_releases.window_years
@@ -177,23 +179,24 @@ def request_from_pb(message: pb.RecommendRequest, prefix: str = "") -> RankReque
         category = ctx.category.category_id
         check.required_id(f"{prefix}context.category.category_id", category)
     opts = message.options
-    check.id_list(f"{prefix}options.candidate_item_ids", list(opts.candidate_item_ids))
-    check.id_list(f"{prefix}options.excluded_item_ids", list(opts.excluded_item_ids))
+    candidates, excluded = tuple(opts.candidate_item_ids), tuple(opts.excluded_item_ids)
+    check.id_list(f"{prefix}options.candidate_item_ids", candidates)
+    check.id_list(f"{prefix}options.excluded_item_ids", excluded)
     if check.violations:
         raise InvalidArgument(check.violations)
     return RankRequest(
         context=Context(
             task=task,
             user_id=ctx.user_id,
-            history_item_ids=tuple(ctx.history_item_ids),
+            history_item_ids=history,
             query=query,
             anchor_item_id=anchor,
             category_id=category,
         ),
         options=RankOptions(
             max_results=opts.max_results,
-            candidate_item_ids=tuple(opts.candidate_item_ids),
-            excluded_item_ids=tuple(opts.excluded_item_ids),
+            candidate_item_ids=candidates,
+            excluded_item_ids=excluded,
             debug=opts.debug,
         ),
         request_id=ctx.request_id,

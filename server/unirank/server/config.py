@@ -48,8 +48,9 @@ class ModelSection(_Strict):
     """Threads inside one model call (ONNX Runtime intra-op / torch intra-op)."""
     inference_workers: int = Field(2, ge=0, le=64)
     """Threads that run model calls off the event loop. 0 runs ONNX Runtime inline on the loop:
-    no thread hand-off (lowest latency one call at a time), but the loop waits for every call
-    (torch always runs off the loop)."""
+    no thread hand-off (lowest latency one call at a time), but the loop waits for every call,
+    and a use-case's ``timeout_ms`` cannot interrupt one (no timer is set; torch always runs off
+    the loop)."""
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     batching: BatchingConfig = BatchingConfig()

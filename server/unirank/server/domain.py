@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from unirank.artifact import Context, TaskType
 
@@ -57,13 +58,18 @@ class RankRequest:
         return self.context.task
 
 
-@dataclass(frozen=True)
-class RankedItem:
+class RankedItem(NamedTuple):
+    """One answer row (a tuple: ten of them are built per request)."""
+
     item_id: str
     score: float
     title: str
     category_id: str
     source: Source
+
+
+SOURCES: tuple[Source, ...] = tuple(Source)
+"""``Source`` members by value (the values are 0..8): a tuple index instead of an enum call."""
 
 
 @dataclass

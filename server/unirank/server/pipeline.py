@@ -4,6 +4,7 @@ post-rules -> respond, with the use-case's fallback around it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import logging
@@ -18,7 +19,7 @@ from unirank.artifact.tasks import task_by_name, task_by_type
 from unirank.server.backends.base import BackendError, QueueFull
 from unirank.server.cache import TTLCache
 from unirank.server.config import Profile, TaskConfig
-from unirank.server.domain import FallbackReason, RankedItem, RankRequest, RankResponse, Source
+from unirank.server.domain import SOURCES, FallbackReason, RankedItem, RankRequest, RankResponse, Source
 from unirank.server.errors import (
     DeadlineExceeded,
     FeatureStoreUnavailable,
@@ -42,6 +43,7 @@ class TaskRuntime:
     """A use-case's configuration made executable."""
 
     name: str
+    head_index: int
     config: TaskConfig
     pre_rules: tuple[BoundRule, ...]
     post_rules: tuple[BoundRule, ...]
@@ -90,9 +92,8 @@ class RankingPipeline:
                 if config.cache.enabled
                 else None
             )
-            self.tasks[spec.task_type] = TaskRuntime(
-                name, config, bind_rules(config.rules.pre), bind_rules(config.rules.post), cache
-            )
+            pre, post = bind_rules(config.rules.pre), bind_rules(config.rules.post)
+            self.tasks[spec.task_type] = TaskRuntime(name, spec.head_index, config, pre, post, cache)
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -119,7 +120,7 @@ class RankingPipeline:
         """Profile- and model-dependent validation (served task, result limit)."""
         task = self.task_runtime(request.task)
         n_tasks = self._runtime.n_tasks
-        if task_by_type(request.task).head_index >= n_tasks:
+        if task.head_index >= n_tasks:
             raise TaskNotServed(
                 f"model {self._runtime.version} has no head for {task.name}: it was trained with "
                 f"{n_tasks} tasks, before {task.name} was added; serve an artifact trained since"
@@ -179,8 +180,10 @@ class RankingPipeline:
         budget_s = task.config.timeout_ms / 1000.0
         if deadline is not None:
             budget_s = min(budget_s, max(0.0, deadline - loop.time()))
+        # An inline backend never suspends, so a timer could not interrupt it: set none.
+        timer = contextlib.nullcontext() if runtime.backend.inline else asyncio.timeout(budget_s)
         try:
-            async with asyncio.timeout(budget_s):
+            async with timer:
                 response = await self._rank(request, task, runtime, trace, loop.time() + budget_s, window)
         except _Fallback as fallback:
             response = self._fallback(request, task, runtime, fallback.reason, fallback.detail, trace, window)
@@ -209,8 +212,10 @@ class RankingPipeline:
         settings = self.profile.features
         since_ms = int(time.time() * 1000 - task.config.freshness.max_feature_age_s * 1000)
         limit = self._runtime.encoder.max_history
+        budget_s = settings.timeout_ms / 1000.0
+        timer = contextlib.nullcontext() if self._features.inline else asyncio.timeout(budget_s)
         try:
-            async with asyncio.timeout(settings.timeout_ms / 1000.0):
+            async with timer:
                 recent = await self._features.recent(request.context.user_id, limit, since_ms)
         except (FeatureStoreError, TimeoutError) as exc:
             self.feature_store_errors += 1
@@ -256,8 +261,8 @@ class RankingPipeline:
         rule_ctx = self._rule_context(runtime, encoded)
         with trace.stage("retrieval"):
             if request.options.candidate_item_ids:
-                ids = runtime.encoder.catalog.items.indices(request.options.candidate_item_ids)
-                candidates = runtime.retriever.caller_candidates(ids, config.retrieval.max_candidates)
+                known = runtime.encoder.catalog.items.known_indices(request.options.candidate_item_ids)
+                candidates = runtime.retriever.caller_candidates(known, config.retrieval.max_candidates)
             else:
                 candidates = runtime.retriever.retrieve(encoded, config.retrieval, window)
         with trace.stage("pre_rules"):
@@ -360,17 +365,17 @@ class RankingPipeline:
     ) -> RankResponse:
         n = min(self._max_results(request, task), len(ranked))
         catalog = runtime.encoder.catalog
-        scores = ranked.scores if ranked.scores is not None else np.zeros(len(ranked), np.float32)
+        keys, titles, category_keys = catalog.items.keys, catalog.titles, catalog.categories.keys
+        top = ranked.items[:n]
+        scores = ranked.scores[:n].tolist() if ranked.scores is not None else [0.0] * len(top)
         items = [
-            RankedItem(
-                item_id=catalog.items.key(index),
-                score=float(score),
-                title=catalog.titles[index],
-                category_id=catalog.primary_category(index),
-                source=Source(source),
-            )
-            for index, score, source in zip(
-                ranked.items[:n].tolist(), scores[:n].tolist(), ranked.sources[:n].tolist(), strict=True
+            RankedItem(keys[index], score, titles[index], category_keys[category], SOURCES[source])
+            for index, score, category, source in zip(
+                top.tolist(),
+                scores,
+                runtime.primary_category[top].tolist(),
+                ranked.sources[:n].tolist(),
+                strict=True,
             )
         ]
         return RankResponse(

@@ -111,10 +111,13 @@ class Retriever:
             return Candidates(_EMPTY, np.zeros(0, dtype=np.int8))
         return Candidates(np.concatenate(items), np.concatenate(sources))
 
-    def caller_candidates(self, item_indices: np.ndarray, cap: int) -> Candidates:
-        """Caller-supplied candidates (known ones, deduplicated, in the caller's order)."""
-        known = _unique_in_order(item_indices[item_indices > 0])[:cap]
-        return Candidates(known, np.full(len(known), Source.CALLER, dtype=np.int8))
+    def caller_candidates(self, known: list[int], cap: int) -> Candidates:
+        """Caller-supplied candidates: the indices of the known ones, deduplicated in the caller's
+        order and capped."""
+        items = np.array(list(dict.fromkeys(known))[:cap], dtype=np.int64)
+        sources = np.empty(len(items), dtype=np.int8)
+        sources.fill(Source.CALLER)
+        return Candidates(items, sources)
 
     def _history(self, enc: EncodedContext, quota: int) -> np.ndarray:
         seeds = enc.history[enc.history > 0][-_HISTORY_SEEDS:][::-1]

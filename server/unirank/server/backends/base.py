@@ -23,6 +23,12 @@ class ScoringBackend(Protocol):
     name: str
     device: str
 
+    @property
+    def inline(self) -> bool:
+        """``score`` runs to completion on the caller's thread without suspending (ONNX Runtime
+        with no scoring threads). A timer cannot interrupt such a call, so the pipeline sets none."""
+        ...
+
     async def start(self) -> None:
         """Load the model and warm it up; return only when ``score`` is ready."""
         ...

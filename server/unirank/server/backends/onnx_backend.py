@@ -85,6 +85,10 @@ class OnnxBackend:
         self._session: ort.InferenceSession | None = None
         self._scoring: ScoringThreads | None = None
 
+    @property
+    def inline(self) -> bool:
+        return self._workers == 0
+
     def _load(self) -> ort.InferenceSession:
         options = ort.SessionOptions()
         # One intra-op thread per call: under concurrent load more threads steal the cores gRPC needs.

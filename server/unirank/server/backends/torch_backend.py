@@ -122,6 +122,7 @@ class TorchBackend:
     """
 
     name = "torch"
+    inline = False
 
     def __init__(
         self,

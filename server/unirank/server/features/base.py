@@ -25,6 +25,11 @@ class FeatureStore(Protocol):
 
     name: str
 
+    @property
+    def inline(self) -> bool:
+        """``recent`` answers without suspending (an in-process store): no timer is set around it."""
+        ...
+
     async def append(self, events: Sequence[RecentEvent]) -> None:
         """Add events (any users, any order); raises FeatureStoreError when unavailable."""
         ...

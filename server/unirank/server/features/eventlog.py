@@ -92,6 +92,7 @@ class LoggedFeatureStore:
         self.inner = inner
         self.log = log
         self.name = inner.name if inner is not None else "none"
+        self.inline = inner.inline if inner is not None else True
 
     async def append(self, events: Sequence[RecentEvent]) -> None:
         if self.inner is not None:

@@ -12,6 +12,7 @@ class InMemoryFeatureStore:
     """Per-user latest engagement time per item, bounded per user and LRU-bounded over users."""
 
     name = "memory"
+    inline = True
 
     def __init__(self, max_items_per_user: int = 50, max_users: int = 1_000_000) -> None:
         if max_items_per_user < 1 or max_users < 1:

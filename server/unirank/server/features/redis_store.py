@@ -21,6 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 class RedisFeatureStore:
     name = "redis"
+    inline = False
 
     def __init__(
         self,

@@ -1,0 +1,47 @@
+"""The shared feature encoder: the single-row path the server uses equals the general batch path."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unirank.artifact import Catalog, Context, FeatureEncoder, TaskType
+
+
+def _catalog() -> Catalog:
+    return Catalog.build(
+        item_ids=["a", "b", "c", "d"],
+        titles=["Red Star", "Blue Moon", "Red Moon", "Green"],
+        item_categories=[["x"], ["y"], ["x", "y"], []],
+        maturity=[0, 0, 0, 0],
+        release_year=[2000, 2001, 2002, 2003],
+        popularity=[1.0, 2.0, 3.0, 4.0],
+        user_ids=["u1", "u2"],
+    )
+
+
+def test_history_keeps_the_latest_known_items_left_aligned() -> None:
+    encoder = FeatureEncoder(_catalog(), max_history=3, max_query_tokens=2)
+    assert encoder.history_indices(["a", "zz", "b", "c", "d"]).tolist() == [2, 3, 4]
+    assert encoder.history_indices(["zz", "b"]).tolist() == [2, 0, 0]
+    assert encoder.history_indices([]).tolist() == [0, 0, 0]
+    assert encoder.query_indices("").tolist() == [0, 0]
+    assert encoder.query_indices("nope MOON red blue").tolist()[:2] == [
+        encoder.catalog.tokens.index("moon"),
+        encoder.catalog.tokens.index("red"),
+    ]
+
+
+def test_a_batch_of_one_equals_the_general_path() -> None:
+    encoder = FeatureEncoder(_catalog(), max_history=4, max_query_tokens=3)
+    contexts = [
+        Context(TaskType.SEARCH, user_id="u1", history_item_ids=("b", "a"), query="red moon"),
+        Context(TaskType.RELATED_ITEMS, anchor_item_id="c", category_id="y"),
+    ]
+    encoded = [encoder.encode(c) for c in contexts]
+    candidates = np.array([[1, 2, 3], [4, 0, 2]], dtype=np.int64)
+    both = encoder.batch(encoded, candidates)
+    for row, one in enumerate(encoded):
+        single = encoder.batch([one], candidates[row : row + 1])
+        for name, values in single.as_dict().items():
+            assert values.dtype == np.int64 and values.shape[0] == 1, name
+            np.testing.assert_array_equal(values, both.as_dict()[name][row : row + 1], err_msg=name)
