@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         "--mlserver", action=argparse.BooleanOptionalAction, default=None, help="run the MLServer peer"
     )
     p.add_argument("--retrieval-runs", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--workloads", help="comma-separated: notification,related_items,search,category,mixed")
+    p.add_argument("--workloads", help="comma-separated use-cases (notification, ..., new_releases), mixed")
     p.add_argument(
         "--wait-idle", action="store_true", help="wait (up to --max-wait s) for load average <= --max-load"
     )
@@ -103,8 +104,16 @@ def reexec_on_commit(revision: str, argv: list[str]) -> None:
 
 
 def ensure_artifact(path: Path, size: str) -> None:
-    if (path / "manifest.json").is_file():
-        return
+    """Train the bench artifact unless one with a head for every use-case is already there."""
+    from unirank.artifact import TASKS
+
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        heads = json.loads(manifest.read_text())["model_config"]["n_tasks"]
+        if heads >= len(TASKS):
+            return
+        print(f"bench: {path} has {heads} task heads, not {len(TASKS)}: retraining it", flush=True)
+        shutil.rmtree(path)
     unirank = Path(sys.executable).parent / "unirank"
     print(f"bench: training the {size} artifact into {path}", flush=True)
     subprocess.run(

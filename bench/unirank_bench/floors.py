@@ -88,6 +88,7 @@ def serve_aio_ort(artifact_dir: Path, port: int, max_results: int = 10) -> None:
         "related_items": TaskType.RELATED_ITEMS,
         "search": TaskType.SEARCH,
         "category": TaskType.CATEGORY,
+        "new_releases": TaskType.NEW_RELEASES,
     }
 
     async def recommend(request: pb.RecommendRequest, context: Any) -> pb.RecommendResponse:

@@ -55,6 +55,10 @@ class _Canned:
     async def score(self, inputs: Any, deadline: float | None = None, *, tag: Any = None) -> np.ndarray:
         return np.broadcast_to(self._scores[: inputs.candidates.shape[1]], inputs.candidates.shape)
 
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 async def measure(artifact_dir: Path, profile_path: Path, requests: int, workload: str) -> dict[str, Any]:
     from unirank.artifact import load_artifact

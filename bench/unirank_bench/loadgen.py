@@ -93,7 +93,7 @@ class _Checker:
     def check(self, answer: bytes) -> None:
         if self.kind == "none":
             return
-        message = self._from(answer)
+        message: Any = self._from(answer)
         if self.kind == "unirank":
             self.cache_hits += message.served_from_cache
             self.fallbacks += message.fallback

@@ -15,15 +15,31 @@ from typing import Any
 import numpy as np
 
 from unirank.artifact import Artifact, Context, ModelInputs, TaskType, task_by_name
+from unirank.artifact.catalog import is_new_release
 from unirank.artifact.text import tokenize
 from unirank.client import codec
-from unirank.client.domain import Category, Notification, RecommendationRequest, RelatedItems, Search
+from unirank.client.domain import (
+    Category,
+    NewReleases,
+    Notification,
+    RecommendationRequest,
+    RelatedItems,
+    Search,
+    Task,
+)
 from unirank.v1 import recommender_pb2 as pb
 
-USE_CASES: tuple[str, ...] = ("notification", "related_items", "search", "category")
+USE_CASES: tuple[str, ...] = ("notification", "related_items", "search", "category", "new_releases")
 MIXED = "mixed"
-MIX_WEIGHTS: dict[str, float] = {"notification": 0.2, "related_items": 0.35, "search": 0.3, "category": 0.15}
-"""Share of each use-case in the mixed workload (item pages and search dominate, pushes are rarer)."""
+MIX_WEIGHTS: dict[str, float] = {
+    "notification": 0.15,
+    "related_items": 0.3,
+    "search": 0.3,
+    "category": 0.15,
+    "new_releases": 0.1,
+}
+"""Share of each use-case in the mixed workload (item pages and search dominate, pushes and the
+new-releases row are rarer)."""
 DEVICES = ("mobile", "web", "tv")
 V2_MODEL_NAME = "unirank"
 
@@ -75,9 +91,22 @@ class RequestSampler:
             raise ValueError(
                 f"the artifact has {len(self.item_ids)} items; {candidate_range[1]} candidates need more"
             )
+        # A new-releases row's caller sends items of the default window (requests carry no event
+        # time, so the window ends at the catalogue's newest year), or any items when too few are new.
+        release_year = np.asarray(self.catalog.release_year[1:])
+        newest = self.catalog.newest_release_year
+        new = is_new_release(release_year, np.iinfo(np.int64).max // 2, newest)
+        self.new_p = np.where(new, self.item_p, 0.0) if new.sum() >= candidate_range[1] + 30 else self.item_p
+        self.new_p = self.new_p / self.new_p.sum()
 
-    def _items(self, n: int, exclude: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
-        drawn = self.rng.choice(len(self.item_ids), size=n + len(exclude), replace=False, p=self.item_p)
+    def _items(
+        self,
+        n: int,
+        exclude: set[str] = frozenset(),  # type: ignore[assignment]
+        p: np.ndarray | None = None,
+    ) -> list[str]:
+        weights = self.item_p if p is None else p
+        drawn = self.rng.choice(len(self.item_ids), size=n + len(exclude), replace=False, p=weights)
         picked = [str(x) for x in self.item_ids[drawn] if x not in exclude]
         return picked[:n]
 
@@ -110,13 +139,14 @@ class RequestSampler:
             fields["category_id"] = str(
                 self.category_ids[self.rng.choice(len(self.category_ids), p=self.category_p)]
             )
-        elif task != "notification":
+        elif task not in ("notification", "new_releases"):
             raise ValueError(f"unknown use-case {task!r}")
         candidates: tuple[str, ...] = ()
         if caller_candidates:
             low, high = self.candidate_range
             exclude = set(history) | {fields.get("anchor_item_id", "")}
-            candidates = tuple(self._items(int(self.rng.integers(low, high + 1)), exclude))
+            pool = self.new_p if task == "new_releases" else None
+            candidates = tuple(self._items(int(self.rng.integers(low, high + 1)), exclude, pool))
         return BenchRequest(
             task=task,
             user_id=user,
@@ -154,12 +184,14 @@ def build_workloads(
 
 def to_unirank(request: BenchRequest, index: int) -> bytes:
     """The serialized ``unirank.v1.RecommendRequest`` the UniRank client would send."""
-    task = {
+    tasks: dict[str, Task] = {
         "notification": Notification(),
         "related_items": RelatedItems(anchor_item_id=request.anchor_item_id),
         "search": Search(query=request.query),
         "category": Category(category_id=request.category_id),
-    }[request.task]
+        "new_releases": NewReleases(),
+    }
+    task = tasks[request.task]
     message = codec.encode_request(
         RecommendationRequest(
             task=task,
