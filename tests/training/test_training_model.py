@@ -1,30 +1,38 @@
-"""Model options: MMoE, semantic imputation, the co-engagement feature; each exports to ONNX intact."""
+"""Model options: MMoE, semantic imputation, the co-engagement feature; each exports to ONNX intact,
+in the serving form whose precomputed tables give the training forward's scores from a small graph."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 
 from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
-from unirank.model.net import ModelConfig, UniRankModel, build_model_from_checkpoint, model_checkpoint
+from unirank.model.net import (
+    CATEGORY_COLUMNS_MAX,
+    ModelConfig,
+    UniRankModel,
+    build_model_from_checkpoint,
+    model_checkpoint,
+)
 from unirank.training.export import export_onnx, random_inputs, torch_scores
 from unirank.training.train import in_batch_candidates, multitask_loss
 
 N_ITEMS = 40
 
 
-def _model(seed: int = 0, **options: object) -> UniRankModel:
+def _model(seed: int = 0, n_categories: int = 6, **options: object) -> UniRankModel:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     config = ModelConfig(
         n_items=N_ITEMS,
         n_users=10,
         n_tokens=25,
-        n_categories=6,
+        n_categories=n_categories,
         dim=8,
         hidden=16,
         dropout=0.0,
@@ -34,10 +42,11 @@ def _model(seed: int = 0, **options: object) -> UniRankModel:
     return UniRankModel(
         config,
         title_tokens=rng.integers(0, 25, size=(N_ITEMS, 4)),
-        item_categories=rng.integers(0, 6, size=(N_ITEMS, 2)),
+        item_categories=rng.integers(0, n_categories, size=(N_ITEMS, 2)),
         item_popularity=rng.random(N_ITEMS),
         item_neighbours=neighbours,
         item_neighbour_weights=rng.random((N_ITEMS, 5)).astype(np.float32),
+        item_neighbour_shares=rng.random((N_ITEMS, 5)).astype(np.float32),
     ).eval()
 
 
@@ -47,9 +56,17 @@ OPTIONS = [
     {"impute_context": True},
     {"architecture": "mmoe", "impute_context": True, "use_task_type": False},
 ]
+OPTION_IDS = ["shared", "mmoe", "impute", "mmoe-impute-no-task"]
+SERVED_NODES = 100
+"""Most operators an exported graph may have (Constant left out): the serving form exports these
+options to 72-97, where exporting the training forward gave 252-289."""
 
 
-@pytest.mark.parametrize("options", OPTIONS, ids=["shared", "mmoe", "impute", "mmoe-impute-no-task"])
+def _onnx_nodes(path: Path) -> int:
+    return sum(1 for node in onnx.load(str(path)).graph.node if node.op_type != "Constant")
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
 def test_every_option_scores_all_items_like_forward_and_exports(
     options: dict[str, object], tmp_path: Path
 ) -> None:
@@ -63,13 +80,65 @@ def test_every_option_scores_all_items_like_forward_and_exports(
         fast = model.score_all_items(**context)
     torch.testing.assert_close(fast, forward, rtol=1e-5, atol=1e-5)
     export_onnx(model, tmp_path / "model.onnx", max_history=5, max_query_tokens=3)
-    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    _check_onnx_scores_like_training(model, tmp_path / "model.onnx")
+    assert _onnx_nodes(tmp_path / "model.onnx") < SERVED_NODES
+    again = build_model_from_checkpoint(model_checkpoint(model))
+    np.testing.assert_allclose(torch_scores(again, inputs), torch_scores(model, inputs), atol=1e-6)
+
+
+def _check_onnx_scores_like_training(model: UniRankModel, path: Path) -> None:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for seed, shape in enumerate([(3, 7, 2, 11), (1, 1, 1, 3), (5, 20, 8, 39)]):
         batch = random_inputs(model, *shape, seed=seed + 10)
         (onnx_scores,) = session.run([OUTPUT_NAME], batch.as_dict())
         np.testing.assert_allclose(onnx_scores, torch_scores(model, batch), atol=1e-4, rtol=0)
-    again = build_model_from_checkpoint(model_checkpoint(model))
-    np.testing.assert_allclose(torch_scores(again, inputs), torch_scores(model, inputs), atol=1e-6)
+
+
+def _serving_batches(model: UniRankModel) -> list[dict[str, torch.Tensor]]:
+    """Random batches of several shapes with every task id (0 too) and a row of nothing but padding."""
+    batches = []
+    for seed, shape in enumerate([(1, 1, 1, 1), (6, 5, 3, 12), (13, 20, 8, 39)]):
+        inputs = random_inputs(model, *shape, seed=seed)
+        tensors = {name: torch.from_numpy(inputs.as_dict()[name]) for name in INPUT_NAMES}
+        tensors["task"] = torch.arange(shape[0]) % (model.config.n_tasks + 1)
+        for name in ("history", "query_tokens", "anchor_item", "category"):
+            tensors[name][-1] = 0  # no context at all: imputation finds nothing
+        tensors["candidates"][-1, -1] = 0
+        batches.append(tensors)
+    return batches
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("category_columns", [True, False], ids=["category-columns", "category-ids"])
+def test_serving_module_scores_like_the_training_forward(
+    options: dict[str, object], category_columns: bool
+) -> None:
+    n_categories = 6 if category_columns else CATEGORY_COLUMNS_MAX + 2
+    model = _model(n_categories=n_categories, **options)
+    serving = model.for_serving()
+    assert serving.n_category_columns == (n_categories - 1 if category_columns else 0)
+    with torch.no_grad():
+        for batch in _serving_batches(model):
+            expected = model(**batch)
+            torch.testing.assert_close(serving(**batch), expected, rtol=0, atol=1e-5)
+            assert (expected[-1, -1] == -1e9).item()
+
+
+def test_serving_module_reads_the_padding_items_own_vector_as_a_missing_anchor() -> None:
+    model = _model()
+    with torch.no_grad():
+        model.item_emb.weight[0] = 0.5  # zero in any trained model; the training forward still reads it
+        serving = model.for_serving()
+        assert serving.anchor_rows is not None
+        for batch in _serving_batches(model):
+            torch.testing.assert_close(serving(**batch), model(**batch), rtol=0, atol=1e-5)
+
+
+def test_many_categories_export_with_the_category_id_match(tmp_path: Path) -> None:
+    model = _model(n_categories=CATEGORY_COLUMNS_MAX + 2, impute_context=True)
+    export_onnx(model, tmp_path / "model.onnx", max_history=5, max_query_tokens=3)
+    _check_onnx_scores_like_training(model, tmp_path / "model.onnx")
+    assert _onnx_nodes(tmp_path / "model.onnx") < SERVED_NODES
 
 
 def test_imputation_gives_the_latest_item_as_anchor_and_its_title_as_query() -> None:

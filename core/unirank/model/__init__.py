@@ -1,5 +1,5 @@
 """The multi-task ranking network (torch). Imported by training and by the torch backend only."""
 
-from unirank.model.net import ModelConfig, UniRankModel, build_model_from_checkpoint
+from unirank.model.net import ModelConfig, ServingModel, UniRankModel, build_model_from_checkpoint
 
-__all__ = ["ModelConfig", "UniRankModel", "build_model_from_checkpoint"]
+__all__ = ["ModelConfig", "ServingModel", "UniRankModel", "build_model_from_checkpoint"]
