@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
-from unirank.model.net import UniRankModel, build_model_from_checkpoint
+from unirank.model.net import ServingModel, build_model_from_checkpoint
 from unirank.server.backends.base import BackendError, DeadlineDropped
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
 from unirank.server.config import BatchingConfig
@@ -117,6 +117,9 @@ def check_model_inputs(inputs: ModelInputs, limits: dict[str, int]) -> None:
 class TorchBackend:
     """Scores with the torch checkpoint in a dedicated single-thread executor, optionally batched.
 
+    The checkpoint is the training model; it is scored in its serving form (the same scores from
+    precomputed item tables, as the exported ONNX graph), built once at load.
+
     Torch owns one thread (and, on CUDA, one stream): every load, warm-up and forward pass runs
     on that thread, so the event loop never blocks and model calls never interleave.
     """
@@ -145,7 +148,7 @@ class TorchBackend:
         self.batching = batching
         self.warmup_requests = warmup_requests
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unirank-torch")
-        self._model: UniRankModel | None = None
+        self._model: ServingModel | None = None
         self._limits: dict[str, int] = {}
         self._closed = False
         self._batcher: DynamicBatcher[ModelInputs, np.ndarray] | None = None
@@ -227,7 +230,7 @@ class TorchBackend:
 
     # -- executor-thread work ----------------------------------------------------------------
 
-    def _load(self) -> UniRankModel:
+    def _load(self) -> ServingModel:
         # Set here, not in __init__: OpenMP keeps the thread count per calling thread.
         torch.set_num_threads(self.threads)
         try:
@@ -236,12 +239,12 @@ class TorchBackend:
             checkpoint = torch.load(self.model_path, map_location="cpu", weights_only=True)
             if not isinstance(checkpoint, dict):
                 raise TypeError(f"checkpoint is a {type(checkpoint).__name__}, not a dict")
-            model = build_model_from_checkpoint(checkpoint)
+            model = build_model_from_checkpoint(checkpoint).for_serving()
         except Exception as exc:
             raise BackendError(f"cannot load torch checkpoint {self.model_path}: {exc}") from exc
         return model.to(self.device).eval()
 
-    def _warm_up(self, model: UniRankModel) -> None:
+    def _warm_up(self, model: ServingModel) -> None:
         """First calls allocate and pick kernels; pay that before health says SERVING."""
         config = model.config
         rng = np.random.default_rng(0)
@@ -265,7 +268,7 @@ class TorchBackend:
                     f"torch warm-up failed on {self.device}: {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def _forward(self, model: UniRankModel, inputs: ModelInputs) -> np.ndarray:
+    def _forward(self, model: ServingModel, inputs: ModelInputs) -> np.ndarray:
         tensors = []
         for name in INPUT_NAMES:
             array = np.ascontiguousarray(getattr(inputs, name), dtype=np.int64)
