@@ -46,12 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, help="seconds of warm-up per run")
     p.add_argument("--duration", type=float, help="measured seconds per run")
     p.add_argument("--client-procs", type=int, default=1, help="load generator processes (default 1)")
+    p.add_argument(
+        "--channels", type=int, default=8, help="connections per load generator process (default 8)"
+    )
     p.add_argument("--requests", type=int, help="distinct requests per use-case")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--mlserver", action=argparse.BooleanOptionalAction, default=None, help="run the MLServer peer"
     )
     p.add_argument("--retrieval-runs", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--workers-runs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also serve cpu-realtime with --workers 2 (target cpu-realtime-w2; default: not with --quick)",
+    )
     p.add_argument("--workloads", help="comma-separated use-cases (notification, ..., new_releases), mixed")
     p.add_argument(
         "--wait-idle", action="store_true", help="wait (up to --max-wait s) for load average <= --max-load"
@@ -155,10 +164,12 @@ def main(argv: list[str]) -> int:
         warmup_s=args.warmup if args.warmup is not None else (0.3 if quick else 1.0),
         duration_s=args.duration if args.duration is not None else (0.7 if quick else 4.0),
         client_procs=args.client_procs,
+        channels=args.channels,
         requests_per_use_case=args.requests or (200 if quick else 2000),
         seed=args.seed,
         mlserver=args.mlserver if args.mlserver is not None else not quick,
         retrieval_runs=args.retrieval_runs if args.retrieval_runs is not None else not quick,
+        workers_runs=args.workers_runs if args.workers_runs is not None else not quick,
         compute_seconds=0.2 if quick else 2.0,
         compute_torch=not quick,
         startup_repeats=1 if quick else 3,

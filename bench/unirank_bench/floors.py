@@ -196,7 +196,7 @@ def compute_floor(artifact_dir: Path, payload_file: Path, seconds: float, batch_
         return out
     torch.set_num_threads(1)
     checkpoint = torch.load(artifact.torch_path, map_location="cpu", weights_only=True)
-    model = build_model_from_checkpoint(checkpoint).eval()
+    model = build_model_from_checkpoint(checkpoint).for_serving()  # what the torch backend runs
 
     def forward(inputs: ModelInputs) -> None:
         tensors = [torch.from_numpy(a) for a in inputs.as_dict().values()]

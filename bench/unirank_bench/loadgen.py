@@ -58,6 +58,9 @@ class Job:
     (see :func:`_stream`). Unique per run, so one run never answers from another's cache."""
     worker_index: int = 0
     workers: int = 1
+    channels: int = 1
+    """Connections per worker process; callers take them in turn. One TCP connection always
+    reaches the same server process, so spreading load over ``--workers`` needs several."""
 
 
 @dataclass
@@ -163,21 +166,27 @@ async def _run(job: Job) -> WorkerResult:
 
     payloads = _payloads(job)
     checker = _Checker(job.parser, job.gen_dir)
-    channel = grpc.aio.insecure_channel(
-        job.address,
-        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)],
-    )
+    options = [
+        ("grpc.max_receive_message_length", 16 << 20),
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel
+    ]
+    # A distinct argument per channel as well: channels with equal arguments may share a connection.
+    channels = [
+        grpc.aio.insecure_channel(job.address, options=[*options, ("unirank.bench.channel", i)])
+        for i in range(max(job.channels, 1))
+    ]
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout=10)
-        call = channel.unary_unary(job.method)  # no serializers: bytes in, bytes out
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), timeout=10)
+        calls = [c.unary_unary(job.method) for c in channels]  # no serializers: bytes in, bytes out
         if job.mode == "closed":
-            result = await _closed(job, call, payloads, checker)
+            result = await _closed(job, calls, payloads, checker)
         elif job.mode == "open":
-            result = await _open(job, call, payloads, checker)
+            result = await _open(job, calls, payloads, checker)
         else:
             raise ValueError(f"unknown mode {job.mode!r}")
     finally:
-        await channel.close()
+        await asyncio.gather(*(c.close() for c in channels))
     result.cache_hits, result.fallbacks, result.items = checker.cache_hits, checker.fallbacks, checker.items
     result.bad_answers = checker.bad
     return result
@@ -209,7 +218,7 @@ def _retry_delay_s(error: Any) -> float:
     return 0.0
 
 
-async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -> WorkerResult:
+async def _closed(job: Job, calls: list[Any], payloads: list[bytes], checker: _Checker) -> WorkerResult:
     import grpc
 
     share = job.concurrency // job.workers + (1 if job.worker_index < job.concurrency % job.workers else 0)
@@ -220,7 +229,7 @@ async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker)
     lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
     cpu_marks: list[float] = []
 
-    async def caller() -> None:
+    async def caller(call: Any) -> None:
         while True:
             sent = time.monotonic_ns()
             if sent >= hi_ns:
@@ -251,7 +260,7 @@ async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker)
 
     await _sleep_until(job.start_at)
     sampler = asyncio.create_task(cpu_sampler())
-    await asyncio.gather(*(caller() for _ in range(share)))
+    await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(share)))
     await sampler
     return WorkerResult(
         latencies_ns=np.asarray(latencies, dtype=np.int64),
@@ -261,7 +270,7 @@ async def _closed(job: Job, call: Any, payloads: list[bytes], checker: _Checker)
     )
 
 
-async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -> WorkerResult:
+async def _open(job: Job, calls: list[Any], payloads: list[bytes], checker: _Checker) -> WorkerResult:
     import grpc
 
     rate = job.rate / job.workers
@@ -274,7 +283,7 @@ async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -
     dropped = 0
     cpu_marks: list[float] = []
 
-    async def one(payload: bytes, scheduled: int) -> None:
+    async def one(payload: bytes, scheduled: int, call: Any) -> None:
         measured = lo_ns <= scheduled <= hi_ns
         try:
             answer = await call(payload, timeout=job.timeout_s)
@@ -301,7 +310,7 @@ async def _open(job: Job, call: Any, payloads: list[bytes], checker: _Checker) -
         if len(in_flight) >= MAX_OUTSTANDING:
             dropped += lo_ns <= scheduled <= hi_ns
         else:
-            task = asyncio.create_task(one(stream.next(), scheduled))
+            task = asyncio.create_task(one(stream.next(), scheduled, calls[sent % len(calls)]))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         sent += 1

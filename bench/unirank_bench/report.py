@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from unirank_bench.servers import PROFILES
+from unirank_bench.servers import PROFILES, WORKERS_TARGET
 from unirank_bench.workload import MIXED, USE_CASES
 
 
@@ -117,6 +117,35 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"limit = 2 x {_fmt(delay_ms)} ms + {_fmt(batch_ms and batch_ms / 1e3)} ms "
             f"(torch, {compute.get('batch', {}).get('rows')} rows, 1 thread)",
             at_most=True,
+        )
+    )
+    # Closed loop at C = 64 saturates the server, so its p99 is mostly waiting for a turn (Little's
+    # law: 64 callers / throughput); below capacity (open loop) p99 is the batcher's own latency.
+    open_run = next(
+        (r for r in results["runs"] if r["target"] == "unirank/gpu-batched" and r["mode"] == "open"), None
+    )
+    verdicts.append(
+        _verdict(
+            "gpu-batched (on CPU) open loop, below capacity: p99 <= 2 x max_queue_delay_ms + one batch",
+            open_run["latency_ms"]["p99_ms"] if open_run else None,
+            limit,
+            f"{_fmt(open_run and open_run['rate_rps'], 0)} requests/s offered, "
+            f"{_fmt(open_run and open_run['throughput_rps'], 0)} answered"
+            if open_run
+            else "no open-loop run",
+            at_most=True,
+        )
+    )
+    one = find(results, rt, MIXED, 32)
+    two = find(results, f"unirank/{WORKERS_TARGET}", MIXED, 32)
+    verdicts.append(
+        _verdict(
+            "cpu-realtime --workers 2, C=32 mixed: throughput >= 1.7 x one worker",
+            two["throughput_rps"] / one["throughput_rps"] if one and two else None,
+            1.7,
+            f"{_fmt(two and two['throughput_rps'], 0)} vs {_fmt(one and one['throughput_rps'], 0)} "
+            "requests/s (servers, load generator and every other process share the machine's cores)",
+            at_most=False,
         )
     )
     startup = results.get("startup", {}).get("cpu-realtime")

@@ -20,7 +20,7 @@ import numpy as np
 
 from unirank_bench import mlserver_peer, procstats, servers, v2
 from unirank_bench.loadgen import Job, LoadGenerator, RunResult
-from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, ServerProcess
+from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
 from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
 
 CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
@@ -41,10 +41,14 @@ class Settings:
     warmup_s: float
     duration_s: float
     client_procs: int
+    channels: int
+    """Connections per load-generator process (``--workers`` servers need several)."""
     requests_per_use_case: int
     seed: int
     mlserver: bool
     retrieval_runs: bool
+    workers_runs: bool
+    """Also serve cpu-realtime with ``--workers 2`` (mixed, the concurrencies of 8 and up)."""
     compute_seconds: float
     compute_torch: bool
     startup_repeats: int
@@ -75,6 +79,8 @@ class Target:
     probe: bool = False
     extra_closed: list[tuple[str, int]] = field(default_factory=list)
     """(workload, concurrency) runs beyond the matrix (retrieval-mode runs)."""
+    concurrency: list[int] | None = None
+    """Closed-loop concurrencies of this target (None: the run's)."""
 
 
 def log(message: str) -> None:
@@ -164,6 +170,7 @@ class Bench:
                 "warmup_s": settings.warmup_s,
                 "duration_s": settings.duration_s,
                 "client_processes": settings.client_procs,
+                "client_channels_per_process": settings.channels,
                 "requests_per_use_case": settings.requests_per_use_case,
                 "seed": settings.seed,
                 "rounds": settings.rounds,
@@ -328,6 +335,17 @@ class Bench:
                         profile=name, probe=True, extra_closed=extra if name == "cpu-realtime" else [],
                     )
                 )  # fmt: skip
+            if self.s.workers_runs and profile == "cpu-realtime" and MIXED in workloads:
+                out.append(
+                    Target(
+                        f"unirank/{WORKERS_TARGET}", "unirank", UNIRANK_METHOD, "unirank", "unirank", [MIXED],
+                        lambda path=profile_path: servers.start_unirank(  # type: ignore[misc]
+                            path, self.s.artifact, self.work / "logs" / f"unirank-{WORKERS_TARGET}.log",
+                            workers=2,
+                        ),
+                        profile=profile, concurrency=[c for c in self.s.concurrency if c >= 8],
+                    )
+                )  # fmt: skip
         if self.s.mlserver:
             v2_workloads = [w for w in caller_workloads if w in payloads.v2]
             out.append(
@@ -375,7 +393,7 @@ class Bench:
             self.results["targets"][target.name] = about
             plan: list[tuple[str, str, int, float]] = []
             for workload in target.workloads:
-                plan += [(workload, "closed", c, 0.0) for c in self.s.concurrency]
+                plan += [(workload, "closed", c, 0.0) for c in target.concurrency or self.s.concurrency]
             open_workload = MIXED if MIXED in target.workloads else target.workloads[0]
             if self.s.open_rate > 0:
                 plan.append((open_workload, "open", 0, self.s.open_rate))
@@ -424,6 +442,7 @@ class Bench:
             measure_to=start_at + self.s.warmup_s + self.s.duration_s,
             gen_dir=str(self.gen_dir),
             nonce=f"bench{len(self.results['runs'])}",
+            channels=self.s.channels,
         )
         loadgen.start(job)
         server_pids = server.pids()

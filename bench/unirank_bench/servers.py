@@ -23,6 +23,8 @@ SOURCE = Path(os.environ.get(SOURCE_ENV) or REPO)
 """The UniRank source under test: the working tree, or a snapshot of a commit (``--commit``)."""
 PROFILES = SOURCE / "profiles"
 UNIRANK_METHOD = "/unirank.v1.RecommenderService/Recommend"
+WORKERS_TARGET = "cpu-realtime-w2"
+"""cpu-realtime served by ``unirank serve --workers 2`` (the scale-out comparison)."""
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -128,9 +130,12 @@ def spawn(
 
 
 def start_unirank(
-    profile: Path, artifact: Path, log_path: Path, python: str = sys.executable
+    profile: Path, artifact: Path, log_path: Path, python: str = sys.executable, workers: int = 1
 ) -> ServerProcess:
-    """The real serve command line, through the probe (which adds only the stats side channel)."""
+    """The real serve command line, through the probe (which adds only the stats side channel).
+
+    With ``workers`` > 1 it is ``unirank serve --workers N``: ready once every worker serves.
+    """
     started = time.monotonic()
     server = spawn(
         f"unirank[{profile.stem}]",
@@ -144,10 +149,12 @@ def start_unirank(
             str(artifact),
             "--port",
             "0",
+            *(["--workers", str(workers)] if workers > 1 else []),
         ],
         log_path,
     )
-    line = server.wait_line("unirank: serving ", 120)
+    for _ in range(workers):
+        line = server.wait_line("unirank: serving ", 120)
     server.address = line.rsplit(" on ", 1)[1].strip()
     server.startup_s = time.monotonic() - started
     return server
