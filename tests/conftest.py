@@ -43,7 +43,7 @@ def profile_with(base: str = "cpu-realtime", **overrides: Any) -> Profile:
 
 def relaxed_profile(base: str, timeout_ms: float = 10_000.0) -> Profile:
     """A shipped profile with every use-case's timeout raised to ``timeout_ms`` and callers past
-    the execution slots waiting in line for one as long as it takes (cpu-realtime ships a 3 ms
+    the execution slots waiting in line for one as long as it takes (cpu-realtime ships a 20 ms
     bound, which a busy CI machine running concurrent test load would turn into refusals)."""
     names = load_profile(PROFILES / f"{base}.toml").tasks
     return profile_with(

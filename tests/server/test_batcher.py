@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from unirank.server.backends.base import BackendError, DeadlineDropped, QueueFull
-from unirank.server.batching import BatcherClosed, BatchInfo, DynamicBatcher
+from unirank.server.batching import BatcherClosed, BatchInfo, DynamicBatcher, MemberFailed
 
 # Guards against a hang turning into a stuck test run; never a latency assertion.
 GUARD_S = 10.0
@@ -106,6 +106,18 @@ async def test_handler_error_fans_out_to_every_member() -> None:
     assert len(seen) == 1
     assert all(isinstance(r, ValueError) and "model exploded" in str(r) for r in results)
     assert batcher.stats().failed_batches == 1
+
+
+async def test_a_member_failed_result_fails_only_that_member() -> None:
+    async def handler(items: list[int]) -> list[int | MemberFailed]:
+        return [MemberFailed(ValueError(f"bad {i}")) if i % 2 else i * 10 for i in items]
+
+    batcher = make(handler)
+    results = await gather(batcher, [1, 2, 3, 4])
+    assert results[1] == 20 and results[3] == 40
+    assert isinstance(results[0], ValueError) and str(results[0]) == "bad 1"
+    assert isinstance(results[2], ValueError) and str(results[2]) == "bad 3"
+    assert batcher.stats().batches == 1 and batcher.stats().failed_batches == 0
 
 
 async def test_batcher_keeps_working_after_a_failed_batch() -> None:

@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend: dedicated scoring threads, or inline on the loop (``inference_workers = 0``)."""
+"""The ONNX Runtime backend: scoring threads, inline on the loop (``inference_workers = 0``), batched."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unirank.artifact import load_artifact
+from unirank.artifact import Context, TaskType, load_artifact
 from unirank.client import AsyncRecommenderClient
 from unirank.server.backends.base import BackendError
 from unirank.server.backends.onnx_backend import OnnxBackend, ScoringThreads
@@ -70,15 +70,45 @@ async def test_a_caller_that_gave_up_does_not_break_the_thread() -> None:
 async def test_inline_and_threaded_scoring_rank_the_same(artifact_dir: Path) -> None:
     artifact = load_artifact(artifact_dir)
     anchors = [artifact.catalog.items.key(i) for i in range(1, 6)]
-    rankings: dict[int, list[list[tuple[str, float]]]] = {}
-    for workers in (0, 2):
+    rankings: dict[tuple[int, bool], list[list[tuple[str, float]]]] = {}
+    for workers, batched in ((0, False), (2, False), (1, True), (0, True)):
         profile = profile_with(
-            model={"inference_workers": workers}, server={"max_queued_rpcs": 64, "max_queue_wait_ms": 0}
+            model={"inference_workers": workers, "batching": {"enabled": batched, "max_queue_delay_ms": 50}},
+            server={"max_queued_rpcs": 64, "max_queue_wait_ms": 0},
         )
         async with running_server(profile, artifact_dir) as server:
-            assert isinstance(server.pipeline.runtime.backend, OnnxBackend)
+            backend = server.pipeline.runtime.backend
+            assert isinstance(backend, OnnxBackend) and backend.inline == (workers == 0 and not batched)
             async with AsyncRecommenderClient(server.address) as client:
                 answers = await asyncio.gather(*(client.related_items(anchor) for anchor in anchors))
+            stats = backend.batch_stats()
         assert all(a.items and not a.fallback for a in answers)
-        rankings[workers] = [[(i.item_id, round(i.score, 5)) for i in a.items] for a in answers]
-    assert rankings[0] == rankings[2]
+        assert stats.requests >= len(anchors) and (stats.batches < stats.requests) == batched
+        rankings[(workers, batched)] = [[(i.item_id, round(i.score, 5)) for i in a.items] for a in answers]
+    assert len({str(r) for r in rankings.values()}) == 1, "batched, threaded and inline scores differ"
+
+
+async def test_a_request_the_model_refuses_fails_alone_in_its_batch(artifact_dir: Path) -> None:
+    from unirank.server.config import BatchingConfig
+
+    artifact = load_artifact(artifact_dir)
+    config = BatchingConfig(enabled=True, max_batch_size=8, max_queue_delay_ms=50.0)
+    backend = OnnxBackend(artifact.onnx_path, workers=1, batching=config)
+    await backend.start()
+    try:
+        encoder = artifact.encoder()
+        good = [
+            encoder.batch([encoder.encode(Context(TaskType.RELATED_ITEMS, anchor_item_id=key))], ids)
+            for key, ids in (("x", np.array([[1, 2, 3]])), ("y", np.array([[4, 5]])))
+        ]
+        bad = encoder.batch([encoder.encode(Context(TaskType.NOTIFICATION))], np.array([[1, 10**9]]))
+        results = await asyncio.gather(
+            *(backend.score(inputs) for inputs in (good[0], bad, good[1])), return_exceptions=True
+        )
+        assert isinstance(results[1], BackendError)
+        for inputs, scores in zip(good, (results[0], results[2]), strict=True):
+            assert isinstance(scores, np.ndarray) and scores.shape == inputs.candidates.shape
+            np.testing.assert_allclose(scores, backend.score_sync(inputs), rtol=1e-5)
+        assert backend.batch_stats().batches == 1  # one batch, answered member by member
+    finally:
+        await backend.close()

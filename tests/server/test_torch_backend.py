@@ -16,7 +16,8 @@ import torch
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
 from unirank.model.net import ModelConfig, UniRankModel, model_checkpoint
 from unirank.server.backends.base import BackendError, DeadlineDropped
-from unirank.server.backends.torch_backend import TorchBackend, concat_model_inputs, split_scores
+from unirank.server.backends.stacking import concat_model_inputs, split_scores
+from unirank.server.backends.torch_backend import TorchBackend
 from unirank.server.config import BatchingConfig
 
 N_ITEMS, N_USERS, N_TOKENS, N_CATEGORIES, N_TASKS = 40, 12, 25, 6, 4

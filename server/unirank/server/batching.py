@@ -11,17 +11,34 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from unirank.server.backends.base import BackendError, DeadlineDropped, QueueFull
+
+if TYPE_CHECKING:
+    from unirank.server.config import BatchingConfig
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
 
-BatchHandler = Callable[[list[T]], Awaitable[Sequence[R]]] | Callable[[list[T]], Sequence[R]]
-"""``list[T] -> list[R]`` of the same length and order; ``async def`` or a plain function."""
+
+class MemberFailed:
+    """Returned by a batch handler in place of one member's result: that member gets ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+BatchHandler = (
+    Callable[[list[T]], Awaitable[Sequence[R | MemberFailed]]]
+    | Callable[[list[T]], Sequence[R | MemberFailed]]
+)
+"""``list[T] -> list[R]`` of the same length and order; ``async def`` or a plain function. A
+:class:`MemberFailed` in place of a result fails that member alone; raising fails the batch."""
 
 
 class BatcherClosed(BackendError):
@@ -127,6 +144,27 @@ class DynamicBatcher(Generic[T, R]):
         self._failed_batches = 0
         self._deadline_dropped = 0
         self._cancelled = 0
+
+    @classmethod
+    def configured(
+        cls,
+        handler: BatchHandler[T, R],
+        config: BatchingConfig | None,
+        *,
+        executor: Executor | None = None,
+        observer: BatchObserver | None = None,
+    ) -> DynamicBatcher[T, R] | None:
+        """A batcher as a profile's ``[model.batching]`` sets it up; None when batching is off."""
+        if config is None or not config.enabled:
+            return None
+        return cls(
+            handler,
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            max_queue_size=config.max_queue_size,
+            executor=executor,
+            observer=observer,
+        )
 
     @property
     def passthrough(self) -> bool:
@@ -318,7 +356,11 @@ class DynamicBatcher(Generic[T, R]):
                 raise
         else:
             for request, result in zip(batch, results, strict=True):
-                if not request.future.done():  # the caller may have been cancelled meanwhile
+                if request.future.done():  # the caller may have been cancelled meanwhile
+                    continue
+                if isinstance(result, MemberFailed):
+                    request.future.set_exception(result.error)
+                else:
                     request.future.set_result(result)
         finally:
             ids = tuple(r.request_id for r in batch)

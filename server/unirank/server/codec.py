@@ -74,6 +74,8 @@ def limit_violations(message: object, limits: RequestLimits) -> list[FieldViolat
 
 
 def _has_control(value: str, allowed: str = "") -> bool:
+    if value.isprintable():  # no control character (one C call for the common case)
+        return False
     return any(unicodedata.category(ch) == "Cc" and ch not in allowed for ch in value)
 
 

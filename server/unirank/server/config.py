@@ -25,14 +25,15 @@ class _Strict(BaseModel):
 
 
 class BatchingConfig(_Strict):
-    """Dynamic batching of the torch backend."""
+    """Dynamic batching: concurrent requests scored in one model call (either backend)."""
 
     enabled: bool = False
     """Collect concurrent requests into one model call."""
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most requests (contexts) in one executed batch."""
     max_queue_delay_ms: float = Field(2.0, ge=0.0, le=1000.0)
-    """Longest a request waits for a batch to fill before the batch runs anyway."""
+    """Longest a request waits for a batch to fill before the batch runs anyway. 0: no waiting on
+    purpose; a batch is whatever waits when the model frees up."""
     max_queue_size: int = Field(1024, ge=1, le=1_000_000)
     """Requests allowed to wait; beyond it new requests get RESOURCE_EXHAUSTED."""
 
@@ -54,7 +55,8 @@ class ModelSection(_Strict):
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     batching: BatchingConfig = BatchingConfig()
-    """Dynamic batching (torch backend only; ``[model.batching]``)."""
+    """Dynamic batching (``[model.batching]``); with ONNX Runtime a batch runs where single calls
+    would (``inference_workers``)."""
 
 
 class ServerSection(_Strict):

@@ -32,7 +32,11 @@ def make_backend(
         from unirank.server.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend(
-            artifact.onnx_path, threads=section.intra_op_threads, workers=section.inference_workers
+            artifact.onnx_path,
+            threads=section.intra_op_threads,
+            workers=section.inference_workers,
+            batching=section.batching if section.batching.enabled else None,
+            batch_observer=batch_observer,
         )
     try:
         from unirank.server.backends.torch_backend import TorchBackend

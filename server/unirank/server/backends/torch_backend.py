@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,14 +14,11 @@ import torch
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
 from unirank.model.net import ServingModel, build_model_from_checkpoint
 from unirank.server.backends.base import BackendError, DeadlineDropped
+from unirank.server.backends.stacking import check_model_inputs, concat_model_inputs, id_limits, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
 from unirank.server.config import BatchingConfig
 
 logger = logging.getLogger(__name__)
-
-_ROW_INPUTS = ("task", "user", "anchor_item", "category")
-"""Inputs shaped [B]; the others are [B, width] and 0-padded on the right."""
-_WIDE_INPUTS = ("history", "query_tokens", "candidates")
 
 
 def resolve_device(requested: str) -> str:
@@ -40,78 +36,6 @@ def resolve_device(requested: str) -> str:
     if index is not None and index >= torch.cuda.device_count():
         raise ValueError(f"device {requested!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return requested
-
-
-def _pad_columns(array: np.ndarray, width: int) -> np.ndarray:
-    if array.shape[1] == width:
-        return array
-    return np.pad(array, ((0, 0), (0, width - array.shape[1])))
-
-
-def concat_model_inputs(requests: Sequence[ModelInputs]) -> ModelInputs:
-    """Stack requests row-wise, 0-padding history, query and candidates to the widest request.
-
-    Padding is exact rather than approximate: the model masks id 0 out of every mean and the
-    query overlap, and padded candidates score -1e9 and are cut off again by :func:`split_scores`.
-    """
-    if not requests:
-        raise ValueError("no requests to concatenate")
-    columns: dict[str, np.ndarray] = {}
-    for name in _ROW_INPUTS:
-        columns[name] = np.concatenate([np.asarray(getattr(r, name), dtype=np.int64) for r in requests])
-    for name in _WIDE_INPUTS:
-        parts = [np.asarray(getattr(r, name), dtype=np.int64) for r in requests]
-        width = max(part.shape[1] for part in parts)
-        columns[name] = np.concatenate([_pad_columns(part, width) for part in parts])
-    return ModelInputs(**columns)
-
-
-def split_scores(scores: np.ndarray, requests: Sequence[ModelInputs]) -> list[np.ndarray]:
-    """Undo :func:`concat_model_inputs`: each request's own rows and candidate columns."""
-    out: list[np.ndarray] = []
-    row = 0
-    for request in requests:
-        rows, width = request.candidates.shape
-        out.append(np.ascontiguousarray(scores[row : row + rows, :width]))
-        row += rows
-    if row != scores.shape[0]:
-        raise BackendError(f"model returned {scores.shape[0]} rows for {row} requested")
-    return out
-
-
-def _id_limits(config: Any) -> dict[str, int]:
-    """Exclusive upper bound of every input's ids under ``config`` (a ModelConfig)."""
-    return {
-        "task": config.n_tasks + 1,
-        "user": config.n_users,
-        "history": config.n_items,
-        "query_tokens": config.n_tokens,
-        "anchor_item": config.n_items,
-        "category": config.n_categories,
-        "candidates": config.n_items,
-    }
-
-
-def check_model_inputs(inputs: ModelInputs, limits: dict[str, int]) -> None:
-    """Raise :class:`BackendError` unless ``inputs`` match the input contract and the vocabularies.
-
-    Checked before batching because a bad request inside a batch would fail every batch mate.
-    """
-    rows = len(inputs)
-    for name in INPUT_NAMES:
-        array = getattr(inputs, name)
-        if not isinstance(array, np.ndarray):
-            raise BackendError(f"input {name!r} is {type(array).__name__}, not a numpy array")
-        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
-            raise BackendError(f"input {name!r} has dtype {array.dtype}, expected int64")
-        want_ndim = 1 if name in _ROW_INPUTS else 2
-        if array.ndim != want_ndim or array.shape[0] != rows:
-            expected = f"[{rows}]" if want_ndim == 1 else f"[{rows}, width]"
-            raise BackendError(f"input {name!r} has shape {list(array.shape)}, expected {expected}")
-        if array.size and (int(array.min()) < 0 or int(array.max()) >= limits[name]):
-            raise BackendError(
-                f"input {name!r} holds ids outside [0, {limits[name]}): min {array.min()}, max {array.max()}"
-            )
 
 
 class TorchBackend:
@@ -151,16 +75,9 @@ class TorchBackend:
         self._model: ServingModel | None = None
         self._limits: dict[str, int] = {}
         self._closed = False
-        self._batcher: DynamicBatcher[ModelInputs, np.ndarray] | None = None
-        if batching is not None and batching.enabled:
-            self._batcher = DynamicBatcher(
-                self._score_batch,
-                max_batch_size=batching.max_batch_size,
-                max_queue_delay_ms=batching.max_queue_delay_ms,
-                max_queue_size=batching.max_queue_size,
-                executor=self._executor,
-                observer=batch_observer,
-            )
+        self._batcher: DynamicBatcher[ModelInputs, np.ndarray] | None = DynamicBatcher.configured(
+            self._score_batch, batching, executor=self._executor, observer=batch_observer
+        )
         # Unbatched calls: counted here so benchmarks read one stats shape either way.
         self._direct_calls = 0
         self._direct_failed = 0
@@ -179,7 +96,7 @@ class TorchBackend:
         model = await loop.run_in_executor(self._executor, self._load)
         if self.warmup_requests:
             await loop.run_in_executor(self._executor, self._warm_up, model)
-        self._limits = _id_limits(model.config)
+        self._limits = id_limits(model.config.to_dict())
         self._model = model
         logger.info(
             "torch backend ready: %s on %s, %d thread(s), batching %s",
