@@ -45,7 +45,7 @@ from unirank.artifact import ArtifactError, ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
-from unirank.server.config import ServerSection
+from unirank.server.config import ServerSection, load_profile
 from unirank.server.security import SecurityError
 
 from ..conftest import PROFILES, TASK_NAMES, profile_with, running_server
@@ -508,13 +508,15 @@ async def sigterm(artifact: Path, quick: bool) -> list[str]:
         report = await sigterm_under_load(served, item, callers=callers, warm_s=warm_s)
     failed = Counter(f"{o.code} {o.reason}".strip() for o in report.failed)
     print(f"stress: SIGTERM {report}", flush=True)
+    limits = load_profile(PROFILES / "cpu-realtime.toml").server
     return [
         "## 3. SIGTERM under load",
         "",
         f"A real `unirank serve` (cpu-realtime) under {callers} closed-loop callers for {warm_s:.0f} s, then "
         "SIGTERM. Each caller stops at its first UNAVAILABLE (a real client fails over then) and waits "
-        "as RetryInfo asks after a RESOURCE_EXHAUSTED (cpu-realtime admits 2 calls at a time and lets "
-        f"16 more wait at most 3 ms, so {callers} callers are past its capacity by design).",
+        f"as RetryInfo asks after a RESOURCE_EXHAUSTED (cpu-realtime admits {limits.max_concurrent_rpcs} "
+        f"calls at a time and lets {limits.max_queued_rpcs} more wait at most "
+        f"{limits.max_queue_wait_ms:g} ms; callers past that are refused by design).",
         "",
         *_table(
             [
