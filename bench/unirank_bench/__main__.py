@@ -188,9 +188,10 @@ def main(argv: list[str]) -> int:
     plots: dict[str, str] = {}
     if not args.no_plots:
         for name, path in report.plot(results, out_dir).items():
+            path = path.resolve()  # --out-dir may be relative; links are relative to the Markdown
             plots[name] = str(
-                path.relative_to(markdown.parent)
-                if markdown and path.is_relative_to(markdown.parent)
+                path.relative_to(markdown.parent.resolve())
+                if markdown and path.is_relative_to(markdown.parent.resolve())
                 else path
             )
     results["plots"] = plots
