@@ -150,9 +150,7 @@ class OnnxBackend:
         if self._batcher is not None:
             return await self._batcher.submit(inputs, deadline, request_id=tag)
         self._direct_calls += 1
-        if self._scoring is None:
-            return self.score_sync(inputs)  # inline: the loop waits for this one call
-        return await self._scoring.submit(inputs)
+        return await self._call(inputs)
 
     async def _score_batch(self, requests: list[ModelInputs]) -> list[np.ndarray | MemberFailed]:
         """One model call for a formed batch: stacked, scored (on a scoring thread), split again."""
@@ -172,6 +170,7 @@ class OnnxBackend:
         return results
 
     async def _call(self, inputs: ModelInputs) -> np.ndarray:
+        """One model call: inline (the loop waits for it) or on a scoring thread."""
         return self.score_sync(inputs) if self._scoring is None else await self._scoring.submit(inputs)
 
     def batch_stats(self) -> BatcherStats:
