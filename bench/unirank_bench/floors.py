@@ -76,20 +76,14 @@ def serve_echo(response_file: Path, port: int) -> None:
 def serve_aio_ort(artifact_dir: Path, port: int, max_results: int = 10) -> None:
     import grpc
 
-    from unirank.artifact import Context, TaskType, load_artifact
+    from unirank.artifact import TASKS, Context, load_artifact
     from unirank.v1 import recommender_pb2 as pb
 
     artifact = load_artifact(artifact_dir)
     encoder = artifact.encoder()
     catalog = artifact.catalog
     session = ort_session(artifact.onnx_path)
-    tasks = {
-        "notification": TaskType.NOTIFICATION,
-        "related_items": TaskType.RELATED_ITEMS,
-        "search": TaskType.SEARCH,
-        "category": TaskType.CATEGORY,
-        "new_releases": TaskType.NEW_RELEASES,
-    }
+    tasks = {spec.context_field: spec.task_type for spec in TASKS}  # the request's oneof -> task
 
     async def recommend(request: pb.RecommendRequest, context: Any) -> pb.RecommendResponse:
         ctx = request.context
@@ -158,6 +152,7 @@ def _timed(fn: Any, items: list[Any], seconds: float, min_calls: int = 50) -> li
 def compute_floor(artifact_dir: Path, payload_file: Path, seconds: float, batch_size: int) -> dict[str, Any]:
     """Per workload: ONNX Runtime (1 thread) per request, encode+score, and torch; plus one batch."""
     from unirank.artifact import ModelInputs, load_artifact
+    from unirank.server.backends.stacking import concat_model_inputs
     from unirank_bench.workload import Payloads, model_inputs
 
     artifact = load_artifact(artifact_dir)
@@ -206,7 +201,7 @@ def compute_floor(artifact_dir: Path, payload_file: Path, seconds: float, batch_
     for name, inputs in inputs_by.items():
         out["torch"][name] = _percentiles_us(_timed(forward, inputs, seconds / 2))
     mixed = inputs_by.get("mixed") or next(iter(inputs_by.values()))
-    batch = _concat(mixed[:batch_size])
+    batch = concat_model_inputs(mixed[:batch_size])
     out["batch"] = {
         "rows": len(batch),
         "candidates": int(batch.candidates.shape[1]),
@@ -216,21 +211,6 @@ def compute_floor(artifact_dir: Path, payload_file: Path, seconds: float, batch_
         ),
     }
     return out
-
-
-def _concat(inputs: list[Any]) -> Any:
-    """Stack single-row inputs, 0-padding the wide ones (the model masks id 0)."""
-    from unirank.artifact import ModelInputs
-
-    columns: dict[str, np.ndarray] = {}
-    for name in inputs[0].as_dict():
-        parts = [getattr(i, name) for i in inputs]
-        if parts[0].ndim == 1:
-            columns[name] = np.concatenate(parts)
-        else:
-            width = max(p.shape[1] for p in parts)
-            columns[name] = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts])
-    return ModelInputs(**columns)
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ import torch
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
 from unirank.model.net import ServingModel, build_model_from_checkpoint
 from unirank.server.backends.base import BackendError, DeadlineDropped
-from unirank.server.backends.stacking import check_model_inputs, concat_model_inputs, id_limits, split_scores
+from unirank.server.backends.stacking import ROW_INPUTS, concat_model_inputs, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
 from unirank.server.config import BatchingConfig
 
@@ -36,6 +37,41 @@ def resolve_device(requested: str) -> str:
     if index is not None and index >= torch.cuda.device_count():
         raise ValueError(f"device {requested!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return requested
+
+
+def _id_limits(config: Any) -> dict[str, int]:
+    """Exclusive upper bound of every input's ids under ``config`` (a ModelConfig)."""
+    return {
+        "task": config.n_tasks + 1,
+        "user": config.n_users,
+        "history": config.n_items,
+        "query_tokens": config.n_tokens,
+        "anchor_item": config.n_items,
+        "category": config.n_categories,
+        "candidates": config.n_items,
+    }
+
+
+def check_model_inputs(inputs: ModelInputs, limits: dict[str, int]) -> None:
+    """Raise :class:`BackendError` unless ``inputs`` match the input contract and the vocabularies.
+
+    Checked before batching because a bad request inside a batch would fail every batch mate.
+    """
+    rows = len(inputs)
+    for name in INPUT_NAMES:
+        array = getattr(inputs, name)
+        if not isinstance(array, np.ndarray):
+            raise BackendError(f"input {name!r} is {type(array).__name__}, not a numpy array")
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            raise BackendError(f"input {name!r} has dtype {array.dtype}, expected int64")
+        want_ndim = 1 if name in ROW_INPUTS else 2
+        if array.ndim != want_ndim or array.shape[0] != rows:
+            expected = f"[{rows}]" if want_ndim == 1 else f"[{rows}, width]"
+            raise BackendError(f"input {name!r} has shape {list(array.shape)}, expected {expected}")
+        if array.size and (int(array.min()) < 0 or int(array.max()) >= limits[name]):
+            raise BackendError(
+                f"input {name!r} holds ids outside [0, {limits[name]}): min {array.min()}, max {array.max()}"
+            )
 
 
 class TorchBackend:
@@ -96,7 +132,7 @@ class TorchBackend:
         model = await loop.run_in_executor(self._executor, self._load)
         if self.warmup_requests:
             await loop.run_in_executor(self._executor, self._warm_up, model)
-        self._limits = id_limits(model.config.to_dict())
+        self._limits = _id_limits(model.config)
         self._model = model
         logger.info(
             "torch backend ready: %s on %s, %d thread(s), batching %s",
