@@ -76,6 +76,9 @@ class Distributed:
 
     def close(self) -> None:
         if torch_dist.is_initialized():
+            # Every rank leaves together: a rank tearing gloo down while rank 0 still writes the
+            # artifact was aborted now and then ("terminate called without an active exception").
+            torch_dist.barrier()
             torch_dist.destroy_process_group()
 
 
