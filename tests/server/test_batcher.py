@@ -9,8 +9,16 @@ from typing import Any
 
 import pytest
 
-from unirank.server.backends.base import BackendError, DeadlineDropped, QueueFull
-from unirank.server.batching import BatcherClosed, BatchInfo, DynamicBatcher, MemberFailed
+from unirank.server.backends.base import BackendError
+from unirank.server.batching import (
+    BadBatchResult,
+    BatcherClosed,
+    BatchInfo,
+    DeadlineDropped,
+    DynamicBatcher,
+    MemberFailed,
+    QueueFull,
+)
 
 # Guards against a hang turning into a stuck test run; never a latency assertion.
 GUARD_S = 10.0
@@ -141,7 +149,7 @@ async def test_wrong_length_result_is_an_error_for_every_member() -> None:
         return items[:-1]
 
     results = await gather(make(handler), [1, 2, 3])
-    assert all(isinstance(r, BackendError) and "2 results for a batch of 3" in str(r) for r in results)
+    assert all(isinstance(r, BadBatchResult) and "2 results for a batch of 3" in str(r) for r in results)
 
 
 async def test_non_list_result_is_an_error() -> None:
@@ -149,7 +157,7 @@ async def test_non_list_result_is_an_error() -> None:
         return 42
 
     results = await gather(make(handler), [1, 2])
-    assert all(isinstance(r, BackendError) for r in results)
+    assert all(isinstance(r, BadBatchResult) for r in results)
 
 
 async def test_expired_deadline_is_dropped_before_execution() -> None:
@@ -255,7 +263,7 @@ async def test_pass_through_still_checks_result_length_and_errors() -> None:
     async def empty(items: list[int]) -> list[int]:
         return []
 
-    with pytest.raises(BackendError, match="0 results for a batch of 1"):
+    with pytest.raises(BadBatchResult, match="0 results for a batch of 1"):
         await make(empty, max_batch_size=1).submit(1)
 
 
@@ -361,3 +369,10 @@ async def test_close_before_first_use() -> None:
     await batcher.close()
     with pytest.raises(BatcherClosed):
         await batcher.submit(1)
+
+
+def test_the_batchers_own_errors_are_not_backend_errors() -> None:
+    # A request dropped at its deadline, refused by a full queue or by a closed batcher never
+    # reached the model: counting it as a backend error hides overload as a broken model.
+    for error in (DeadlineDropped, QueueFull, BatcherClosed, BadBatchResult):
+        assert not issubclass(error, BackendError), error

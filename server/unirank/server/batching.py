@@ -13,8 +13,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from unirank.server.backends.base import BackendError, DeadlineDropped, QueueFull
-
 if TYPE_CHECKING:
     from unirank.server.config import BatchingConfig
 
@@ -22,6 +20,28 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 logger = logging.getLogger(__name__)
+
+
+class BatchingError(Exception):
+    """Base of the batcher's own errors: the request was not scored, for a reason of the batcher's
+    rather than the model's (the pipeline tells overload and deadlines from a broken model)."""
+
+
+class QueueFull(BatchingError):
+    """The bounded queue is full (the pipeline answers RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineDropped(BatchingError):
+    """The request's deadline passed while it waited, so it was never executed (the pipeline
+    answers as for its deadline, never as for a backend error)."""
+
+
+class BatcherClosed(BatchingError):
+    """The batcher was closed before this request could run."""
+
+
+class BadBatchResult(BatchingError):
+    """The handler returned something other than one result per request."""
 
 
 class MemberFailed:
@@ -39,10 +59,6 @@ BatchHandler = (
 )
 """``list[T] -> list[R]`` of the same length and order; ``async def`` or a plain function. A
 :class:`MemberFailed` in place of a result fails that member alone; raising fails the batch."""
-
-
-class BatcherClosed(BackendError):
-    """The batcher was closed before this request could run."""
 
 
 @dataclass(frozen=True)
@@ -283,9 +299,9 @@ class DynamicBatcher(Generic[T, R]):
         try:
             count = len(results)
         except TypeError:
-            raise BackendError(f"batch handler returned {type(results).__name__}, not a list") from None
+            raise BadBatchResult(f"batch handler returned {type(results).__name__}, not a list") from None
         if count != len(items):
-            raise BackendError(f"batch handler returned {count} results for a batch of {len(items)}")
+            raise BadBatchResult(f"batch handler returned {count} results for a batch of {len(items)}")
         return cast(Sequence[R], results)
 
     async def _run(self) -> None:
@@ -382,7 +398,7 @@ class DynamicBatcher(Generic[T, R]):
             # Telemetry must never fail a request.
             logger.exception("batch observer failed")
 
-    def _fail_all_pending(self, error: BackendError) -> None:
+    def _fail_all_pending(self, error: BatchingError) -> None:
         if self._pending is None:
             return
         while self._pending:

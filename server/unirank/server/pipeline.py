@@ -16,7 +16,8 @@ import numpy as np
 
 from unirank.artifact import EncodedContext, TaskType
 from unirank.artifact.tasks import task_by_name, task_by_type
-from unirank.server.backends.base import BackendError, QueueFull
+from unirank.server.backends.base import BackendError
+from unirank.server.batching import BatchingError, DeadlineDropped, QueueFull
 from unirank.server.cache import TTLCache
 from unirank.server.config import Profile, TaskConfig
 from unirank.server.domain import SOURCES, FallbackReason, RankedItem, RankRequest, RankResponse, Source
@@ -34,6 +35,7 @@ from unirank.server.retrieval import ReleaseWindow
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
+from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class RankingPipeline:
         self._runtime = runtime
         self._features = features
         self.feature_store_errors = 0
+        self._store_log = ThrottledLog(log)
         self._telemetry = (
             telemetry if telemetry is not None else Telemetry.disabled(profile.name, profile.tasks)
         )
@@ -124,6 +127,11 @@ class RankingPipeline:
             raise TaskNotServed(
                 f"model {self._runtime.version} has no head for {task.name}: it was trained with "
                 f"{n_tasks} tasks, before {task.name} was added; serve an artifact trained since"
+            )
+        if not self._runtime.has_head(task_by_type(request.task)):
+            raise TaskNotServed(
+                f"model {self._runtime.version} has no trained head for {task.name}: its training "
+                "data had too few labels for it (unirank info lists the tasks it serves)"
             )
         limit = task.config.max_results_limit
         if request.options.max_results > limit:
@@ -219,7 +227,8 @@ class RankingPipeline:
                 recent = await self._features.recent(request.context.user_id, limit, since_ms)
         except (FeatureStoreError, TimeoutError) as exc:
             self.feature_store_errors += 1
-            log.warning("feature store unavailable, serving without fresh history: %s", exc or "timeout")
+            detail = exc.detail if isinstance(exc, FeatureStoreError) else "timeout"
+            self._store_log.warning("read", "feature store unavailable, serving without fresh history: %s", detail)
             return request
         if not recent:
             return request
@@ -240,6 +249,8 @@ class RankingPipeline:
                 await self._features.append(known)
             except FeatureStoreError as exc:
                 self.feature_store_errors += 1
+                self._store_log.warning("write", "RecordEvents failed: %s", exc.detail)
+                # str(exc) names no address or path: the detail stays in the server's log.
                 raise FeatureStoreUnavailable(str(exc)) from exc
         return len(known), len(events) - len(known)
 
@@ -271,14 +282,18 @@ class RankingPipeline:
                 candidates = rule(candidates, rule_ctx)
         if not len(candidates):
             raise _Fallback(FallbackReason.NO_CANDIDATES, "no candidate survived retrieval and pre-rules")
-        failure: BackendError | None = None
+        failure: BackendError | BatchingError | None = None
         with trace.stage("inference"):
             inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
             try:
                 scores = (await runtime.backend.score(inputs, deadline, tag=trace.batch_member()))[0]
             except QueueFull as exc:
                 raise Overloaded(f"model queue full: {exc}") from exc
-            except BackendError as exc:
+            except DeadlineDropped as exc:
+                # Overload, not a broken model: answered (and counted) as the deadline it is.
+                trace.stage_failed(exc)
+                raise TimeoutError(str(exc)) from exc
+            except (BackendError, BatchingError) as exc:
                 if not config.fallback.on_backend_error:
                     raise ModelUnavailable(f"scoring failed: {exc}") from exc
                 trace.stage_failed(exc)

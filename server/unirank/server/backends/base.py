@@ -8,6 +8,9 @@ from typing import Protocol
 import numpy as np
 
 from unirank.artifact import ModelInputs
+from unirank.server.batching import DeadlineDropped, QueueFull
+
+__all__ = ["BackendError", "DeadlineDropped", "QueueFull", "ScoringBackend"]
 
 
 class ScoringBackend(Protocol):
@@ -43,12 +46,29 @@ class ScoringBackend(Protocol):
 
 
 class BackendError(Exception):
-    """The backend failed to score (the pipeline turns this into the task's fallback)."""
+    """The backend failed to score (the pipeline turns this into the task's fallback).
+
+    A request a batching backend never ran is not a backend error: it raises the batcher's
+    :class:`~unirank.server.batching.DeadlineDropped` (its deadline passed in the queue) or
+    :class:`~unirank.server.batching.QueueFull` (overload), which monitoring must not count as a
+    broken model.
+    """
 
 
-class DeadlineDropped(BackendError):
-    """The request's deadline passed while it waited, so it was never executed."""
+class InvalidScores(BackendError):
+    """The model answered, but not with one finite score per candidate: a broken graph or
+    checkpoint, never something to rank by (the pipeline answers with the fallback)."""
 
 
-class QueueFull(BackendError):
-    """The backend's bounded queue is full (the pipeline answers RESOURCE_EXHAUSTED)."""
+def check_scores(scores: np.ndarray, inputs: ModelInputs) -> np.ndarray:
+    """``scores`` if they are finite and shaped [rows, candidates] like ``inputs.candidates``.
+
+    Every backend checks every output it returns, so a wrong answer never reaches a caller.
+    """
+    expected = inputs.candidates.shape
+    if scores.shape != expected:
+        raise InvalidScores(f"model returned scores of shape {list(scores.shape)}, expected {list(expected)}")
+    if not np.isfinite(scores).all():
+        bad = int(np.count_nonzero(~np.isfinite(scores)))
+        raise InvalidScores(f"model returned {bad} non-finite scores of {scores.size}")
+    return scores
