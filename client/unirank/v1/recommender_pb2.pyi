@@ -321,16 +321,18 @@ class GetServingStatsResponse(_message.Message):
     def __init__(self, model_version: _Optional[str] = ..., profile: _Optional[str] = ..., uptime_s: _Optional[float] = ..., latency_bucket_bounds_s: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[TaskServingStats, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "event_time_unix_ms")
+    __slots__ = ("user_id", "item_id", "event_type", "event_time_unix_ms", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: EventType
     event_time_unix_ms: int
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time_unix_ms: _Optional[int] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time_unix_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events",)
