@@ -9,7 +9,7 @@ import pytest
 
 from unirank.artifact.text import tokenize
 from unirank.training.logs import NONE, EventType, LogData
-from unirank.training.synthetic import SyntheticConfig, generate
+from unirank.training.synthetic import GENRES, SyntheticConfig, generate
 
 TINY = SyntheticConfig.preset("tiny")
 
@@ -126,3 +126,26 @@ def test_category_clicks_stay_in_their_category(log: LogData) -> None:
 def test_unknown_preset_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown synthetic size"):
         SyntheticConfig.preset("huge")
+
+
+def test_sparse_shape_is_a_listening_history_unlike_the_default() -> None:
+    config = dataclasses.replace(SyntheticConfig.preset("sparse"), n_items=2000, n_users=220)
+    log = generate(config, 0)
+    assert set(np.unique(log.events.event_type).tolist()) == {int(EventType.PLAY)}  # no surface events
+    assert np.all(log.events.timestamp_ms % 86_400_000 == 0) and np.all(
+        log.texts.timestamp_ms % 86_400_000 == 0
+    )
+    assert not np.any(log.items.release_year)  # so no new releases
+    assert len(log.texts) > 0 and set(log.texts.text) <= {
+        word for genre in log.category_ids for word in (genre, *GENRES[genre][1])
+    }
+    # titles are names that say nothing about the content: no genre word in any of them
+    genre_words = {w for genre in log.category_ids for w in GENRES[genre][0]}
+    assert not genre_words & {w for title in log.items.titles for w in tokenize(title)}
+    assert np.all(log.events.weight >= 1) and len(np.unique(log.events.weight)) > 3  # play counts
+    assert 6000 < len(log.events) < 10_000  # ~36 plays per user, ~4 per item: sparse
+
+
+def test_sparse_preset_has_the_music_data_shape() -> None:
+    config = SyntheticConfig.preset("sparse")
+    assert (config.n_items, config.n_users, config.plays_per_user) == (10_000, 1_100, 36.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from unirank.artifact import Artifact, FeatureEncoder, load_artifact
-from unirank.artifact.tasks import TASKS
+from unirank.artifact.tasks import TASKS, TaskSpec
 from unirank.server.backends.base import BackendError, ScoringBackend
 from unirank.server.batching import BatchObserver
 from unirank.server.config import ModelSection
@@ -80,6 +80,12 @@ class ModelRuntime:
         added has no head for it."""
         return int(self.artifact.manifest["model_config"]["n_tasks"])
 
+    def has_head(self, spec: TaskSpec) -> bool:
+        """The model has a trained head for ``spec``: one for its task id, and the artifact records
+        training it (``trained_tasks``; an artifact written before that record trained every head)."""
+        trained = self.artifact.manifest.get("trained_tasks")
+        return spec.head_index < self.n_tasks and (trained is None or spec.name in trained)
+
     @classmethod
     async def load(
         cls,
@@ -123,7 +129,7 @@ class ModelRuntime:
         from unirank.artifact import Context
 
         popular = self.artifact.retrieval.popular_items
-        tasks = [spec for spec in TASKS if spec.head_index < self.n_tasks]
+        tasks = [spec for spec in TASKS if self.has_head(spec)]
         warm = []
         for i in range(requests):
             spec = tasks[i % len(tasks)]

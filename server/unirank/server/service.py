@@ -71,7 +71,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         runtime = pipeline.runtime
         artifact = runtime.artifact
         served = {
-            t.task_type for t in TASKS if t.task_type in pipeline.tasks and t.head_index < runtime.n_tasks
+            t.task_type for t in TASKS if t.task_type in pipeline.tasks and runtime.has_head(t)
         }
         task_metrics = artifact.metrics.get("tasks", {})
         tasks = []

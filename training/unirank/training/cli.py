@@ -14,7 +14,7 @@ from unirank.training.config import WARM_START_LR_SCALE, WARM_START_MAX_STEPS, T
 from unirank.training.evaluate import format_table
 from unirank.training.sources import USAGE, DataSpecError, parse_data_spec
 
-SIZES = ("tiny", "small", "default")
+SIZES = ("tiny", "small", "default", "sparse")
 
 
 def _data_spec(text: str) -> str:
@@ -198,7 +198,13 @@ def _train(args: argparse.Namespace) -> int:
             f"{mapping['unknown_users']} users new to the parent (kept, ranked from their history)"
         )
     print(format_table(metrics["tasks"]))
+    _print_skipped(metrics.get("skipped_tasks", {}))
     return 0
+
+
+def _print_skipped(skipped: dict[str, str]) -> None:
+    for task, reason in skipped.items():
+        print(f"skipped {task}: {reason}")
 
 
 def _stderr(message: str) -> None:
@@ -213,6 +219,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     else:
         print(format_table(metrics["tasks"]))
+        _print_skipped(metrics.get("skipped_tasks", {}))
     return 0
 
 

@@ -36,6 +36,7 @@ from unirank.artifact import TASKS, Catalog
 from unirank.training import metrics
 from unirank.training.baselines import TaskAwarePopularityScorer
 from unirank.training.config import TrainConfig
+from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import Dataset
 from unirank.training.evaluate import METRIC_ORDER, Scorer, evaluate_scorers, evaluation_rows
 
@@ -49,8 +50,8 @@ PEERS = "peers"
 TARGET_METRIC = f"ndcg@{metrics.K_DEFAULT}"
 METRICS: tuple[str, ...] = (TARGET_METRIC, *(m for m in METRIC_ORDER if m != TARGET_METRIC))
 """The evaluation's metrics, the comparison's target first."""
-PEER_TARGET_TASKS: tuple[str, ...] = ("notification", "related_items", "search")
-"""Tasks on which the unified model is expected to match the best classic peer."""
+PEER_TARGET_TASKS: tuple[str, ...] = tuple(spec.name for spec in TASKS)
+"""Tasks on which the unified model is expected to match the best classic peer: every one."""
 
 ABLATIONS: Mapping[str, dict[str, Any]] = {
     "no_imputation": {"impute_context": False},
@@ -154,9 +155,15 @@ def _quiet(message: str) -> None:
     del message
 
 
-def model_jobs(config: TrainConfig, seeds: Sequence[int], ablations: Sequence[str] = ()) -> list[Job]:
-    """Every model of the comparison: per seed the unified model, its ablations, and one per task."""
-    names = tuple(spec.name for spec in TASKS)
+def model_jobs(
+    config: TrainConfig,
+    seeds: Sequence[int],
+    ablations: Sequence[str] = (),
+    tasks: Sequence[str] | None = None,
+) -> list[Job]:
+    """Every model of the comparison: per seed the unified model, its ablations, and one per task
+    of ``tasks`` (None: every task; a skipped use-case gets no model and is evaluated by none)."""
+    names = tuple(tasks) if tasks is not None else tuple(spec.name for spec in TASKS)
     jobs = []
     for seed in seeds:
         base = config.replace(seed=seed)
@@ -363,14 +370,20 @@ def run_compare(
         + ", ".join(f"{t} {'/'.join(str(n) for n in c.values())}" for t, c in counts.items())
         + f" (train/validation/test; {time.perf_counter() - started:.0f}s)"
     )
+    # Decided before any model trains: a use-case without enough labels is left out of every
+    # method (and said so), never found missing by a single-task model after the others trained.
+    config, coverage = plan_tasks(counts, config, log, lambda line: say(f"[compare] {line}"))
+    trained = set(coverage.trained)
     prepared = Prepared(
         dataset=dataset,
         catalog=catalog,
-        test_rows=evaluation_rows(dataset, "test", rows_per_task or len(dataset), 0),
-        validation_rows=evaluation_rows(dataset, "validation", config.validation_rows_per_task, 0),
+        test_rows=_only(evaluation_rows(dataset, "test", rows_per_task or len(dataset), 0), trained),
+        validation_rows=_only(
+            evaluation_rows(dataset, "validation", config.validation_rows_per_task, 0), trained
+        ),
     )
     seed_list = list(range(seeds))
-    jobs = model_jobs(config, seed_list, ablations)
+    jobs = model_jobs(config, seed_list, ablations, coverage.trained)
     for job in jobs:
         job.verbose = progress is not None
     say(f"[compare] {len(jobs)} models to train ({workers} at a time), then popularity and peers")
@@ -400,6 +413,7 @@ def run_compare(
     result.update(
         {
             "data": str(spec),
+            "skipped_tasks": coverage.skipped,
             "seeds": seed_list,
             "config": config.to_dict(),
             "ablations": {name: ABLATIONS[name] for name in ablations},
@@ -422,6 +436,10 @@ def run_compare(
     )
     say(f"[compare] finished in {result['seconds']:.0f}s")
     return result
+
+
+def _only(rows: dict[str, np.ndarray], tasks: set[str]) -> dict[str, np.ndarray]:
+    return {task: value for task, value in rows.items() if task in tasks}
 
 
 def _limit_blas_threads() -> None:
@@ -467,6 +485,8 @@ def format_table(result: Mapping[str, Any]) -> str:
             change = "" if delta is None else f"{delta:+.1%}"
             lines.append(f"{task:<14} {method:<26} {cells[0]:>17} {cells[1]:>17} {cells[2]:>17} {change:>10}")
     lines.append("")
+    for task, reason in result.get("skipped_tasks", {}).items():
+        lines.append(f"SKIPPED  {task}: {reason}")
     for name, target in result.get("targets", {}).items():
         lines.append(
             f"{'PASS' if target['pass'] else 'MISS'}  {name}: "

@@ -107,6 +107,11 @@ class TrainConfig:
     """Validation rows per task ranked after each epoch for early stopping."""
     eval_rows_per_task: int = 3000
     """Test rows per task in the final evaluation (a seeded subset when there are more)."""
+    min_train_rows: int = 100
+    """A use-case with fewer training rows is skipped (not trained, evaluated or served), with
+    the reason reported before training (``unirank.training.coverage``)."""
+    min_eval_rows: int = 30
+    """A use-case with fewer validation or test rows is skipped: too few to select or measure on."""
     threads: int | None = 1
     """torch intra-op threads while training and evaluating; None leaves torch's default.
 
@@ -129,8 +134,25 @@ class TrainConfig:
                 raise ValueError(f"{label}: unknown tasks {unknown}; known: {sorted(names)}")
             if any(v < 0 for v in table.values()):
                 raise ValueError(f"{label} must be >= 0")
-        if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1:
-            raise ValueError("epochs, batch_size and negatives must be >= 1")
+        if not any(self.task_weight(name) > 0 for name in names):
+            raise ValueError(f"task_weights {self.task_weights} trains no task: give one a weight > 0")
+        positive = ("epochs", "batch_size", "negatives", "dim", "hidden", "max_history", "n_experts")
+        low = [name for name in positive if getattr(self, name) < 1]
+        if low:
+            raise ValueError(f"{', '.join(low)} must be >= 1")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError("learning_rate must be > 0, weight_decay >= 0 and dropout in [0, 1)")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError("steps_per_epoch must be >= 1 (or None)")
+        if self.patience < 1 or self.task_patience < 0:
+            raise ValueError("patience must be >= 1 and task_patience >= 0")
+        if self.min_train_rows < 1 or self.min_eval_rows < 1:
+            raise ValueError("min_train_rows and min_eval_rows must be >= 1")
+        if self.validation_rows_per_task < 1 or self.eval_rows_per_task < 1:
+            raise ValueError("validation_rows_per_task and eval_rows_per_task must be >= 1")
+        fractions = tuple(self.split_fractions)
+        if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(f"split_fractions must be three shares > 0 adding up to 1, not {fractions}")
         if not 0.0 <= self.popular_negative_share <= 1.0 or not 0.0 <= self.user_dropout < 1.0:
             raise ValueError("popular_negative_share must be in [0, 1] and user_dropout in [0, 1)")
         if self.task_sampling not in TASK_SAMPLINGS:
@@ -190,8 +212,13 @@ class TrainConfig:
         return cls(seed=seed).replace(**overrides)
 
     @classmethod
+    def sparse(cls, seed: int = 0, **overrides: Any) -> TrainConfig:
+        """The default run on the ``sparse`` synthetic shape (a listening history)."""
+        return cls(size="sparse", seed=seed).replace(**overrides)
+
+    @classmethod
     def preset(cls, size: str, seed: int = 0, **overrides: Any) -> TrainConfig:
-        presets = {"tiny": cls.tiny, "small": cls.small, "default": cls.default}
+        presets = {"tiny": cls.tiny, "small": cls.small, "default": cls.default, "sparse": cls.sparse}
         try:
             return presets[size](seed, **overrides)
         except KeyError:

@@ -8,7 +8,7 @@ already played) are excluded before ranking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,21 +263,34 @@ def offline_metrics(
     rows_per_task: int,
     validation_rows_per_task: int,
     seed: int,
+    tasks: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``metrics.json``: test metrics of model and baselines, and score references."""
+    """The content of ``metrics.json``: test metrics of model and baselines, and score references.
+
+    ``tasks`` names the use-cases the model was trained on (None: all); the others are not measured.
+    """
     model_scorer = ModelScorer(model)
     scorers: dict[str, Scorer] = {
         MODEL: model_scorer,
         POPULARITY: PopularityScorer(catalog),
         POPULARITY_TASK_AWARE: TaskAwarePopularityScorer(catalog, co_engagement),
     }
-    tasks = evaluate_scorers(scorers, dataset, "test", catalog, rows_per_task, seed)
-    rows = {
-        spec.name: int(min(len(dataset.rows("test", int(spec.task_type))), rows_per_task)) for spec in TASKS
+    names = {spec.name for spec in TASKS} if tasks is None else set(tasks)
+    rows_by_task = {
+        task: rows
+        for task, rows in evaluation_rows(dataset, "test", rows_per_task, seed).items()
+        if task in names
     }
+    by_task = evaluate_scorers(scorers, dataset, "test", catalog, rows_per_task, seed, tasks=rows_by_task)
+    rows = {
+        spec.name: int(min(len(dataset.rows("test", int(spec.task_type))), rows_per_task))
+        for spec in TASKS
+        if spec.name in names
+    }
+    reference = score_reference(model_scorer, dataset, catalog, validation_rows_per_task, seed)
     return {
-        "tasks": tasks,
-        "score_reference": score_reference(model_scorer, dataset, catalog, validation_rows_per_task, seed),
+        "tasks": by_task,
+        "score_reference": {task: ref for task, ref in reference.items() if task in names},
         "evaluation": {
             "split": "test",
             "k": metrics.K_DEFAULT,

@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from unirank.artifact import Catalog, FeatureEncoder, load_artifact
+from unirank.artifact import TASKS, Catalog, FeatureEncoder, load_artifact
 from unirank.artifact.store import MANIFEST
 from unirank.model.net import build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
+from unirank.training.coverage import plan_tasks, task_coverage
 from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import offline_metrics
@@ -130,6 +131,7 @@ def _train_artifact(
         f"{len(log.events)} events ({time.perf_counter() - started:.1f}s); train/validation/test rows: "
         + describe_counts(data.dataset)
     )
+    config, _ = plan_tasks(data.dataset.counts(), config, log, say)
     result = train_model(
         data.dataset, data.catalog, config, progress, data.co_engagement, distributed=distributed
     )
@@ -179,6 +181,7 @@ def write_version(
     }
     model = result.model
     phase = time.perf_counter()
+    coverage = task_coverage(data.dataset.counts(), config, log)
     metrics = offline_metrics(
         model,
         data.catalog,
@@ -187,7 +190,9 @@ def write_version(
         config.eval_rows_per_task,
         config.validation_rows_per_task,
         config.seed,
+        tasks=coverage.trained,
     )
+    metrics["skipped_tasks"] = coverage.skipped
     retrieval = build_retrieval(model, data.catalog, data.co_engagement)
     say(f"evaluated and built retrieval in {time.perf_counter() - phase:.1f}s")
 
@@ -219,7 +224,12 @@ def write_version(
             metrics,
             encoder_config={"max_history": config.max_history, "max_query_tokens": config.max_query_tokens},
             training_data=training_data,
-            extra={**(extra or {}), "training": training},
+            extra={
+                **(extra or {}),
+                "training": training,
+                "trained_tasks": list(coverage.trained),
+                "skipped_tasks": coverage.skipped,
+            },
             extra_files=(TRAINING_CURVES, TASK_METRICS),
         )
         load_artifact(staging)  # the reader's own check, before anyone can see the directory
@@ -271,8 +281,12 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
         co_engagement_window=int(config.get("co_engagement_window", defaults.co_engagement_window)),
     )
     say(f"evaluating {artifact.model_version} on {spec} size={recorded['size']} seed={recorded['seed']}")
+    skipped = dict(artifact.manifest.get("skipped_tasks", {}))
+    trained = artifact.manifest.get("trained_tasks", [spec.name for spec in TASKS])
+    for task, reason in skipped.items():
+        say(f"skipped {task}: {reason} (no trained head in {artifact.model_version})")
     model = build_model_from_checkpoint(torch.load(artifact.torch_path, weights_only=True))
-    return offline_metrics(
+    metrics = offline_metrics(
         model,
         artifact.catalog,
         prepared.co_engagement,
@@ -280,4 +294,7 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
         int(config.get("eval_rows_per_task", defaults.eval_rows_per_task)),
         int(config.get("validation_rows_per_task", defaults.validation_rows_per_task)),
         int(recorded["seed"]),
+        tasks=trained,
     )
+    metrics["skipped_tasks"] = skipped
+    return metrics

@@ -183,6 +183,16 @@ def _reading_notes(result: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _skipped_lines(result: Mapping[str, Any]) -> list[str]:
+    """The use-cases the data could not train or measure, with the reason each was skipped."""
+    skipped = result.get("skipped_tasks", {})
+    if not skipped:
+        return []
+    lines = ["Skipped before training (no model, peer or baseline is measured on them):", ""]
+    lines += [f"- **{task}**: {reason}" for task, reason in skipped.items()]
+    return [*lines, ""]
+
+
 def write_report(result: Mapping[str, Any], path: Path, command: str | None = None) -> Path:
     """Write the Markdown report and its plots (into ``<report stem>/``); returns the report path."""
     path = Path(path)
@@ -220,6 +230,7 @@ def write_report(result: Mapping[str, Any], path: Path, command: str | None = No
         "",
         markdown_table(result),
         "",
+        *_skipped_lines(result),
         f"![NDCG@10 by task and method]({rel}/{NDCG_PLOT})",
         "",
         f"![Every metric, unified vs the alternatives]({rel}/{METRICS_PLOT})",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unirank.training.logs import EventTable, EventType, ItemTable, LogData
+from unirank.training.logs import EventTable, EventType, ItemTable, LogData, TextTable
 
 DAY_MS = 86_400_000
 LOG_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed origin keeps runs reproducible
@@ -187,6 +187,16 @@ COMMON_WORDS: tuple[str, ...] = (
 # fmt: on
 
 
+TITLE_STYLES: tuple[str, ...] = ("words", "names")
+# fmt: off
+NAME_SYLLABLES: tuple[str, ...] = (
+    "ka", "ro", "mi", "za", "lu", "ven", "dor", "shi", "ta", "bel", "qui", "nox", "ar", "el", "fi",
+    "gor", "ha", "jin", "ko", "ly", "mor", "ny", "pa", "rei", "sol", "tu", "vo", "wen", "xa", "yu",
+    "zel", "bri", "cra", "dre", "fla", "glo", "kri", "plo", "sta", "tro",
+)
+# fmt: on
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size and strength knobs of the generator; presets via :meth:`preset`."""
@@ -222,6 +232,20 @@ class SyntheticConfig:
     """Shares of search queries that are one title word, two title words, or a genre descriptor."""
     play_after_click: float = 0.5
     """Share of clicks followed by a play of the clicked item (so clicks enter later histories)."""
+    surface_events: bool = True
+    """Log notification opens, related, search and category clicks; False: plays (and tags) only,
+    so every label is derived from engagements, as with MovieLens or a listening history."""
+    time_granularity_days: int = 0
+    """Round every timestamp down to whole days of this many (0: millisecond times)."""
+    release_years: bool = True
+    """Give items release years; False: none is known (so no item is ever a new release)."""
+    title_style: str = "words"
+    """``words``: titles from genre and common words; ``names``: made-up names (artists) that
+    say nothing about the content and rarely share a word, so user tags are the only text."""
+    tags_per_user: float = 0.0
+    """Mean tags a user attaches to items they played (a genre name or descriptor); 0: none."""
+    play_weights: bool = False
+    """Plays carry a count (log-normal, like scrobbles) as their weight instead of 1."""
 
     @classmethod
     def preset(cls, size: str) -> SyntheticConfig:
@@ -239,6 +263,22 @@ class SyntheticConfig:
             ),
             "small": cls(n_items=1500, n_users=1500, n_genres=14),
             "default": cls(),
+            # A listening history unlike the default: ~1.1k users, ~10k artists, ~40k plays; no
+            # surface events, day-granularity times, no release years, tags the only text.
+            "sparse": cls(
+                n_items=10_000,
+                n_users=1_100,
+                n_genres=20,
+                plays_per_user=36.0,
+                days=730,
+                popularity_sigma=1.6,
+                surface_events=False,
+                time_granularity_days=1,
+                release_years=False,
+                title_style="names",
+                tags_per_user=6.0,
+                play_weights=True,
+            ),
         }
         try:
             return presets[size]
@@ -252,18 +292,29 @@ def generate(config: SyntheticConfig, seed: int) -> LogData:
         raise ValueError(f"n_genres must be in [1, {len(GENRES)}]")
     if not 1 <= config.title_words_per_genre <= min(len(words) for words, _, _ in GENRES.values()):
         raise ValueError("title_words_per_genre must be in [1, 16]")
+    if config.title_style not in TITLE_STYLES:
+        raise ValueError(f"title_style must be one of {TITLE_STYLES}, not {config.title_style!r}")
     rng = np.random.default_rng(seed)
     world = _World.create(config, rng)
     plays = world.plays(rng)
-    clicks = [
-        world.notification_opens(rng, plays),
-        world.related_clicks(rng, plays),
-        world.search_clicks(rng),
-        world.category_clicks(rng),
-    ]
+    clicks = []
+    if config.surface_events:
+        clicks = [
+            world.notification_opens(rng, plays),
+            world.related_clicks(rng, plays),
+            world.search_clicks(rng),
+            world.category_clicks(rng),
+        ]
     follow_ups = [world.plays_after(rng, table) for table in clicks]
     events = EventTable.concat([plays, *follow_ups, *clicks]).sorted()
     events = _drop_reopened_notifications(events, world.n_items)
+    texts = world.tags(rng, plays) if config.tags_per_user > 0 else TextTable.empty()
+    if config.play_weights:
+        events.weight = np.ceil(np.exp(1.2 * rng.standard_normal(len(events)) + 1.0))
+    if config.time_granularity_days > 0:
+        unit = config.time_granularity_days * DAY_MS
+        events.timestamp_ms = events.timestamp_ms // unit * unit
+        texts.timestamp_ms = texts.timestamp_ms // unit * unit
     log = LogData(
         items=world.item_table(),
         user_ids=[f"u{u:05d}" for u in range(config.n_users)],
@@ -271,6 +322,7 @@ def generate(config: SyntheticConfig, seed: int) -> LogData:
         events=events,
         source="synthetic",
         provenance={"seed": int(seed), "config": dataclasses.asdict(config)},
+        texts=texts,
     )
     log.validate()
     return log
@@ -356,9 +408,15 @@ class _World:
         item_fresh = (release_year >= 2025).astype(np.float64)
         base_maturity = np.array([GENRES[names[gs[0]]][2] for gs in item_genres])
         maturity = np.clip(base_maturity + rng.integers(-1, 2, size=n_items), 0, 4).astype(np.int64)
-        item_words = [
-            cls._title_words(rng, [names[x] for x in gs], config.title_words_per_genre) for gs in item_genres
-        ]
+        if config.title_style == "names":
+            item_words = [cls._name_words(rng) for _ in item_genres]
+        else:
+            item_words = [
+                cls._title_words(rng, [names[x] for x in gs], config.title_words_per_genre)
+                for gs in item_genres
+            ]
+        if not config.release_years:
+            release_year = np.zeros(n_items, dtype=np.int64)
 
         n_users = config.n_users
         favourite = rng.choice(g, size=(n_users, 2), p=genre_share)
@@ -408,6 +466,30 @@ class _World:
             pool = GENRES[genres[0]][0][:words_per_genre]
             words[0] = pool[int(rng.integers(len(pool)))]
         return words
+
+    @staticmethod
+    def _name_words(rng: np.random.Generator) -> list[str]:
+        """A made-up name of one or two three-syllable words (no content, rarely shared)."""
+        n_words = int(rng.choice([1, 2], p=[0.4, 0.6]))
+        picks = rng.integers(len(NAME_SYLLABLES), size=(n_words, 3))
+        return ["".join(NAME_SYLLABLES[i] for i in word) for word in picks.tolist()]
+
+    def tags(self, rng: np.random.Generator, plays: EventTable) -> TextTable:
+        """Tags users put on items they played: a genre name or one of its descriptor words."""
+        share = min(1.0, self.config.tags_per_user / max(self.config.plays_per_user, 1e-9))
+        rows = np.flatnonzero(rng.random(len(plays)) < share)
+        texts = []
+        for item in plays.item[rows].tolist():
+            genres = self.item_genres[item]
+            genre = self.genre_names[genres[int(rng.integers(len(genres)))]]
+            choices = (genre, *GENRES[genre][1])
+            texts.append(choices[int(rng.integers(len(choices)))])
+        return TextTable(
+            user=plays.user[rows].copy(),
+            item=plays.item[rows].copy(),
+            text=texts,
+            timestamp_ms=plays.timestamp_ms[rows] + 60_000,
+        )
 
     def item_table(self) -> ItemTable:
         return ItemTable(

@@ -43,6 +43,7 @@ from unirank.artifact.store import MANIFEST, sha256_file
 from unirank.model.net import UniRankModel, build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import WARM_START_LR_SCALE, WARM_START_MAX_STEPS, TrainConfig
+from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import catalog_from_logs
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import MODEL, ModelScorer, evaluate_scorers
@@ -314,6 +315,7 @@ def _refit(
         catalog=catalog,
         co_engagement_window=config.co_engagement_window,
     )
+    config, _ = plan_tasks(data.dataset.counts(), config, mapped, say)
     n_train = len(data.dataset.rows("train"))
     assert config.max_steps is not None
     per_epoch = min(
