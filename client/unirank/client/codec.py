@@ -248,6 +248,7 @@ def encode_events(events: Sequence[Event]) -> pb.RecordEventsRequest:
                 item_id=e.item_id,
                 event_type=enum_value(pb.EventType, "EVENT_TYPE_", e.event_type),  # type: ignore[arg-type]
                 event_time_unix_ms=e.event_time_unix_ms,
+                event_id=e.event_id,
             )
             for e in events
         ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 
@@ -147,6 +148,9 @@ class Event:
     """``play``, ``click``, ``search_click`` or ``notification_open``."""
     event_time_unix_ms: int = 0
     """When it happened; 0 means now (the server's clock)."""
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Unique id of this event (a fresh one per Event by default): recording the same Event again,
+    e.g. retrying a call that failed, is recognised by the server and not counted twice."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from unirank.artifact.store import ArtifactError
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
-from unirank.server.features import FeatureStore, make_feature_store
+from unirank.server.features import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.repository import fingerprint, resolve_artifact
@@ -165,10 +165,13 @@ class UniRankServer:
         telemetry.set_server_address(self.host, self.port)
         await server.start()
         self._server = server
+        # A server whose event log cannot be written is not ready (it would refuse RecordEvents).
+        features = self.features
+        ready = await features.watch(self._set_ready) if isinstance(features, LoggedFeatureStore) else True
         if self.group is None:
-            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+            await self._set_serving(ready)
         else:
-            self.group.set_ready(True)
+            self.group.set_ready(ready)
             self._spawn(watch_group_health(self.group, self._set_serving))
         interval = self._poll_interval()
         if interval > 0:
@@ -182,6 +185,13 @@ class UniRankServer:
                 if serving
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
+
+    async def _set_ready(self, ready: bool) -> None:
+        """The event log's writability changed: this server's (or worker's) readiness follows it."""
+        if self.group is not None:
+            self.group.set_ready(ready)
+        else:
+            await self._set_serving(ready)
 
     def _poll_interval(self) -> float:
         intervals = [t.freshness.artifact_poll_interval_s for t in self.profile.tasks.values()]

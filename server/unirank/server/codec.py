@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from unirank.artifact import TASKS, Context, TaskType
+from unirank.artifact.eventtime import EVENT_TIME_RANGE, MAX_EVENT_TIME_MS, is_valid_event_time_ms
 from unirank.server.config import ServerSection
 from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument
@@ -283,13 +284,19 @@ def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int
         for index, event in enumerate(message.events):
             check.required_id(f"events[{index}].user_id", event.user_id)
             check.required_id(f"events[{index}].item_id", event.item_id)
-            if event.event_time_unix_ms < 0:
-                check.add(f"events[{index}].event_time_unix_ms", "must be >= 0")
+            # 0 means now; anything else must be a time training accepts (unirank.artifact.eventtime).
+            if event.event_time_unix_ms and not is_valid_event_time_ms(event.event_time_unix_ms):
+                check.add(
+                    f"events[{index}].event_time_unix_ms",
+                    f"must be a Unix time in milliseconds within {EVENT_TIME_RANGE} "
+                    f"(0 to {MAX_EVENT_TIME_MS}; 0 means now)",
+                )
+            check.optional_id(f"events[{index}].event_id", event.event_id)
             if len(check.violations) >= 10:  # enough to fix the caller; the rest is noise
                 break
     if check.violations:
         raise InvalidArgument(check.violations)
     return [
-        RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms, e.event_type)
+        RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms, e.event_type, e.event_id)
         for e in message.events
     ]

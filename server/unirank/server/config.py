@@ -283,6 +283,9 @@ class FeaturesSection(_Strict):
     interactions columns (``user_id, item_id, timestamp, event_type``), as training logs for the
     next refit (docs/deployment.md, "Freshness loop"); empty: no log. Relative paths are resolved
     against the server's working directory; ``store = "none"`` with a log only logs."""
+    event_id_window: int = Field(100_000, ge=1, le=10_000_000)
+    """Most recent ``Event.event_id`` values remembered (with ``event_log``): an event whose id is
+    among them is a retry and is not logged again; events without an id are never deduplicated."""
 
 
 class GrantConfig(_Strict):

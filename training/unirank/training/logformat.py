@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from unirank.artifact.catalog import MATURITY_LEVELS
+from unirank.artifact.eventtime import EVENT_TIME_RANGE, is_valid_event_time_ms
 from unirank.training.logs import NONE, EventTable, EventType, ItemTable, LogData, TextTable
 
 FORMAT_NAME = "unirank-logs"
@@ -65,8 +66,6 @@ OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 REQUIRED_TABLES: tuple[str, ...] = ("items", "interactions")
 
-# Unix seconds accepted as plausible event times: 1970-01-01 up to 2100-01-01.
-_MAX_SECONDS = 4_102_444_800
 _MILLISECONDS_HINT = 1e11
 
 
@@ -433,11 +432,11 @@ def _timestamp(report: LogReport, table: str, number: int, raw: Any) -> int | No
             table, "with a timestamp that is neither Unix seconds nor ISO 8601", number, repr(raw)[:40]
         )
         return None
-    if not 0 <= ms <= _MAX_SECONDS * 1000:
+    if not is_valid_event_time_ms(ms):
         hint = (
             " (looks like milliseconds; the format wants seconds)" if ms >= _MILLISECONDS_HINT * 1000 else ""
         )
-        report.add(table, f"with a timestamp outside 1970-2100{hint}", number, repr(raw)[:40])
+        report.add(table, f"with a timestamp outside {EVENT_TIME_RANGE}{hint}", number, repr(raw)[:40])
         return None
     return ms
 

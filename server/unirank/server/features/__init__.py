@@ -23,7 +23,7 @@ def make_feature_store(section: FeaturesSection) -> FeatureStore | None:
     redis client is imported only when the profile asks for it."""
     store = _make_store(section)
     if section.event_log:
-        return LoggedFeatureStore(store, EventLog(section.event_log))
+        return LoggedFeatureStore(store, EventLog(section.event_log), event_id_window=section.event_id_window)
     return store
 
 

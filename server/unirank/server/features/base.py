@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,10 +15,55 @@ class RecentEvent:
     event_time_ms: int
     event_type: int = 0
     """``unirank.v1.EventType`` value (0: unspecified, logged as a play)."""
+    event_id: str = ""
+    """The caller's id of the event; a repeated id is a retry (empty: never deduplicated)."""
+
+
+class RecentIds:
+    """The most recent ``capacity`` event ids: the window in which a retried event is recognised."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def new(self, events: Sequence[RecentEvent]) -> list[RecentEvent]:
+        """``events`` less those whose id is in the window or repeats an earlier one of ``events``."""
+        if not any(event.event_id for event in events):
+            return list(events)
+        seen: set[str] = set()
+        fresh = []
+        for event in events:
+            if event.event_id:
+                if event.event_id in self._ids or event.event_id in seen:
+                    continue
+                seen.add(event.event_id)
+            fresh.append(event)
+        return fresh
+
+    def add(self, events: Sequence[RecentEvent]) -> None:
+        """Remember the ids of ``events``; the oldest ids leave the window beyond ``capacity``."""
+        for event in events:
+            if event.event_id:
+                self._ids[event.event_id] = None
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class FeatureStoreError(Exception):
-    """The store could not be reached or answered badly; the pipeline degrades without it."""
+    """The store could not be reached or answered badly; the pipeline degrades without it.
+
+    ``str()`` is what a caller may be told: it names no address, path or host. ``detail`` (the
+    underlying error, with the address or path) is for the server's own log.
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class FeatureStore(Protocol):

@@ -19,6 +19,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     ) from exc
 
 
+UNAVAILABLE = "the online feature store (redis) is unavailable"
+"""What a caller is told; the error itself names the server's address and stays in the log."""
+
+
 class RedisFeatureStore:
     name = "redis"
     inline = False
@@ -61,7 +65,7 @@ class RedisFeatureStore:
                     pipe.expire(key, int(self.ttl_s))
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise FeatureStoreError(f"redis append failed: {exc}") from exc
+            raise FeatureStoreError(UNAVAILABLE, f"redis append failed: {exc}") from exc
 
     async def recent(self, user_id: str, limit: int, since_ms: int) -> list[str]:
         if limit <= 0:
@@ -71,7 +75,7 @@ class RedisFeatureStore:
                 self._key(user_id), since_ms, "+inf", start=0, num=self.max_items_per_user
             )
         except (RedisError, OSError) as exc:
-            raise FeatureStoreError(f"redis read failed: {exc}") from exc
+            raise FeatureStoreError(UNAVAILABLE, f"redis read failed: {exc}") from exc
         return [str(item) for item in found[-limit:]]
 
     async def close(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -70,3 +72,43 @@ def make_handler(log_format: str, stream: TextIO | None = None) -> logging.Handl
 def configure_logging(level: str, log_format: str, stream: TextIO | None = None) -> None:
     """The process's logging: one handler on the root logger (the CLI calls this, nothing else)."""
     logging.basicConfig(level=level.upper(), handlers=[make_handler(log_format, stream)], force=True)
+
+
+class ThrottledLog:
+    """Writes a repeated log line at most once per ``interval_s`` per key, saying how many were held back.
+
+    For conditions that repeat per request (a store that is down, garbage sent by a broken
+    client): the first occurrence is logged at once, later ones within the interval are only
+    counted, and the next line written for the key says ``(N more like it in the last T s)``.
+    One instance per component; it holds one timestamp and one count per key.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError("interval_s must be > 0")
+        self.logger = logger
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> bool:
+        """Log ``message % args`` under ``key`` unless one was logged within the interval; True if written."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval_s:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False
+        held = self._held.pop(key, 0)
+        self._last[key] = now
+        if held:
+            window = now - last if last is not None else 0.0
+            message = f"{message} (%d more like it in the last %.0f s)"
+            args = (*args, held, window)
+        self.logger.log(level, message, *args)
+        return True
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        return self.log(logging.WARNING, key, message, *args)
