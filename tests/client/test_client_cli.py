@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
 from tests.client.client_echo_server import FAIL_INVALID, FAIL_UNAVAILABLE, RunningServer
-from unirank.client.cli import main
+from unirank.client.cli import main, print_error
+from unirank.client.errors import UniRankError
 from unirank.v1 import recommender_pb2 as pb
 
 Cli = Callable[..., int]
@@ -188,3 +192,38 @@ def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "recommend" in out and "info" in out and "health" in out
+
+
+def test_a_violation_the_message_already_says_is_printed_once() -> None:
+    # The server's message names the violations, and its ErrorInfo reason repeats the code.
+    error = UniRankError(
+        "INVALID_ARGUMENT",
+        "invalid request: context.search.query: is required (non-blank)",
+        field_violations=[
+            ("context.search.query", "is required (non-blank)"),
+            ("options.max_results", "<= 100"),
+        ],
+        reason="INVALID_ARGUMENT",
+    )
+    stream = io.StringIO()
+    print_error(error, stream)
+    assert stream.getvalue().splitlines() == [
+        "unirank: INVALID_ARGUMENT: invalid request: context.search.query: is required (non-blank)",
+        "  options.max_results: <= 100",
+    ]
+
+
+def test_a_closed_pipe_ends_quietly(server: RunningServer) -> None:
+    # `unirank recommend --json ... | head -2`: the reader leaves before the output ends.
+    script = (
+        "import sys; from unirank.client.cli import main; "
+        f"raise SystemExit(main(['recommend', '--target', '{server.target}', '--json', "
+        "'search', '--query', 'q']))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    # Closed before the child has even imported the client, so its first write finds no reader.
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=30) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err

@@ -10,6 +10,7 @@ import asyncio
 import json
 import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,17 @@ async def test_a_broken_graph_with_a_matching_checksum_is_refused_at_reload(
         after = await client.related_items(load_artifact(artifact_dir).catalog.items.key(1))
     assert after.model_version == before and not after.fallback
     assert server.reload_failures == 1
+
+
+async def test_a_port_in_use_stops_the_start_with_one_line(artifact_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        profile = PROFILES / "cpu-realtime.toml"
+        code, output = await run_serve(
+            ["--profile", str(profile), "--artifact", str(artifact_dir), "--port", str(port)]
+        )
+    assert code == 3, output
+    assert f"unirank serve: cannot listen on 127.0.0.1:{port}: the port is in use" in output, output
+    assert "Traceback" not in output, output

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from unirank.artifact import ModelInputs
-from unirank.client import AsyncRecommenderClient, UniRankError
+from unirank.client import THROTTLED_LOCALLY, AsyncRecommenderClient, UniRankError
 
 from ..conftest import TASK_NAMES, profile_with, running_server
 from .serve import Load, open_loop
@@ -29,9 +29,10 @@ class _SlowBackend:
     """The real model behind a fixed extra service time, so capacity is known and CPU-independent;
     it records the most requests it ever saw at once."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, service_s: float = SERVICE_S) -> None:
         self.inner, self.name, self.device = inner, inner.name, inner.device
         self.inline = False  # it sleeps
+        self.service_s = service_s
         self.active = self.peak = 0
 
     async def score(
@@ -40,7 +41,7 @@ class _SlowBackend:
         self.active += 1
         self.peak = max(self.peak, self.active)
         try:
-            await asyncio.sleep(SERVICE_S)
+            await asyncio.sleep(self.service_s)
             return await self.inner.score(inputs, deadline, tag=tag)
         finally:
             self.active -= 1
@@ -100,7 +101,7 @@ async def test_a_call_shed_on_arrival_is_counted_for_its_use_case(artifact_dir: 
     async with running_server("cpu-realtime", artifact_dir) as server:
         item = server.pipeline.runtime.artifact.catalog.items.key(1)
         server.admission.max_in_flight = server.admission.max_queued = 0  # no slot, no place in line
-        async with AsyncRecommenderClient(server.address) as client:
+        async with AsyncRecommenderClient(server.address, throttle_k=None) as client:
             for _ in range(3):
                 with pytest.raises(UniRankError) as refused:
                     await client.related_items(item)
@@ -108,3 +109,97 @@ async def test_a_call_shed_on_arrival_is_counted_for_its_use_case(artifact_dir: 
         stats = server.telemetry.stats.task("related_items")
         assert stats.rpcs_by_code().get("RESOURCE_EXHAUSTED") == 3
         assert server.admission.in_flight == 0
+
+
+async def test_a_call_that_cannot_meet_its_deadline_is_refused_at_once(artifact_dir: Path) -> None:
+    tasks = {name: {"timeout_ms": 10_000} for name in TASK_NAMES}
+    profile = profile_with(server={"max_concurrent_rpcs": LIMIT, "max_queued_rpcs": 8}, tasks=tasks)
+    async with (
+        running_server(profile, artifact_dir) as server,
+        AsyncRecommenderClient(server.address, timeout=10) as client,
+    ):
+        pipeline = server.pipeline
+        assert pipeline is not None
+        backend = _SlowBackend(pipeline.runtime.backend, service_s=0.5)
+        pipeline.runtime.backend = backend  # type: ignore[assignment]
+        item = pipeline.runtime.artifact.catalog.items.key(1)
+        await client.related_items(item)  # related_items now takes >= 0.5 s
+        assert server.admission.expected_service_s("related_items") >= 0.5
+        busy = asyncio.create_task(client.related_items(item))
+        while not backend.active:
+            await asyncio.sleep(0.01)
+        # 0.2 s cannot hold a 0.5 s call: refused on arrival, not queued to die at its deadline.
+        with pytest.raises(UniRankError) as refused:
+            await client.related_items(item, timeout=0.2)
+        assert backend.active == 1  # it never reached the model
+        await busy
+        # Another use-case has its own estimate (none yet): it is tried.
+        await client.category(pipeline.runtime.artifact.catalog.categories.key(1), timeout=5)
+        pipeline.runtime.backend = backend.inner
+    assert refused.value.code == "RESOURCE_EXHAUSTED" and refused.value.reason == "OVERLOADED"
+    assert "less than the" in refused.value.message and refused.value.retry_after_s
+    assert server.admission.refused_for_deadline == 1
+
+
+async def _client_open_loop(
+    client: AsyncRecommenderClient, item: str, rate: float, duration_s: float
+) -> Counter[str]:
+    """Open loop through the UniRank client: ``CODE`` or ``CODE/REASON`` per call."""
+    outcomes: Counter[str] = Counter()
+
+    async def one() -> None:
+        try:
+            await client.related_items(item)
+            outcomes["OK"] += 1
+        except UniRankError as error:
+            outcomes[f"{error.code}/{error.reason}"] += 1
+
+    pending = []
+    begin = time.perf_counter()
+    for index in range(int(rate * duration_s)):
+        delay = begin + index / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pending.append(asyncio.create_task(one()))
+    await asyncio.gather(*pending)
+    return outcomes
+
+
+def _seen_by_server(server: Any) -> int:
+    return sum(server.telemetry.stats.task("related_items").rpcs_by_code().values())
+
+
+async def test_the_throttling_client_sends_an_overloaded_server_much_less(artifact_dir: Path) -> None:
+    tasks = {name: {"timeout_ms": 10_000} for name in TASK_NAMES}
+    profile = profile_with(server={"max_concurrent_rpcs": LIMIT, "max_queued_rpcs": 0}, tasks=tasks)
+    async with running_server(profile, artifact_dir) as server:
+        pipeline = server.pipeline
+        assert pipeline is not None
+        pipeline.runtime.backend = _SlowBackend(pipeline.runtime.backend)  # type: ignore[assignment]
+        item = pipeline.runtime.artifact.catalog.items.key(1)
+        rate = 4 * LIMIT / SERVICE_S  # 4x capacity
+        runs = {}
+        for label, k in (("naive", None), ("throttled", 2.0)):
+            before = _seen_by_server(server)
+            async with AsyncRecommenderClient(server.address, timeout=10, throttle_k=k) as client:
+                outcomes = await _client_open_loop(client, item, rate, duration_s=1.5)
+                local = client.throttle.rejected_locally if client.throttle is not None else 0
+            runs[label] = (outcomes, _seen_by_server(server) - before, local)
+
+    naive, naive_seen, _ = runs["naive"]
+    throttled, throttled_seen, local = runs["throttled"]
+    # In one process the client takes CPU from the server too: some calls overflow gRPC core's
+    # backlog (CANCELLED), which the throttle counts as refusals like RESOURCE_EXHAUSTED.
+    refusals = {"RESOURCE_EXHAUSTED/OVERLOADED", "CANCELLED/"}
+    assert set(naive) <= {"OK", *refusals}, naive
+    local_code = f"RESOURCE_EXHAUSTED/{THROTTLED_LOCALLY}"
+    assert set(throttled) <= {"OK", local_code, *refusals}, throttled
+    # Every call sent reached the server's telemetry, but those core dropped from its backlog.
+    assert naive_seen + naive["CANCELLED/"] == sum(naive.values())
+    assert local == throttled[local_code] > 0
+    sent = sum(throttled.values()) - local
+    assert throttled_seen + throttled["CANCELLED/"] == sent
+    # K = 2: the server is sent about twice what it accepts (plus the first moments, before the
+    # client has seen any refusal), where the naive client sends it everything.
+    assert sent < 3 * throttled["OK"] + 4 * LIMIT, runs
+    assert sent < 0.8 * sum(naive.values()), runs

@@ -105,3 +105,47 @@ async def test_draining_refuses_newcomers_and_everyone_waiting() -> None:
     assert admission.in_flight == 1  # the admitted call still finishes
     admission.exit()
     assert admission.in_flight == 0
+
+
+async def test_expected_service_time_is_an_ewma_per_use_case() -> None:
+    admission = Admission(max_in_flight=4, service_time_weight=0.5)
+    assert admission.expected_service_s("search") == 0.0
+    admission.served("search", 0.040)
+    admission.served("search", 0.020)
+    admission.served("category", 0.100)
+    assert admission.expected_service_s("search") == pytest.approx(0.030)
+    assert admission.expected_service_s("category") == pytest.approx(0.100)
+
+
+async def test_a_deadline_shorter_than_the_service_time_is_refused_at_once() -> None:
+    admission = Admission(max_in_flight=4, max_queued=4)
+    admission.served("search", 0.050)
+    # Idle: always tried, so the estimate can come down once the load has gone.
+    await admission.enter("search", remaining_s=0.010)
+    # Busy: a call that cannot finish in time never takes a slot or a place in line.
+    with pytest.raises(Overloaded, match=r"10 ms left .* less than the 50 ms search takes"):
+        await admission.enter("search", remaining_s=0.010)
+    await admission.enter("category", remaining_s=0.010)  # another use-case, its own estimate
+    await admission.enter("search", remaining_s=0.060)
+    await admission.enter("search")  # no deadline
+    assert admission.in_flight == 4 and admission.refused_for_deadline == 1
+    for _ in range(4):
+        admission.exit()
+    assert admission.in_flight == 0
+
+
+async def test_a_caller_whose_deadline_ran_short_in_line_passes_its_slot_on() -> None:
+    admission = Admission(max_in_flight=1, max_queued=4)
+    admission.served("search", 0.030)
+    await admission.enter("search")
+    late = asyncio.create_task(admission.enter("search", remaining_s=0.040))
+    patient = asyncio.create_task(admission.enter("search"))
+    await _settle()
+    await asyncio.sleep(0.02)  # ``late`` now has ~20 ms left, less than the 30 ms expected
+    admission.exit()
+    await _settle()
+    with pytest.raises(Overloaded, match="less than the 30 ms"):
+        await late
+    assert patient.done() and admission.in_flight == 1 and admission.queued == 0
+    admission.exit()
+    assert admission.in_flight == 0

@@ -1,6 +1,12 @@
 """Typed Python clients (sync and async) and the command line for the UniRank gRPC API."""
 
-from unirank.client._common import DEFAULT_TIMEOUT_S, RequestFields
+from unirank.client._common import (
+    DEFAULT_THROTTLE_K,
+    DEFAULT_TIMEOUT_S,
+    THROTTLED_LOCALLY,
+    AdaptiveThrottle,
+    RequestFields,
+)
 from unirank.client.aio import AsyncRecommenderClient
 from unirank.client.domain import (
     Category,
@@ -17,12 +23,16 @@ from unirank.client.domain import (
     Task,
     TaskInfo,
 )
-from unirank.client.errors import UniRankError
+from unirank.client.errors import BatchMemberError, UniRankError
 from unirank.client.sync import RecommenderClient
 
 __all__ = [
+    "DEFAULT_THROTTLE_K",
     "DEFAULT_TIMEOUT_S",
+    "THROTTLED_LOCALLY",
+    "AdaptiveThrottle",
     "AsyncRecommenderClient",
+    "BatchMemberError",
     "Category",
     "Event",
     "ModelInfo",

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import grpc
 
 from unirank.client._common import DEFAULT_TIMEOUT_S
+from unirank.client.codec import fallback_reason_name
 from unirank.client.domain import (
     Category,
     ModelInfo,
@@ -33,8 +34,11 @@ from unirank.client.domain import (
 from unirank.client.errors import UniRankError
 from unirank.client.monitor import StatsClient, format_views, summarize, views_as_json
 from unirank.client.sync import RecommenderClient
+from unirank.v1 import recommender_pb2 as pb
 
 DEFAULT_TARGET = "localhost:50151"
+EXIT_COLD_START = 3
+"""``recommend --strict``: the exit status when a cold-start fallback answered (an unknown id)."""
 _TITLE_WIDTH = 40
 
 # CLI spelling of a use-case -> what its flags build.
@@ -137,6 +141,12 @@ def _add_request_flags(parser: argparse.ArgumentParser, *, nested: bool) -> None
     group.add_argument("--country", default=default(""), help='ISO 3166-1 alpha-2, e.g. "US"')
     group.add_argument("--language", default=default(""), help='BCP 47, e.g. "en"')
     group.add_argument("--device", default=default(""), help='e.g. "tv", "mobile", "web"')
+    group.add_argument(
+        "--strict",
+        action="store_true",
+        default=default(False),
+        help=f"exit {EXIT_COLD_START} when a cold-start fallback (an unknown id) answered, not the model",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -355,11 +365,13 @@ def format_model_info(info: ModelInfo) -> str:
 
 
 def print_error(error: UniRankError, stream: TextIO) -> None:
-    """Status code and message, then one line per field violation, then when to retry."""
+    """Status code and message, then each field violation the message does not already say, then
+    the reason where it adds to the code, then when to retry."""
     print(f"unirank: {error.code}: {error.message}", file=stream)
     for field, description in error.field_violations:
-        print(f"  {field}: {description}", file=stream)
-    if error.reason:
+        if f"{field}: {description}" not in error.message:
+            print(f"  {field}: {description}", file=stream)
+    if error.reason and error.reason != error.code:
         print(f"  reason: {error.reason}", file=stream)
     if error.retry_after_s is not None:
         print(f"  retry after {error.retry_after_s:g} s", file=stream)
@@ -404,6 +416,16 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "recommend":
             ranking = client.recommend(request_from_args(args))
             _output(args, asdict(ranking), format_ranking(ranking))
+            if ranking.fallback:
+                # On stderr too, so a script piping stdout still sees that the model did not answer.
+                detail = f": {ranking.fallback_detail}" if ranking.fallback_detail else ""
+                print(
+                    f"unirank: answered by the fallback ({ranking.fallback_reason}){detail}", file=sys.stderr
+                )
+                if args.strict and ranking.fallback_reason == fallback_reason_name(
+                    pb.FALLBACK_REASON_COLD_START
+                ):
+                    return EXIT_COLD_START
             return 0
         if args.command == "info":
             info = client.model_info()
@@ -430,6 +452,11 @@ def main(argv: Sequence[str]) -> int:
     except UniRankError as error:
         print_error(error, sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `unirank recommend --json | head -2`: the reader is gone, which is not an error. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError, TypeError) as error:
         print(f"unirank: {error}", file=sys.stderr)
         return 2

@@ -55,6 +55,11 @@ def enum_value(enum: EnumTypeWrapper, prefix: str, short_name: str) -> int:
         raise ValueError(f"unknown {prefix.rstrip('_').lower()} {short_name!r}; known: {known}") from None
 
 
+def fallback_reason_name(value: int) -> str:
+    """Short name of a ``unirank.v1.FallbackReason`` value, e.g. ``"cold_start"``."""
+    return enum_short_name(pb.FallbackReason, _FALLBACK_PREFIX, value)
+
+
 def task_type_name(value: int) -> str:
     """Short name of a ``unirank.v1.TaskType`` value, e.g. ``"search"``."""
     return enum_short_name(pb.TaskType, _TASK_PREFIX, value)

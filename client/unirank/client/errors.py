@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -128,3 +128,45 @@ def error_from_rpc(error: grpc.RpcError) -> UniRankError:
     return UniRankError(
         code_name, message, field_violations=violations, retry_after_s=retry_after_s, reason=reason
     )
+
+
+def _code_name(number: int) -> str:
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return str(code.name)
+    return str(number)
+
+
+def error_from_member_status(status: Any) -> UniRankError | None:
+    """The error of one RecommendBatch member (a ``unirank.v1.MemberStatus``); None for OK."""
+    if not status.code:
+        return None
+    retry_after_s = None
+    if status.HasField("retry_delay"):
+        retry_after_s = status.retry_delay.seconds + status.retry_delay.nanos / 1e9
+    return UniRankError(
+        _code_name(status.code), status.message, retry_after_s=retry_after_s, reason=status.reason
+    )
+
+
+class BatchMemberError(UniRankError):
+    """Some members of a RecommendBatch were not answered while the others were.
+
+    ``results`` holds, in request order, each member's ranking or its own :class:`UniRankError`
+    (retry those, e.g. after their ``retry_after_s``); the code, reason and retry delay are the
+    first failed member's. ``recommend_batch_outcomes`` returns ``results`` instead of raising.
+    """
+
+    def __init__(self, results: Sequence[Any]) -> None:
+        self.results = list(results)
+        failed = [(i, r) for i, r in enumerate(self.results) if isinstance(r, UniRankError)]
+        index, first = failed[0]
+        super().__init__(
+            first.code,
+            f"{len(failed)} of {len(self.results)} batch members failed; requests[{index}]: {first.message}",
+            retry_after_s=first.retry_after_s,
+            reason=first.reason,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchMemberError, (self.results,))

@@ -10,13 +10,18 @@ import grpc
 
 from unirank.client import codec
 from unirank.client._common import (
+    DEFAULT_THROTTLE_K,
     DEFAULT_TIMEOUT_S,
     HEALTH_CHECK_METHOD,
+    AdaptiveThrottle,
     CallSettings,
     HealthCodec,
     RequestFields,
+    batch_outcomes,
+    batch_rankings,
     build_request,
     channel_credentials,
+    make_throttle,
     to_message,
 )
 from unirank.client.domain import (
@@ -31,7 +36,7 @@ from unirank.client.domain import (
     RelatedItems,
     Search,
 )
-from unirank.client.errors import error_from_rpc
+from unirank.client.errors import UniRankError, error_from_rpc
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -59,14 +64,21 @@ class RecommenderClient:
         bearer_token: str | None = None,
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
+        throttle_k: float | None = DEFAULT_THROTTLE_K,
     ) -> None:
         """Open a (lazy) channel to ``target`` ("host:port").
 
         ``credentials`` wins over ``tls``/``root_certificates``; with none of them the channel
         is plaintext. ``bearer_token`` is sent as ``authorization: Bearer ...`` metadata.
         ``timeout`` is the default deadline in seconds; None means calls have none.
+        ``throttle_k`` is adaptive throttling's K (:class:`~unirank.client.AdaptiveThrottle`):
+        once the server refuses calls for overload, this client sends about K times what it
+        accepts and refuses the rest itself (RESOURCE_EXHAUSTED, reason ``THROTTLED_LOCALLY``,
+        counted in ``throttle.rejected_locally``); None turns throttling off.
         """
         self.target = target
+        self.throttle: AdaptiveThrottle | None = make_throttle(throttle_k)
+        """The client-side adaptive throttle (None when off); its counters are the client's metrics."""
         self._settings = CallSettings.create(timeout=timeout, bearer_token=bearer_token, metadata=metadata)
         secure = channel_credentials(credentials, root_certificates, tls)
         options = list(channel_options)
@@ -93,13 +105,23 @@ class RecommenderClient:
     ) -> None:
         self.close()
 
-    def _call(self, method: Callable[..., _Response], request: Any, timeout: float | None) -> _Response:
+    def _call(
+        self, method: Callable[..., _Response], request: Any, timeout: float | None, *, throttled: bool = True
+    ) -> _Response:
+        throttle = self.throttle if throttled else None
+        if throttle is not None and not throttle.admit():
+            raise throttle.refusal()
         try:
-            return method(
+            response = method(
                 request, timeout=self._settings.timeout(timeout), metadata=self._settings.call_metadata()
             )
         except grpc.RpcError as error:
+            if throttle is not None:
+                throttle.record(getattr(error, "code", lambda: None)())
             raise error_from_rpc(error) from error
+        if throttle is not None:
+            throttle.record(None)
+        return response
 
     # One method per use-case -------------------------------------------------------------
 
@@ -197,10 +219,28 @@ class RecommenderClient:
         *,
         timeout: float | None = None,
     ) -> list[Ranking]:
-        """Send many requests (any mix of use-cases) in one call; rankings in request order."""
+        """Send many requests (any mix of use-cases) in one call; rankings in request order.
+
+        A member the server could not answer (e.g. no execution slot for it) fails alone: this
+        raises :class:`~unirank.client.BatchMemberError`, whose ``results`` still hold the
+        others' rankings; :meth:`recommend_batch_outcomes` returns them without raising.
+        """
+        return batch_rankings(self._send_batch(requests, timeout))
+
+    def recommend_batch_outcomes(
+        self,
+        requests: Sequence[pb.RecommendRequest | RecommendationRequest],
+        *,
+        timeout: float | None = None,
+    ) -> list[Ranking | UniRankError]:
+        """Like :meth:`recommend_batch`, but each member's ranking or its own error, in request order."""
+        return batch_outcomes(self._send_batch(requests, timeout))
+
+    def _send_batch(
+        self, requests: Sequence[pb.RecommendRequest | RecommendationRequest], timeout: float | None
+    ) -> pb.RecommendBatchResponse:
         batch = pb.RecommendBatchRequest(requests=[to_message(request) for request in requests])
-        response = self._call(self._stub.RecommendBatch, batch, timeout)
-        return [codec.decode_ranking(item) for item in response.responses]
+        return self._call(self._stub.RecommendBatch, batch, timeout)
 
     def record_events(self, events: Sequence[Event], *, timeout: float | None = None) -> RecordedEvents:
         """Feed users' engagements to the online feature store (within each use-case's freshness window
@@ -227,4 +267,4 @@ class RecommenderClient:
             request_serializer=codec_.request_class.SerializeToString,
             response_deserializer=codec_.response_class.FromString,
         )
-        return codec_.status_name(self._call(check, codec_.request(service), timeout))
+        return codec_.status_name(self._call(check, codec_.request(service), timeout, throttled=False))

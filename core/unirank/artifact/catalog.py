@@ -6,7 +6,9 @@ model input of 0 always means "absent".
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -67,6 +69,7 @@ class Vocab:
     def __init__(self, keys: Iterable[str]) -> None:
         self.keys: list[str] = [""]
         self._index: dict[str, int] = {}
+        self._folded: dict[str, int] | None = None
         for key in keys:
             if key and key not in self._index:
                 self._index[key] = len(self.keys)
@@ -93,6 +96,23 @@ class Vocab:
 
     def key(self, index: int) -> str:
         return self.keys[index]
+
+    def index_ignoring_case(self, key: str) -> int:
+        """The index of ``key``, else of the one key equal to it ignoring case; 0 when unknown or
+        when several keys differ only in case (``comedy`` finds ``Comedy``)."""
+        found = self._index.get(key, 0)
+        if found or not key:
+            return found
+        folded = self._folded
+        if folded is None:  # built on first use: only vocabularies looked up this way pay for it
+            counts = Counter(k.casefold() for k in self._index)
+            folded = {k.casefold(): i for k, i in self._index.items() if counts[k.casefold()] == 1}
+            self._folded = folded
+        return folded.get(key.casefold(), 0)
+
+    def closest(self, key: str, n: int = 3) -> list[str]:
+        """Up to ``n`` known keys that look like ``key`` (for "did you mean" hints)."""
+        return difflib.get_close_matches(key, self.keys[1:], n=n, cutoff=0.6)
 
 
 @dataclass

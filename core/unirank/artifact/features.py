@@ -104,7 +104,7 @@ class FeatureEncoder:
         anchor = catalog.items.index(context.anchor_item_id)
         if context.anchor_item_id and not anchor:
             unknown.append("anchor_item_id")
-        category = catalog.categories.index(context.category_id)
+        category = catalog.categories.index_ignoring_case(context.category_id)
         if context.category_id and not category:
             unknown.append("category_id")
         query_tokens = self.query_indices(context.query)

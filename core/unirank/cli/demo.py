@@ -106,7 +106,22 @@ def main(argv: list[str] | None = None) -> int:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s (server exit code {code})")
+    print(_next_steps(args.artifact, args.profile, ids))
     return 0
+
+
+def _next_steps(artifact: str, profile: str, ids: dict[str, str]) -> str:
+    """Three commands to paste next: serve this artifact, ask it something, watch it."""
+    unirank = ".venv/bin/unirank"
+    return "\n".join(
+        [
+            "\nnext, in two terminals:",
+            f"  {unirank} serve --profile {profile} --artifact {artifact} --port 50151",
+            f"  {unirank} recommend --target localhost:50151 notification --user {ids['user']} "
+            f"--history {ids['history']}",
+            f"  {unirank} monitor --target localhost:50151 --watch",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,10 @@ DRAIN_QUIET_TURNS = 5
 means no more are on their way."""
 
 
+class BindError(OSError):
+    """The server's address cannot be listened on (start-up fails with one line, exit 3)."""
+
+
 class UniRankServer:
     """One process serving one profile. ``start`` returns once health says SERVING.
 
@@ -155,13 +159,16 @@ class UniRankServer:
                 server,
             )
         bind = f"{self.host}:{self.requested_port}"
-        self.port = (
-            server.add_insecure_port(bind)
-            if credentials is None
-            else server.add_secure_port(bind, credentials)
-        )
+        try:
+            self.port = (
+                server.add_insecure_port(bind)
+                if credentials is None
+                else server.add_secure_port(bind, credentials)
+            )
+        except RuntimeError:  # grpc's "Failed to bind ...; set GRPC_VERBOSITY=debug ..."
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot bind {self.host}:{self.requested_port}")
+            raise BindError(f"cannot listen on {bind}: the port is in use or the address is not this host's")
         telemetry.set_server_address(self.host, self.port)
         await server.start()
         self._server = server

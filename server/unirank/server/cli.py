@@ -12,7 +12,7 @@ import socket
 import sys
 
 from unirank.artifact import ArtifactError
-from unirank.server.app import UniRankServer
+from unirank.server.app import BindError, UniRankServer
 from unirank.server.backends.base import BackendError
 from unirank.server.config import Profile, ProfileError, load_profile
 from unirank.server.security import SecurityError
@@ -155,5 +155,8 @@ def _run(args: argparse.Namespace, profile: Profile, group: WorkerGroup | None) 
         return 3
     except SecurityError as exc:
         print(f"unirank serve: invalid security settings: {exc}", file=sys.stderr)
+        return 3
+    except BindError as exc:
+        print(f"unirank serve: {exc}", file=sys.stderr)
         return 3
     return 0

@@ -135,9 +135,14 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def code_of(error: ServingError) -> grpc.StatusCode:
+    """The status code ``error`` answers with (the table's row for its class)."""
+    return ERROR_TABLE.get(type(error), error.code)
+
+
 def to_rpc_status(error: ServingError) -> status_pb2.Status:
     """The rich status for ``error``: ErrorInfo always, BadRequest / RetryInfo where they apply."""
-    code = ERROR_TABLE.get(type(error), error.code)
+    code = code_of(error)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
     status.details.append(_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN)))
     if isinstance(error, InvalidArgument):

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,11 @@ from unirank.server.telemetry.core import MethodInfo
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/unirank.v1."
+BATCH_METHOD = "/unirank.v1.RecommenderService/RecommendBatch"
+"""Admitted member by member by the servicer (a batch takes one slot per member), not as one RPC."""
+SERVICE_TIME_WEIGHT = 0.1
+"""Weight of the newest call in a use-case's expected service time (an EWMA: ~20 calls to follow a
+change), which deadline-aware admission compares with each call's remaining deadline."""
 
 
 class Admission:
@@ -36,7 +42,14 @@ class Admission:
     overload, while short bursts queue instead of failing.
     """
 
-    def __init__(self, max_in_flight: int, max_queued: int = 0, max_wait_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        max_queued: int = 0,
+        max_wait_s: float = 0.0,
+        *,
+        service_time_weight: float = SERVICE_TIME_WEIGHT,
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.max_wait_s = max_wait_s
@@ -44,7 +57,11 @@ class Admission:
         self.draining = False
         self.arrivals = 0
         """RPCs that reached admission so far, admitted or not (draining watches it settle)."""
+        self.refused_for_deadline = 0
+        """Calls refused because their deadline was shorter than their use-case's service time."""
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._weight = service_time_weight
+        self._service_s: dict[str, float] = {}
 
     @property
     def queued(self) -> int:
@@ -57,11 +74,41 @@ class Admission:
             self.in_flight >= self.max_in_flight and len(self._waiters) >= self.max_queued
         )
 
-    async def enter(self) -> None:
-        """Take a slot, waiting in line for one where the profile allows; Overloaded / Draining otherwise."""
+    def expected_service_s(self, task: str) -> float:
+        """The use-case's expected service time: an EWMA of its recent admitted calls (0 before any)."""
+        return self._service_s.get(task, 0.0)
+
+    def served(self, task: str, seconds: float) -> None:
+        """An admitted call of ``task`` was answered ``seconds`` after it took its slot."""
+        previous = self._service_s.get(task)
+        self._service_s[task] = (
+            seconds if previous is None else previous + self._weight * (seconds - previous)
+        )
+
+    def _check_deadline(self, task: str, remaining_s: float | None) -> None:
+        """Refuse a call that would die in the queue or the model: its deadline is shorter than
+        the time its use-case takes now. Only while other calls run: an idle server always tries
+        (and its answer brings the estimate back down once the load has gone)."""
+        if remaining_s is None or not self.in_flight:
+            return
+        expected = self._service_s.get(task, 0.0)
+        if remaining_s < expected:
+            self.refused_for_deadline += 1
+            raise Overloaded(
+                f"{max(remaining_s, 0.0) * 1e3:.0f} ms left before the call's deadline, less than the "
+                f"{expected * 1e3:.0f} ms {task or 'a call'} takes now"
+            )
+
+    async def enter(self, task: str = "", remaining_s: float | None = None) -> None:
+        """Take a slot, waiting in line for one where the profile allows; Overloaded / Draining otherwise.
+
+        ``remaining_s`` (the call's deadline, from now) is checked against ``task``'s expected
+        service time on arrival and again when a slot is handed over after waiting.
+        """
         self.arrivals += 1
         if self.draining:
             raise Draining()
+        self._check_deadline(task, remaining_s)
         if self.in_flight < self.max_in_flight and not self._waiters:
             self.in_flight += 1
             return
@@ -70,8 +117,10 @@ class Admission:
                 f"{self.in_flight} requests in flight and {len(self._waiters)} waiting, "
                 f"limits {self.max_in_flight} and {self.max_queued}"
             )
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
+        queued_at = loop.time()
         try:
             if self.max_wait_s > 0:
                 async with asyncio.timeout(self.max_wait_s):
@@ -88,6 +137,12 @@ class Admission:
             self._abandon(waiter)
             raise
         # The slot was handed over by exit(): in_flight already counts it.
+        if remaining_s is not None:
+            try:
+                self._check_deadline(task, remaining_s - (loop.time() - queued_at))
+            except Overloaded:
+                self.exit()
+                raise
 
     def _abandon(self, waiter: asyncio.Future[None]) -> None:
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -297,6 +352,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         admission = self._admission
         auth = self._auth
         behaviour = handler.unary_unary
+        whole = method != BATCH_METHOD  # one slot for the call, else one per member (the servicer)
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             refused = request if isinstance(request, _Refused) else None
@@ -309,14 +365,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                         raise denial
                     if refused is not None:  # ... and neither do requests refused as malformed
                         raise refused.error
-                    await admission.enter()
+                    if whole:
+                        await admission.enter(scope.task, context.time_remaining())
                 except ServingError as error:
                     scope.fail(error.code, error)
                     await abort_with(context, error)
+                admitted_at = time.perf_counter()
                 try:
                     if principal is not None and auth is not None:
                         auth.authorize_tasks(principal, request)
-                    return await behaviour(request, context)
+                    response = await behaviour(request, context)
+                    if whole:
+                        admission.served(scope.task, time.perf_counter() - admitted_at)
+                    return response
                 except ServingError as error:
                     scope.fail(error.code, error)
                     await abort_with(context, error)
@@ -329,7 +390,8 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                     scope.fail(grpc.StatusCode.INTERNAL, exc)
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error (see server log)")
                 finally:
-                    admission.exit()
+                    if whole:
+                        admission.exit()
             except asyncio.CancelledError:
                 scope.fail(grpc.StatusCode.CANCELLED)
                 raise

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from unirank.artifact import EncodedContext, TaskType
+from unirank.artifact import Catalog, Context, EncodedContext, TaskType
 from unirank.artifact.tasks import task_by_name, task_by_type
 from unirank.server.backends.base import BackendError
 from unirank.server.batching import BatchingError, DeadlineDropped, QueueFull
@@ -228,7 +228,9 @@ class RankingPipeline:
         except (FeatureStoreError, TimeoutError) as exc:
             self.feature_store_errors += 1
             detail = exc.detail if isinstance(exc, FeatureStoreError) else "timeout"
-            self._store_log.warning("read", "feature store unavailable, serving without fresh history: %s", detail)
+            self._store_log.warning(
+                "read", "feature store unavailable, serving without fresh history: %s", detail
+            )
             return request
         if not recent:
             return request
@@ -267,6 +269,8 @@ class RankingPipeline:
         with trace.stage("encode"):
             encoded = runtime.encoder.encode(request.context)
             cold = _cold_start(request.task, encoded)
+            if cold:
+                cold += _did_you_mean(request.context, encoded, runtime.encoder.catalog)
         if cold and config.fallback.on_cold_start:
             raise _Fallback(FallbackReason.COLD_START, cold)
         rule_ctx = self._rule_context(runtime, encoded)
@@ -417,6 +421,27 @@ def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
         return "no query token is in the catalogue vocabulary"
     if task is TaskType.CATEGORY and not encoded.category:
         return "unknown category_id"
+    return ""
+
+
+def _did_you_mean(context: Context, encoded: EncodedContext, catalog: Catalog) -> str:
+    """A hint for a caller whose id is unknown: the close category ids, or what known ids look
+    like (a newcomer's ``u42`` for the catalogue's ``u00042``). Cold path only."""
+    if context.category_id and not encoded.category:
+        close = catalog.categories.closest(context.category_id)
+        if close:
+            return f"; did you mean {' or '.join(repr(c) for c in close)}?"
+        return (
+            f"; known category ids look like {catalog.categories.key(1)!r}"
+            if len(catalog.categories) > 1
+            else ""
+        )
+    for given, vocab, known in (
+        (context.anchor_item_id, catalog.items, encoded.anchor_item),
+        (context.user_id, catalog.users, encoded.user),
+    ):
+        if given and not known and len(vocab) > 1:
+            return f"; {given!r} is not in the catalogue, whose ids look like {vocab.key(1)!r}"
     return ""
 
 

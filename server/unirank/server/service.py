@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 
 from unirank.artifact.tasks import TASKS
 from unirank.server import codec
-from unirank.server.errors import InvalidArgument
+from unirank.server.domain import RankRequest, RankResponse
+from unirank.server.errors import InvalidArgument, ServingError, code_of
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.telemetry import Telemetry
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from unirank.server.interceptors import Admission
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -23,11 +28,29 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
+def _member_status(outcome: RankResponse | ServingError) -> pb.MemberStatus:
+    """OK for an answered member, else the status its error would give a call of its own."""
+    if not isinstance(outcome, ServingError):
+        return pb.MemberStatus()
+    status = pb.MemberStatus(code=code_of(outcome).value[0], message=outcome.message, reason=outcome.reason)
+    retry_after_s = getattr(outcome, "retry_after_s", None)
+    if retry_after_s is not None:
+        status.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+    return status
+
+
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
-    def __init__(self, pipeline: RankingPipeline, max_batch_requests: int, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        pipeline: RankingPipeline,
+        max_batch_requests: int,
+        telemetry: Telemetry,
+        admission: Admission,
+    ) -> None:
         self._pipeline = pipeline
         self._max_batch_requests = max_batch_requests
         self._telemetry = telemetry
+        self._admission = admission
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -45,16 +68,46 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             )
         # Validate everything before doing any work, so a bad member fails fast and by name.
         rank_requests = [codec.request_from_pb(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        for i, rank_request in enumerate(rank_requests):
-            self._pipeline.check(rank_request, f"requests[{i}].")
+        tasks = [self._pipeline.check(r, f"requests[{i}].").name for i, r in enumerate(rank_requests)]
         deadline = _deadline(context)
-        responses = await asyncio.gather(*(self._pipeline.recommend(r, deadline) for r in rank_requests))
-        return pb.RecommendBatchResponse(
-            responses=[
-                codec.response_to_pb(resp, req.options.debug)
-                for req, resp in zip(rank_requests, responses, strict=True)
+        # A failing member answers for itself; only a bug (not a ServingError) fails the call,
+        # and the task group then cancels the other members instead of letting them run on.
+        async with asyncio.TaskGroup() as group:
+            members = [
+                group.create_task(self._member(r, task, deadline))
+                for r, task in zip(rank_requests, tasks, strict=True)
             ]
-        )
+        outcomes = [member.result() for member in members]
+        answer = pb.RecommendBatchResponse()
+        for req, outcome in zip(rank_requests, outcomes, strict=True):
+            if isinstance(outcome, ServingError):
+                answer.responses.add()
+            else:
+                answer.responses.append(codec.response_to_pb(outcome, req.options.debug))
+        if any(isinstance(outcome, ServingError) for outcome in outcomes):
+            answer.statuses.extend(_member_status(outcome) for outcome in outcomes)
+        return answer
+
+    async def _member(
+        self, request: RankRequest, task: str, deadline: float | None
+    ) -> RankResponse | ServingError:
+        """One RecommendBatch member: admitted on its own slot (deadline-aware, like a call of its
+        own), ranked, and its error returned rather than raised so the others are still answered."""
+        admission = self._admission
+        loop = asyncio.get_running_loop()
+        try:
+            await admission.enter(task, None if deadline is None else deadline - loop.time())
+        except ServingError as error:
+            return error
+        admitted_at = loop.time()
+        try:
+            response = await self._pipeline.recommend(request, deadline)
+        except ServingError as error:
+            return error
+        finally:
+            admission.exit()
+        admission.served(task, loop.time() - admitted_at)
+        return response
 
     async def RecordEvents(
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
