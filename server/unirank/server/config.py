@@ -291,9 +291,11 @@ class FeaturesSection(_Strict):
 class GrantConfig(_Strict):
     """What one token may do (``[security.grants.NAME]``, NAME as in the tokens file)."""
 
-    methods: tuple[str, ...] = ()
-    """RPC names of ``unirank.v1.RecommenderService`` the token may call, e.g.
-    ``["Recommend", "GetModelInfo"]``; empty allows every method. Others get PERMISSION_DENIED."""
+    methods: tuple[str, ...] = ("Recommend", "RecommendBatch", "GetModelInfo")
+    """RPC names of ``unirank.v1.RecommenderService`` the token may call; every other method gets
+    PERMISSION_DENIED (a grant allows only what it lists). Left out, the read-only ones: ranking
+    and model info; ``RecordEvents`` (writes any user's history) and ``GetServingStats``
+    (operational data) must be named to be allowed."""
     tasks: tuple[str, ...] = ()
     """Use-cases the token may rank for, e.g. ``["search"]``; empty allows every use-case. A request
     (or a RecommendBatch member) for another one gets PERMISSION_DENIED."""
@@ -307,6 +309,8 @@ class GrantConfig(_Strict):
         unknown = sorted(set(methods) - known)
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; known: {sorted(known)}")
+        if not methods:
+            raise ValueError("a grant must allow at least one method (leave it out for the read-only ones)")
         return methods
 
     @field_validator("tasks")
@@ -331,10 +335,13 @@ class SecuritySection(_Strict):
     tls_key_file: str = ""
     """PEM private key of ``tls_cert_file``."""
     client_ca_file: str = ""
-    """PEM bundle of the CAs whose client certificates are accepted (mutual TLS)."""
+    """PEM bundle of the CAs whose client certificates are accepted (mutual TLS); needs
+    ``require_client_cert = true``."""
     require_client_cert: bool = False
-    """Fail the TLS handshake of a client without a certificate signed by ``client_ca_file``
-    (mutual TLS); false accepts clients without one."""
+    """Fail the TLS handshake of a client without a valid (signed by ``client_ca_file``, not
+    expired) certificate: mutual TLS. Set together with ``client_ca_file``: gRPC Python either
+    requires and verifies a client certificate or does not ask for one at all, so a CA without
+    this would be ignored, and is refused at load."""
     auth: Literal["none", "bearer"] = "none"
     """``bearer``: every call must send ``authorization: Bearer <token>`` metadata with a configured
     token (UNAUTHENTICATED otherwise); ``none``: no token is asked for."""
@@ -345,8 +352,9 @@ class SecuritySection(_Strict):
     """Environment variable holding more ``NAME:TOKEN`` entries, separated by commas or newlines
     (e.g. ``UNIRANK_TOKENS``, filled from a Kubernetes secret)."""
     grants: dict[str, GrantConfig] = Field(default_factory=dict)
-    """Per-token limits by token NAME (``[security.grants.NAME]``); a token without an entry may
-    call every method for every use-case."""
+    """Per-token limits by token NAME (``[security.grants.NAME]``): a token with an entry may call
+    only the methods its entry allows, for its use-cases; a token without an entry is an
+    operator's and may call every method for every use-case."""
     health_requires_auth: bool = False
     """Health checks need a token too; false keeps them open for load balancers and probes."""
     reflection_requires_auth: bool = True
@@ -360,6 +368,11 @@ class SecuritySection(_Strict):
             raise ValueError("client_ca_file needs TLS (tls_cert_file and tls_key_file)")
         if self.require_client_cert and not self.client_ca_file:
             raise ValueError("require_client_cert needs client_ca_file")
+        if self.client_ca_file and not self.require_client_cert:
+            raise ValueError(
+                "client_ca_file needs require_client_cert = true: without it gRPC asks clients for "
+                "no certificate, so the CA would be ignored and no certificate checked"
+            )
         if self.auth == "bearer" and not (self.tokens_file or self.tokens_env):
             raise ValueError("auth = 'bearer' needs tokens_file or tokens_env")
         if self.auth == "none" and (self.grants or self.health_requires_auth):

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MIN_TOKEN_CHARS = 16
 """Shorter tokens are refused at start: a short secret can be guessed."""
 
+_SERVICE_PREFIX = f"/{pb.DESCRIPTOR.services_by_name['RecommenderService'].full_name}/"
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
 _REFLECTION_PREFIX = "/grpc.reflection."
 _TASK_OF_ONEOF = {spec.context_field: spec.name for spec in TASKS}
@@ -40,10 +41,14 @@ class SecurityError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: the name of its token and what it may do (empty means anything)."""
+    """An authenticated caller: the name of its token and what it may do.
+
+    ``methods``: the RPC names it may call (None: every method, a token without a grant);
+    ``tasks``: the use-cases it may rank for (empty: every one).
+    """
 
     name: str
-    methods: frozenset[str] = frozenset()
+    methods: frozenset[str] | None = None
     tasks: frozenset[str] = frozenset()
 
 
@@ -175,7 +180,7 @@ def _credentials(section: SecuritySection, environ: Mapping[str, str]) -> list[_
         grant = section.grants.get(name)
         principal = Principal(
             name,
-            frozenset(grant.methods) if grant else frozenset(),
+            frozenset(grant.methods) if grant else None,
             frozenset(grant.tasks) if grant else frozenset(),
         )
         credentials.append(_Credential(_digest(token), principal))
@@ -258,8 +263,10 @@ class Authenticator:
 
     @staticmethod
     def authorize_method(principal: Principal, method: str) -> None:
+        if principal.methods is None or not method.startswith(_SERVICE_PREFIX):
+            return  # health and reflection are guarded by authentication alone
         short = method.rsplit("/", 1)[-1]
-        if principal.methods and short not in principal.methods:
+        if short not in principal.methods:
             raise PermissionDenied(f"token {principal.name!r} may not call {short}")
 
     @staticmethod
