@@ -155,6 +155,7 @@ class Caller(threading.Thread):
             lambda: self.client.related_items(item, user_id=user),
             lambda: self.client.search(query, user_id=user),
             lambda: self.client.category(category, user_id=user),
+            lambda: self.client.new_releases(user),
         ]
         self.sent = self.failed = self.fallbacks = 0
         self.versions: Counter[str] = Counter()
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         first_category = catalog.categories.key(1)
         caller = Caller(server.address, catalog.users.key(1), catalog.items.key(1), query, first_category)
         caller.start()
-        say("background caller started (notification, related items, search, category in turn)")
+        say("background caller started (notification, related items, search, category, new releases in turn)")
 
         phase = time.perf_counter()
         recorded = send_events(server.address, repository / v1, args.users, args.new_users)

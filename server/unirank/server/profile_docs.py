@@ -104,5 +104,10 @@ if __name__ == "__main__":
     from pathlib import Path
 
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/profiles.md")
-    path.write_text(update(path.read_text()))
-    print(f"updated {path}")
+    before = path.read_text()
+    after = update(before)
+    if after == before:
+        print(f"{path} is up to date")
+    else:
+        path.write_text(after)
+        print(f"updated {path}")
