@@ -146,7 +146,8 @@ class UniRankServer:
             ],
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
-            RecommenderServicer(self.pipeline, limits.max_batch_requests, telemetry), server
+            RecommenderServicer(self.pipeline, limits.max_batch_requests, telemetry, self.admission),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if limits.reflection:
