@@ -309,6 +309,8 @@ def format_ranking(ranking: Ranking) -> str:
         f"profile={ranking.profile or '?'}  cache={'hit' if ranking.served_from_cache else 'miss'}  "
         f"fallback={fallback}"
     )
+    if ranking.stored_history:
+        header += "  history=stored"
     if ranking.request_id:
         header += f"  request_id={ranking.request_id}"
     lines = [header]

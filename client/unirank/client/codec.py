@@ -179,6 +179,7 @@ def encode_ranking(ranking: Ranking) -> pb.RecommendResponse:
         fallback=ranking.fallback,
         fallback_reason=enum_value(pb.FallbackReason, _FALLBACK_PREFIX, ranking.fallback_reason),  # type: ignore[arg-type]
         fallback_detail=ranking.fallback_detail,
+        stored_history=ranking.stored_history,
         timings=[pb.StageTiming(stage=stage, duration_ms=ms) for stage, ms in ranking.timings.items()],
     )
 
@@ -200,6 +201,7 @@ def decode_ranking(message: pb.RecommendResponse) -> Ranking:
         fallback_reason=enum_short_name(pb.FallbackReason, _FALLBACK_PREFIX, message.fallback_reason),
         fallback_detail=message.fallback_detail,
         timings=timings,
+        stored_history=message.stored_history,
     )
 
 

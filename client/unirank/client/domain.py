@@ -107,6 +107,9 @@ class Ranking:
     fallback_detail: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     """Stage name -> milliseconds, in pipeline order; empty unless the request asked for debug."""
+    stored_history: bool = False
+    """The request sent no history and the server used the known user's history from the model
+    artifact (the items in it are excluded like any seen item)."""
 
     @property
     def item_ids(self) -> list[str]:

@@ -171,7 +171,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings")
+    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings", "stored_history")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +182,7 @@ class RecommendResponse(_message.Message):
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_DETAIL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    STORED_HISTORY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task_type: TaskType
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
@@ -192,7 +193,8 @@ class RecommendResponse(_message.Message):
     fallback_reason: FallbackReason
     fallback_detail: str
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
-    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ...) -> None: ...
+    stored_history: bool
+    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., stored_history: _Optional[bool] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests",)

@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,11 @@ RETRIEVAL_ARRAYS: tuple[str, ...] = (
     "category_indptr",  # int64 [n_categories+1]: CSR over category index -> items (popular first)
     "category_items",  # int64 [nnz]
 )
+OPTIONAL_RETRIEVAL_ARRAYS: tuple[str, ...] = (
+    "user_history_indptr",  # int64 [n_users+1]: CSR over user index -> the user's training history
+    "user_history_items",  # int64 [nnz], each user's distinct played items, oldest first
+)
+"""Arrays that artifacts written before them lack: they load as empty (no stored histories)."""
 
 
 class ArtifactError(Exception):
@@ -107,6 +112,15 @@ class Retrieval:
     lexical_items: np.ndarray
     category_indptr: np.ndarray
     category_items: np.ndarray
+    user_history_indptr: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+    user_history_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def user_history(self, user_index: int) -> np.ndarray:
+        """The user's distinct items of the training logs, oldest first (empty when unknown)."""
+        if user_index <= 0 or user_index + 1 >= len(self.user_history_indptr):
+            return self.user_history_items[:0]
+        indptr = self.user_history_indptr
+        return self.user_history_items[indptr[user_index] : indptr[user_index + 1]]
 
     def lexical(self, token_index: int) -> np.ndarray:
         """Items whose title contains the token, most popular first."""
@@ -123,7 +137,8 @@ class Retrieval:
         ]
 
     def save(self, path: Path) -> None:
-        np.savez(path, **{name: getattr(self, name) for name in RETRIEVAL_ARRAYS})
+        names = (*RETRIEVAL_ARRAYS, *OPTIONAL_RETRIEVAL_ARRAYS)
+        np.savez(path, **{name: getattr(self, name) for name in names})
 
     @classmethod
     def load(cls, path: Path) -> Retrieval:
@@ -131,7 +146,8 @@ class Retrieval:
             missing = [name for name in RETRIEVAL_ARRAYS if name not in data]
             if missing:
                 raise ArtifactError(f"{path}: missing arrays {missing}")
-            return cls(**{name: np.ascontiguousarray(data[name]) for name in RETRIEVAL_ARRAYS})
+            present = [*RETRIEVAL_ARRAYS, *(name for name in OPTIONAL_RETRIEVAL_ARRAYS if name in data)]
+            return cls(**{name: np.ascontiguousarray(data[name]) for name in present})
 
 
 @dataclass

@@ -221,6 +221,7 @@ def response_to_pb(response: RankResponse, debug: bool) -> pb.RecommendResponse:
         fallback=response.fallback,
         fallback_reason=int(response.fallback_reason),  # type: ignore[arg-type]
         fallback_detail=response.fallback_detail,
+        stored_history=response.stored_history,
     )
     message.items.extend(_item_to_pb(item, debug) for item in response.items)
     if debug:

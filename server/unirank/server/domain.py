@@ -83,6 +83,8 @@ class RankResponse:
     fallback_reason: FallbackReason = FallbackReason.NONE
     fallback_detail: str = ""
     timings: list[tuple[str, float]] = field(default_factory=list)
+    stored_history: bool = False
+    """The request sent no history and the known user's history from the artifact was used."""
 
     @property
     def fallback(self) -> bool:

@@ -165,6 +165,9 @@ class RankingPipeline:
         deadline: float | None,
         trace: RequestTrace,
     ) -> RankResponse:
+        stored_history = False
+        if request.context.user_id and not request.context.history_item_ids:
+            request, stored_history = _with_stored_history(request, runtime)
         if self._features is not None and request.context.user_id:
             with trace.stage("features"):
                 request = await self._with_recent_history(request, task)
@@ -207,6 +210,7 @@ class RankingPipeline:
                 trace,
                 window,
             )
+        response.stored_history = stored_history
         if key is not None and task.cache is not None and not response.fallback:
             task.cache.put(key, response)
         return response
@@ -422,6 +426,18 @@ def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
     if task is TaskType.CATEGORY and not encoded.category:
         return "unknown category_id"
     return ""
+
+
+def _with_stored_history(request: RankRequest, runtime: ModelRuntime) -> tuple[RankRequest, bool]:
+    """The request with the known user's history from the artifact when it sent none; the caller's
+    history, when sent, always wins. Returns (request, whether the stored history was used)."""
+    catalog = runtime.encoder.catalog
+    items = runtime.retriever.stored_history(catalog.users.index(request.context.user_id))
+    if not len(items):
+        return request, False
+    keys = catalog.items.keys
+    history = tuple(keys[i] for i in items.tolist())
+    return replace(request, context=replace(request.context, history_item_ids=history)), True
 
 
 def _did_you_mean(context: Context, encoded: EncodedContext, catalog: Catalog) -> str:

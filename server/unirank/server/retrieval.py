@@ -111,6 +111,11 @@ class Retriever:
             return Candidates(_EMPTY, np.zeros(0, dtype=np.int8))
         return Candidates(np.concatenate(items), np.concatenate(sources))
 
+    def stored_history(self, user_index: int) -> np.ndarray:
+        """The user's history shipped in the artifact (training plays, oldest first), for a
+        request that sends none; empty for an unknown user or an artifact without histories."""
+        return self._data.user_history(user_index)
+
     def caller_candidates(self, known: list[int], cap: int) -> Candidates:
         """Caller-supplied candidates: the indices of the known ones, deduplicated in the caller's
         order and capped."""

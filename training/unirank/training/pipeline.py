@@ -25,7 +25,7 @@ from unirank.training.export import write_artifact
 from unirank.training.labels import TRAIN, LabelConfig, UserSplit, events_split, make_examples
 from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
-from unirank.training.retrieval import build_retrieval
+from unirank.training.retrieval import build_retrieval, user_histories
 from unirank.training.sources import load_logs, parse_data_spec
 from unirank.training.train import Progress, TrainResult, print_progress, torch_threads, train_model
 
@@ -193,7 +193,8 @@ def write_version(
         tasks=coverage.trained,
     )
     metrics["skipped_tasks"] = coverage.skipped
-    retrieval = build_retrieval(model, data.catalog, data.co_engagement)
+    histories = user_histories(data.log, data.split, data.catalog, config.max_history)
+    retrieval = build_retrieval(model, data.catalog, data.co_engagement, histories)
     say(f"evaluated and built retrieval in {time.perf_counter() - phase:.1f}s")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from unirank.artifact import Catalog
 from unirank.artifact.store import Retrieval
 from unirank.model.net import UniRankModel
 from unirank.training.baselines import CoEngagement, popularity_order
+from unirank.training.labels import TRAIN, UserSplit
+from unirank.training.logs import EventType, LogData
 
 RELATED_K = 50
 
@@ -70,8 +72,43 @@ def _csr(
     return indptr, items.astype(np.int64)
 
 
-def build_retrieval(model: UniRankModel, catalog: Catalog, co_engagement: CoEngagement) -> Retrieval:
-    """Every array of ``retrieval.npz`` for one trained model and catalogue."""
+def user_histories(
+    log: LogData, split: UserSplit, catalog: Catalog, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """CSR over the catalogue's users -> each user's last ``max_len`` distinct played items of the
+    training split, oldest first: what the server uses for a known user who sends no history.
+
+    Training plays only, like the model's own history inputs: the held-out future stays unseen.
+    """
+    plays = log.events_of(EventType.PLAY)
+    train = split.assign(plays.user, plays.timestamp_ms) == TRAIN
+    users = catalog.users.indices(log.user_ids)[plays.user[train]]
+    items = catalog.items.indices(log.items.item_ids)[plays.item[train]]
+    order = np.lexsort((plays.timestamp_ms[train], users))
+    users, items = users[order], items[order]
+    starts = np.searchsorted(users, np.arange(len(catalog.users) + 1), side="left")
+    indptr = np.zeros(len(catalog.users) + 1, dtype=np.int64)
+    lists: list[np.ndarray] = []
+    for user in range(1, len(catalog.users)):
+        mine = items[starts[user] : starts[user + 1]]
+        if len(mine):
+            # The latest play of an item places it; keep the newest max_len, oldest first.
+            _, last = np.unique(mine[::-1], return_index=True)
+            mine = mine[::-1][np.sort(last)][:max_len][::-1]
+            lists.append(mine)
+        indptr[user + 1] = indptr[user] + len(mine)
+    flat = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, dtype=np.int64)
+    return indptr, flat
+
+
+def build_retrieval(
+    model: UniRankModel,
+    catalog: Catalog,
+    co_engagement: CoEngagement,
+    histories: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Retrieval:
+    """Every array of ``retrieval.npz`` for one trained model and catalogue (``histories``: the
+    users' stored histories, from :func:`user_histories`)."""
     popularity = np.asarray(catalog.popularity, dtype=np.float64)
     popular = popularity_order(popularity).astype(np.int64)
     n = len(catalog.items)
@@ -93,4 +130,9 @@ def build_retrieval(model: UniRankModel, catalog: Catalog, co_engagement: CoEnga
         lexical_items=lexical_items,
         category_indptr=category_indptr,
         category_items=category_items,
+        **(
+            {}
+            if histories is None
+            else {"user_history_indptr": histories[0], "user_history_items": histories[1]}
+        ),
     )
