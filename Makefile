@@ -68,13 +68,29 @@ bench: setup
 stress: setup
 	$(PYTHON) -m tests.hardening.stress $(STRESS_ARGS)
 
-.PHONY: quality
-# docs/quality.md: unified vs single-task, no-task-type, popularity and classic peers on MovieLens.
+.PHONY: quality tune
+# docs/quality.md: unified vs single-task, no-task-type, popularity and classic peers on MovieLens-small
+# and on the sparse synthetic listening history, each trained with its tuned config (training/configs/,
+# written by `make tune` from the validation split).
 MOVIELENS ?= ../shared/data/movielens-small
+QUALITY_ARGS ?= --seeds 3 --workers 2 --rows-per-task 3000
 quality: setup
 	$(PYTHON) -m pip install -q -e '.[quality]'
-	$(BIN)/unirank compare --data movielens:$(MOVIELENS) --seeds 3 --workers 2 --rows-per-task 3000 \
-		--ablation no_imputation --json build/quality/compare.json --report docs/quality.md
+	$(BIN)/unirank compare --data movielens:$(MOVIELENS) --config training/configs/movielens-small.json \
+		$(QUALITY_ARGS) --json build/quality/movielens-small.json
+	$(BIN)/unirank compare --data synthetic --size sparse --config training/configs/sparse.json \
+		$(QUALITY_ARGS) --json build/quality/sparse.json
+	$(PYTHON) -m unirank.training.quality docs/quality.md build/quality/movielens-small.json \
+		build/quality/sparse.json
+
+# training/configs/*.json: `unirank tune` (Optuna on the validation split) per data set of make quality.
+TUNE_MINUTES ?= 10
+tune: setup
+	$(PYTHON) -m pip install -q -e '.[quality]'
+	$(BIN)/unirank tune --data movielens:$(MOVIELENS) --budget-minutes $(TUNE_MINUTES) \
+		--out training/configs/movielens-small.json
+	$(BIN)/unirank tune --data synthetic --size sparse --budget-minutes $(TUNE_MINUTES) \
+		--out training/configs/sparse.json
 
 .PHONY: refit-demo
 # The freshness loop (docs/deployment.md): a server logs RecordEvents events, they become training

@@ -99,3 +99,26 @@ def test_compare_end_to_end_on_tiny_synthetic_data(
 def test_compare_rejects_unknown_ablations(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["compare", "--data", "synthetic", "--ablation", "magic", "--no-peers", "--quiet"]) == 1
     assert "unknown ablations" in capsys.readouterr().err
+
+
+def test_one_report_for_several_data_sets_names_their_skipped_use_cases(tmp_path: Path) -> None:
+    from unirank.training.quality import main as quality_main
+
+    paths = []
+    for name, tasks in (("movielens:ml", TASK_NAMES), ("synthetic", TASK_NAMES[:-1])):
+        runs = [JobResult("unified", 0, {t: _metrics(0.3) for t in tasks}, 1, 1, 1, 1.0)]
+        runs += [JobResult(f"single_task:{t}", 0, {t: _metrics(0.2)}, 1, 1, 1, 1.0) for t in tasks]
+        result = summarise(runs, {t: _metrics(0.1) for t in tasks}, {})
+        result.update(data=name, seeds=[0], seconds=60.0, config={"size": "sparse"}, runs=[])
+        if len(tasks) < len(TASK_NAMES):
+            result["skipped_tasks"] = {"new_releases": "no labels in the data: no item has a release year"}
+        paths.append(tmp_path / f"{len(paths)}.json")
+        paths[-1].write_text(json.dumps(result))
+    report = tmp_path / "quality.md"
+    assert quality_main([str(report), *map(str, paths)]) == 0
+    text = report.read_text()
+    assert "## `movielens:ml`" in text and "## `synthetic --size sparse`" in text
+    assert "| `synthetic --size sparse` | 8 of 8 | new_releases |" in text  # no peers: 2 targets per task
+    assert "- **new_releases**: no labels in the data: no item has a release year" in text
+    assert (tmp_path / "quality" / "synthetic-sparse" / "ndcg.png").read_bytes()[:4] == b"\x89PNG"
+    assert "(quality/ml/ndcg.png)" in text

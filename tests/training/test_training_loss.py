@@ -187,3 +187,47 @@ def test_new_release_rows_draw_negatives_from_what_was_new_at_their_time(artifac
         assert len(picked) == 40, "a window with new items fills every slot"
         assert new[picked].all()
         assert log_q[row] == pytest.approx(np.log(40 / new.sum()))
+
+
+def test_a_retired_task_is_held_at_its_best_snapshot_by_distillation() -> None:
+    from unirank.training.train import RetiredTeachers
+
+    model = _model()
+    batch = _batch([int(TaskType.SEARCH)] * 4 + [int(TaskType.CATEGORY)] * 4)
+    candidates = batch.pop("candidates")
+    correction = torch.zeros(candidates.shape)
+    weights = torch.ones(len(TASKS) + 1)
+    teachers = RetiredTeachers()
+    teachers.add(int(TaskType.SEARCH), model, {k: v.clone() for k, v in model.state_dict().items()})
+    scores = model(**batch, candidates=candidates)
+    # The snapshot of the model itself: nothing to learn.
+    assert teachers.loss(batch, candidates, correction, scores, weights).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
+    with torch.no_grad():  # the shared layers move on, as they do while the other tasks train
+        for parameter in model.shared.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    scores = model(**batch, candidates=candidates)
+    loss = teachers.loss(batch, candidates, correction, scores, weights)
+    assert loss.item() > 1e-4
+    loss.backward()
+    grads = _head_grad_norms(model)
+    assert (
+        grads[TaskType.SEARCH - 1] > 0 and grads[TaskType.CATEGORY - 1] == 0
+    )  # only the retired task's rows
+    weights[int(TaskType.SEARCH)] = 0.0
+    assert teachers.loss(batch, candidates, correction, scores, weights).item() == 0.0
+
+
+def test_the_mean_does_not_stop_a_task_that_still_improves() -> None:
+    from unirank.training.train import EpochLog, TrainResult, _improved_within
+
+    result = TrainResult(model=_model())
+    for epoch, (a, b) in enumerate([(0.30, 0.10), (0.25, 0.11), (0.20, 0.12)], start=1):
+        result.history.append(EpochLog(epoch, {}, {"search": a, "category": b}, (a + b) / 2, 0.0, {}))
+    assert _improved_within(result, "category", 2) and not _improved_within(result, "search", 2)
+
+
+def test_retired_tasks_is_checked() -> None:
+    with pytest.raises(ValueError, match="retired_tasks"):
+        TrainConfig(retired_tasks="freeze")

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("unirank.training.cli", "train a model and write an artifact"),
     "evaluate": ("unirank.training.cli", "evaluate an artifact per task"),
     "compare": ("unirank.training.cli", "unified model vs single-task models, popularity and classic peers"),
+    "tune": ("unirank.training.cli", "search training knobs on validation (Optuna); write a --config file"),
     "serve": ("unirank.server.cli", "serve an artifact under a deployment profile"),
     "recommend": ("unirank.client.cli", "send a request to a running server"),
     "info": ("unirank.client.cli", "print a running server's model info"),

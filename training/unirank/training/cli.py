@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from unirank.artifact import ArtifactError
 from unirank.training.config import WARM_START_LR_SCALE, WARM_START_MAX_STEPS, TrainConfig
@@ -65,6 +66,11 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--config",
+        type=_config_file,
+        help="a tuned config file (`unirank tune`); the flags below override its fields",
+    )
+    parser.add_argument(
         "--threads", type=int, help="torch threads (default 1: reproducible, robust on busy CPUs)"
     )
     parser.add_argument("--architecture", choices=("shared_bottom", "mmoe"), help="shared representation")
@@ -89,6 +95,15 @@ def _add_training_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_file(text: str) -> dict[str, Any]:
+    from unirank.training.tune import load_config_file
+
+    try:
+        return load_config_file(Path(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _task_table(text: str) -> dict[str, float]:
     table = {}
     for part in text.split(","):
@@ -101,8 +116,8 @@ def _task_table(text: str) -> dict[str, float]:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """TrainConfig fields from the shared flags (only the ones given)."""
-    overrides: dict[str, object] = {}
+    """TrainConfig fields from the shared flags (only the ones given), over a ``--config`` file's."""
+    overrides: dict[str, object] = dict(args.config["unified"]) if getattr(args, "config", None) else {}
     for flag, name in (
         ("threads", "threads"),
         ("architecture", "architecture"),
@@ -117,7 +132,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, object]:
         if value is not None:
             overrides[name] = value
     if args.task_weights is not None:
-        overrides["task_weights"] = {**TrainConfig().task_weights, **args.task_weights}
+        base = overrides.get("task_weights") or TrainConfig().task_weights
+        overrides["task_weights"] = {**base, **args.task_weights}  # type: ignore[dict-item]
     fields = TrainConfig.__dataclass_fields__
     for assignment in args.set:
         name, _, raw = assignment.partition("=")
@@ -263,6 +279,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.data,
         seeds=args.seeds,
         config=config,
+        single_task=args.config["single_task"] if args.config else None,
         workers=args.workers,
         rows_per_task=args.rows_per_task,
         ablations=args.ablation,
@@ -280,15 +297,59 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unirank tune",
+        description="Search task weights, batch shares, learning rate, capacity, regularisation and "
+        "stopping on the validation split (Optuna, with pruning); write a config for --config.",
+    )
+    parser.add_argument("--data", type=_data_spec, required=True, help=f"data spec: {USAGE}")
+    parser.add_argument("--budget-minutes", type=float, required=True, help="search time per model tuned")
+    parser.add_argument("--out", type=Path, required=True, help="the config file to write (JSON)")
+    parser.add_argument(
+        "--size", choices=SIZES, default="default", help="synthetic preset (default: default)"
+    )
+    parser.add_argument("--trials", type=int, help="at most this many trials per model (default: the budget)")
+    parser.add_argument(
+        "--single-task",
+        action="store_true",
+        help="also tune one model per use-case, each with the same budget (for a fair compare)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _add_training_flags(parser)
+    return parser
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from unirank.training.tune import tune
+
+    if args.budget_minutes <= 0:
+        raise ValueError("--budget-minutes must be > 0")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig.preset(args.size, 0, **_config_overrides(args))
+    result = tune(
+        args.data,
+        config,
+        args.budget_minutes,
+        single_task=args.single_task,
+        trials=args.trials,
+        progress=None if args.quiet else _stderr,
+    )
+    args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {args.out}: validation {result['validation']}; trials {result['trials']}")
+    return 0
+
+
 COMMANDS = {
     "train": (_train_parser, _train),
     "evaluate": (_evaluate_parser, _evaluate),
     "compare": (_compare_parser, _compare),
+    "tune": (_tune_parser, _tune),
 }
 
 
 def main(argv: Sequence[str]) -> int:
-    """``argv[0]`` names the subcommand (train, evaluate or compare); the rest are its flags."""
+    """``argv[0]`` names the subcommand (train, evaluate, compare or tune); the rest are its flags."""
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: unirank {{{','.join(COMMANDS)}}} [ARGS]", file=sys.stderr)
         return 2

@@ -160,9 +160,13 @@ def model_jobs(
     seeds: Sequence[int],
     ablations: Sequence[str] = (),
     tasks: Sequence[str] | None = None,
+    single_task: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Job]:
     """Every model of the comparison: per seed the unified model, its ablations, and one per task
-    of ``tasks`` (None: every task; a skipped use-case gets no model and is evaluated by none)."""
+    of ``tasks`` (None: every task; a skipped use-case gets no model and is evaluated by none).
+
+    ``single_task`` holds tuned fields per task (``unirank tune --single-task``) for its model.
+    """
     names = tuple(tasks) if tasks is not None else tuple(spec.name for spec in TASKS)
     jobs = []
     for seed in seeds:
@@ -172,7 +176,8 @@ def model_jobs(
         for ablation in ablations:
             jobs.append(Job(ablation, seed, base.replace(**ABLATIONS[ablation]), names))
         for task in names:
-            jobs.append(Job(f"{SINGLE_TASK}:{task}", seed, single_task_config(base, task), (task,)))
+            own = base.replace(**(single_task or {}).get(task, {}))
+            jobs.append(Job(f"{SINGLE_TASK}:{task}", seed, single_task_config(own, task), (task,)))
     return jobs
 
 
@@ -339,6 +344,7 @@ def run_compare(
     ablations: Sequence[str] = (),
     with_peers: bool = True,
     progress: Progress | None = _stderr,
+    single_task: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run the whole comparison on ``data`` and return its JSON-ready result.
 
@@ -383,7 +389,7 @@ def run_compare(
         ),
     )
     seed_list = list(range(seeds))
-    jobs = model_jobs(config, seed_list, ablations, coverage.trained)
+    jobs = model_jobs(config, seed_list, ablations, coverage.trained, single_task)
     for job in jobs:
         job.verbose = progress is not None
     say(f"[compare] {len(jobs)} models to train ({workers} at a time), then popularity and peers")
@@ -416,6 +422,7 @@ def run_compare(
             "skipped_tasks": coverage.skipped,
             "seeds": seed_list,
             "config": config.to_dict(),
+            "single_task_config": {task: dict(values) for task, values in (single_task or {}).items()},
             "ablations": {name: ABLATIONS[name] for name in ablations},
             "protocol": {
                 "split": f"per user by time, fractions {list(config.split_fractions)} "

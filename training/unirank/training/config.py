@@ -18,6 +18,7 @@ WARM_START_MAX_STEPS = 200
 
 
 TASK_SAMPLINGS = ("sqrt", "equal", "proportional")
+RETIRED_TASKS = ("distil", "drop")
 
 
 def _equal_per_task() -> dict[str, float]:
@@ -66,6 +67,11 @@ class TrainConfig:
     """Epochs without improvement of one task's own validation NDCG before that task stops
     training (its rows leave the batches, its head gets no gradient) while the others go on;
     0 never retires a task. The last task still training is never retired."""
+    retired_tasks: str = "distil"
+    """What a retired task's rows do while the others train on: ``distil`` (they stay in the
+    batches and learn the scores of the task's best-validation snapshot, so the task does not
+    drift as the shared layers change) or ``drop`` (they leave the batches, their share goes to
+    the others). Distributed training always drops."""
     steps_per_epoch: int | None = 100
     """Steps between validations (an "epoch" here); None: one pass over the training rows.
 
@@ -163,6 +169,8 @@ class TrainConfig:
             raise ValueError("max_steps must be >= 1 (or None)")
         if self.device.split(":", 1)[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', not {self.device!r}")
+        if self.retired_tasks not in RETIRED_TASKS:
+            raise ValueError(f"retired_tasks must be one of {RETIRED_TASKS}, not {self.retired_tasks!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]

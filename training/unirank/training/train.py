@@ -375,16 +375,18 @@ def train_model(
     co_engagement: CoEngagement | None = None,
     initial: UniRankModel | None = None,
     distributed: Distributed | None = None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
     """Train on the dataset's train split, early-stopping on its validation split.
 
     ``co_engagement`` (from the training split) feeds the model's co-engagement feature.
     ``initial`` is a model to continue from (a warm start) instead of a fresh one; it must have been
     built for ``catalog``. With ``distributed`` this process trains its share of every batch under
-    DDP; only the primary process's result holds the selected weights.
+    DDP; only the primary process's result holds the selected weights. ``on_epoch`` sees each
+    epoch's log after its validation (a tuner prunes a trial by raising from it).
     """
     with torch_threads(config.threads):
-        return _train(dataset, catalog, config, progress, co_engagement, initial, distributed)
+        return _train(dataset, catalog, config, progress, co_engagement, initial, distributed, on_epoch)
 
 
 class BatchMaker:
@@ -482,6 +484,7 @@ def _train(
     co_engagement: CoEngagement | None,
     initial: UniRankModel | None,
     distributed: Distributed | None,
+    on_epoch: Callable[[EpochLog], None] | None = None,
 ) -> TrainResult:
     say = progress or (lambda _message: None)
     live = progress is print_progress and sys.stderr.isatty()
@@ -525,6 +528,10 @@ def _train(
     result = TrainResult(model=model)
     best_state = copy.deepcopy(model.state_dict())
     active = [t for t in trained if t in validation_rows]
+    # Each task's own best weights, so a retired task can be distilled from its best snapshot.
+    task_best: dict[int, dict[str, torch.Tensor]] = {}
+    teachers = RetiredTeachers()
+    distil = config.retired_tasks == "distil" and distributed is None
     loss_weights = weights.clone()
     say(
         f"training on {len(train_rows)} rows ({sampler.steps_per_epoch} steps/epoch"
@@ -562,6 +569,8 @@ def _train(
             loss, per_task, counts = multitask_loss(
                 scores, batch["task"], loss_weights, log_variance, batch_counts, shards
             )
+            if teachers.tasks:
+                loss = loss + teachers.loss(batch, candidates, correction, scores, weights)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over the processes; each holds its share of the batch's loss.
             (loss * shards).backward()
@@ -598,6 +607,7 @@ def _train(
                 weights,
                 names,
                 trained,
+                active,
                 loss_sum,
                 loss_steps,
                 log_variance,
@@ -606,7 +616,14 @@ def _train(
             )
             if improved:
                 best_state = copy.deepcopy(model.state_dict())
+            if distil:
+                improved_tasks = _improved_tasks(result, names, active)
+                if improved_tasks:
+                    state = best_state if improved else copy.deepcopy(model.state_dict())
+                    task_best.update(dict.fromkeys(improved_tasks, state))
             stop = stop or out_of_steps
+            if on_epoch is not None:
+                on_epoch(result.history[-1])  # e.g. a tuner's pruning, which may raise to end the run
         if distributed is not None:
             stop = distributed.decide(stop)
         if stop:
@@ -621,16 +638,24 @@ def _train(
             # the selection, so a retired task that the others' training hurts is seen.
             active = [t for t in active if t not in retire]
             loss_weights[retire] = 0.0
-            # The retired tasks' share of every batch goes to the others, in their proportions.
-            shares = {t: 0.0 if t in retire else r for t, r in sampler.ratios.items()}
-            steps = sampler.steps_per_epoch
-            sampler = StratifiedTaskSampler(
-                dataset.task[train_rows], config.batch_size, shares, seed=config.seed + 1000 * epoch
-            )
-            sampler.steps_per_epoch = steps
+            if distil:
+                # The shared layers go on changing under a retired task's head: its rows stay in
+                # the batches, learning its best snapshot's scores instead of the labels it
+                # overfitted, so it keeps what it had instead of drifting.
+                for t in retire:
+                    teachers.add(t, model, task_best.get(t, best_state))
+            else:
+                # The retired tasks' share of every batch goes to the others, in their proportions.
+                shares = {t: 0.0 if t in retire else r for t, r in sampler.ratios.items()}
+                steps = sampler.steps_per_epoch
+                sampler = StratifiedTaskSampler(
+                    dataset.task[train_rows], config.batch_size, shares, seed=config.seed + 1000 * epoch
+                )
+                sampler.steps_per_epoch = steps
             say(
                 "retired from training (no validation gain for "
-                f"{config.task_patience} epochs): {', '.join(names[t] for t in retire)}"
+                f"{config.task_patience} epochs{'; distilled from its best epoch' if distil else ''}): "
+                + ", ".join(names[t] for t in retire)
             )
     if primary:
         model.load_state_dict(best_state)
@@ -638,6 +663,64 @@ def _train(
     model.eval()
     result.seconds = time.perf_counter() - run_started
     return result
+
+
+class RetiredTeachers:
+    """Frozen best snapshots of retired tasks, and the distillation loss that holds them there.
+
+    A retired task's rows stay in the batches; their loss is the KL divergence from the
+    snapshot's softmax over the row's candidates (log-q corrected alike) to the model's, weighted
+    by w_t: the head and the shared layers may change, the task's ranking may not drift.
+    """
+
+    def __init__(self) -> None:
+        self.teachers: dict[int, tuple[UniRankModel, torch.Tensor]] = {}
+
+    @property
+    def tasks(self) -> list[int]:
+        return list(self.teachers)
+
+    def add(self, task: int, model: UniRankModel, state: dict[str, torch.Tensor]) -> None:
+        teacher = copy.deepcopy(model)
+        teacher.load_state_dict(state)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        with torch.no_grad():
+            self.teachers[task] = (teacher, teacher.item_table())
+
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        candidates: torch.Tensor,
+        correction: torch.Tensor,
+        scores: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        total = scores.new_zeros(())
+        for task, (teacher, item_table) in self.teachers.items():
+            rows = torch.nonzero(batch["task"] == task).flatten()
+            if not len(rows):
+                continue
+            with torch.no_grad():
+                inputs = {name: value[rows] for name, value in batch.items()}
+                target = teacher(**inputs, candidates=candidates[rows], item_table=item_table)
+                target = F.log_softmax(target - correction[rows], dim=1)
+            student = F.log_softmax(scores[rows], dim=1)
+            kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+            total = total + weights[task] * kl
+        return total
+
+
+def _improved_tasks(result: TrainResult, names: dict[int, str], active: list[int]) -> list[int]:
+    """Active tasks whose own validation NDCG reached a new best in the latest epoch."""
+    latest, earlier = result.history[-1].validation_ndcg, result.history[:-1]
+    return [
+        t
+        for t in active
+        if names[t] in latest
+        and latest[names[t]]
+        > max((log.validation_ndcg.get(names[t], -np.inf) for log in earlier), default=-np.inf)
+    ]
 
 
 def _stale_tasks(result: TrainResult, names: dict[int, str], active: list[int], patience: int) -> list[int]:
@@ -664,6 +747,7 @@ def _end_epoch(
     weights: torch.Tensor,
     names: dict[int, str],
     trained: list[int],
+    active: list[int],
     loss_sum: torch.Tensor,
     loss_steps: torch.Tensor,
     log_variance: torch.Tensor | None,
@@ -710,6 +794,18 @@ def _end_epoch(
         return False, True
     stale = epoch - result.best_epoch
     if stale >= config.patience:
+        # The mean has stalled, but a task that is still improving on its own goes on (the
+        # stalled ones retire): the mean must not end the training of a task that still learns.
+        learning = [names[t] for t in active if _improved_within(result, names[t], config.patience)]
+        if learning and config.task_patience > 0:
+            say(f"no validation gain of the mean for {stale} epochs; still improving: {', '.join(learning)}")
+            return False, False
         say(f"early stop: no validation gain for {stale} epochs; keeping epoch {result.best_epoch}")
         return True, False
     return False, False
+
+
+def _improved_within(result: TrainResult, task: str, epochs: int) -> bool:
+    """The task's own best validation NDCG is in the latest ``epochs`` epochs (and beats before)."""
+    curve = [log.validation_ndcg.get(task, -np.inf) for log in result.history]
+    return len(curve) > epochs and max(curve[-epochs:]) > max(curve[:-epochs])
