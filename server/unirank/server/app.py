@@ -24,6 +24,7 @@ from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
 from unirank.server.telemetry import ScoreReference, Telemetry
+from unirank.server.transport import FirstMessageGuard, server_options
 from unirank.server.workers import WorkerGroup, watch_group_health
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
@@ -80,6 +81,7 @@ class UniRankServer:
         self.features: FeatureStore | None = features
         self.group = group
         self.tls: TlsCredentials | None = None
+        self.first_message: FirstMessageGuard | None = None
         self.auth: Authenticator | None = None
 
     @property
@@ -127,23 +129,16 @@ class UniRankServer:
             self.features = make_feature_store(self.profile.features)
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
         limits = self.profile.server
+        self.first_message = FirstMessageGuard(limits.connections.first_message_timeout_ms / 1000.0)
         server = grpc.aio.server(
             interceptors=[
+                self.first_message,
                 ErrorInterceptor(
                     self.admission, telemetry, limits=RequestLimits.from_server(limits), auth=auth
-                )
+                ),
             ],
-            options=[
-                # Workers of one group share the port; a lone server must own it (tests bind port 0).
-                ("grpc.so_reuseport", 1 if self.group is not None else 0),
-                # Up to twice the limit is read so the interceptor can refuse it by name
-                # (INVALID_ARGUMENT); beyond that gRPC cuts the message off unread.
-                ("grpc.max_receive_message_length", 2 * limits.max_message_bytes),
-                ("grpc.max_send_message_length", limits.max_message_bytes),
-                # Soft and hard limit alike: past it core refuses every new call, not a random share.
-                ("grpc.server.max_pending_requests", limits.max_pending_rpcs),
-                ("grpc.server.max_pending_requests_hard_limit", limits.max_pending_rpcs),
-            ],
+            options=server_options(limits, reuse_port=self.group is not None),
+            maximum_concurrent_rpcs=limits.max_open_rpcs,
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(
             RecommenderServicer(self.pipeline, limits.max_batch_requests, telemetry, self.admission),

@@ -59,6 +59,37 @@ class ModelSection(_Strict):
     would (``inference_workers``)."""
 
 
+class ConnectionLimits(_Strict):
+    """What one connection and one call may hold before it sends anything useful
+    (``[server.connections]``): bounds on calls that stall, connections that idle, and streams."""
+
+    first_message_timeout_ms: int = Field(1000, ge=1, le=600_000)
+    """A unary call whose request message has not arrived this long after the call opened is
+    ended with DEADLINE_EXCEEDED (before authentication, admission or decoding): a stalled call
+    holds memory and a place among ``max_open_rpcs`` for at most this long."""
+    max_streams_per_connection: int = Field(1000, ge=1, le=1_000_000)
+    """Concurrent calls (HTTP/2 streams) one connection may open (``grpc.max_concurrent_streams``).
+    gRPC answers a call past it UNAVAILABLE (the stream refused, never processed: safe to retry),
+    so keep it above what one client sends at once over one channel."""
+    handshake_timeout_ms: int = Field(5000, ge=100, le=600_000)
+    """A connection that has not completed its TLS and HTTP/2 handshake this long after it was
+    accepted is closed (``grpc.server_handshake_timeout_ms``; gRPC's default is 120 s)."""
+    keepalive_time_s: float = Field(60.0, ge=1.0, le=86_400.0)
+    """The server pings an open connection this often to find peers that went away without
+    closing it (``grpc.keepalive_time_ms``)."""
+    keepalive_timeout_s: float = Field(20.0, ge=1.0, le=3600.0)
+    """A ping unanswered for this long closes the connection (``grpc.keepalive_timeout_ms``)."""
+    max_connection_idle_s: float = Field(300.0, ge=0.0, le=86_400.0)
+    """A connection without a call for this long is closed (GOAWAY); 0 keeps it
+    (``grpc.max_connection_idle_ms``)."""
+    max_connection_age_s: float = Field(0.0, ge=0.0, le=86_400.0)
+    """A connection this old is asked to close (GOAWAY), so clients re-resolve and spread over new
+    replicas; 0: no limit (``grpc.max_connection_age_ms``)."""
+    max_connection_age_grace_s: float = Field(10.0, ge=0.0, le=3600.0)
+    """After that, calls still open on it get this long to finish before it is cut
+    (``grpc.max_connection_age_grace_ms``)."""
+
+
 class ServerSection(_Strict):
     """Process-level limits of the gRPC server."""
 
@@ -100,6 +131,14 @@ class ServerSection(_Strict):
     only the most recent ones the artifact's encoder keeps."""
     max_excluded_ids: int = Field(10_000, ge=1, le=10_000)
     """Most ``options.excluded_item_ids`` in one request (INVALID_ARGUMENT beyond)."""
+    max_open_rpcs: int = Field(1000, ge=1, le=1_000_000)
+    """Calls gRPC lets be open at once, from arrival to answer, whatever they are doing (waiting
+    for their request, in line, running; health checks too): past it gRPC refuses new ones itself
+    with RESOURCE_EXHAUSTED and no RetryInfo, before any UniRank code runs for them
+    (``grpc.aio.server(maximum_concurrent_rpcs)``). Keep it above ``max_concurrent_rpcs`` +
+    ``max_queued_rpcs`` so that UniRank's admission, which answers with RetryInfo, refuses first."""
+    connections: ConnectionLimits = ConnectionLimits()
+    """Stalled calls, idle and old connections, streams per connection (``[server.connections]``)."""
 
 
 class CacheConfig(_Strict):

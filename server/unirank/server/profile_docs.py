@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from unirank.server.config import (
     BatchingConfig,
     CacheConfig,
+    ConnectionLimits,
     FallbackConfig,
     FeaturesSection,
     FreshnessConfig,
@@ -35,6 +36,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[model]", ModelSection),
     ("[model.batching]", BatchingConfig),
     ("[server]", ServerSection),
+    ("[server.connections]", ConnectionLimits),
     ("[features]", FeaturesSection),
     ("[security]", SecuritySection),
     ("[security.grants.NAME]", GrantConfig),
