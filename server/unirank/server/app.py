@@ -24,6 +24,7 @@ from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
 from unirank.server.telemetry import ScoreReference, Telemetry
+from unirank.server.telemetry.workers import publish_stats
 from unirank.server.transport import FirstMessageGuard, server_options
 from unirank.server.workers import WorkerGroup, watch_group_health
 from unirank.v1 import recommender_pb2 as pb
@@ -140,10 +141,14 @@ class UniRankServer:
             options=server_options(limits, reuse_port=self.group is not None),
             maximum_concurrent_rpcs=limits.max_open_rpcs,
         )
-        pb_grpc.add_RecommenderServiceServicer_to_server(
-            RecommenderServicer(self.pipeline, limits.max_batch_requests, telemetry, self.admission),
-            server,
+        servicer = RecommenderServicer(
+            self.pipeline,
+            limits.max_batch_requests,
+            telemetry,
+            self.admission,
+            peers=self.group.stats_exchange() if self.group is not None else None,
         )
+        pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if limits.reflection:
             reflection.enable_server_reflection(
@@ -176,6 +181,9 @@ class UniRankServer:
         else:
             self.group.set_ready(ready)
             self._spawn(watch_group_health(self.group, self._set_serving))
+            exchange = self.group.stats_exchange()
+            if exchange is not None:
+                self._spawn(publish_stats(exchange, servicer.own_stats))
         interval = self._poll_interval()
         if interval > 0:
             self._spawn(self._poll_artifacts(interval))

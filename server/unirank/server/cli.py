@@ -102,11 +102,39 @@ def main(argv: list[str]) -> int:
         if port == 0:  # every worker must bind the same concrete port
             port = _free_port(args.host or profile.server.host)
         worker_argv = [*argv, "--port", str(port)]
+        metrics = None
+        try:
+            settings = resolve(profile.telemetry, os.environ, _telemetry_flags(args))
+        except TelemetrySettingsError as exc:
+            print(f"unirank serve: invalid telemetry settings\n{exc}", file=sys.stderr)
+            return 2
+        if settings.metrics_exporter == "prometheus":
+            # One endpoint for the group: the supervisor serves it; each worker exports on a port of
+            # its own (0: the kernel picks) and the supervisor merges them on every scrape.
+            metrics = (settings.prometheus_host, settings.prometheus_port)
+            worker_argv += ["--prometheus-port", "0"]
         print(f"unirank: {args.workers} workers on port {port}", flush=True)
-        return supervise(
-            functools.partial(_run_worker, worker_argv), args.workers, profile.server.grace_period_s
-        )
+        try:
+            return supervise(
+                functools.partial(_run_worker, worker_argv),
+                args.workers,
+                profile.server.grace_period_s,
+                metrics=metrics,
+            )
+        except OSError as exc:  # the Prometheus port is taken
+            print(f"unirank serve: cannot serve metrics: {exc}", file=sys.stderr)
+            return 3
     return _run(args, profile, None)
+
+
+def _telemetry_flags(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "log_format": args.log_format,
+        "traces_exporter": args.traces_exporter,
+        "metrics_exporter": args.metrics_exporter,
+        "sampling_ratio": args.sampling_ratio,
+        "prometheus_port": args.prometheus_port,
+    }
 
 
 def _free_port(host: str) -> int:
@@ -122,16 +150,9 @@ def _run_worker(argv: list[str], group: WorkerGroup) -> int:
 
 
 def _run(args: argparse.Namespace, profile: Profile, group: WorkerGroup | None) -> int:
-    flags = {
-        "log_format": args.log_format,
-        "traces_exporter": args.traces_exporter,
-        "metrics_exporter": args.metrics_exporter,
-        "sampling_ratio": args.sampling_ratio,
-        "prometheus_port": args.prometheus_port,
-    }
     try:
         # Precedence: the profile file < OTEL_* environment variables < these flags.
-        settings = resolve(profile.telemetry, os.environ, flags)
+        settings = resolve(profile.telemetry, os.environ, _telemetry_flags(args))
     except TelemetrySettingsError as exc:
         print(f"unirank serve: invalid telemetry settings\n{exc}", file=sys.stderr)
         return 2
@@ -142,6 +163,8 @@ def _run(args: argparse.Namespace, profile: Profile, group: WorkerGroup | None) 
     except OSError as exc:  # e.g. the Prometheus port is taken
         print(f"unirank serve: cannot start telemetry: {exc}", file=sys.stderr)
         return 3
+    if group is not None and telemetry.prometheus is not None:
+        group.set_metrics_port(telemetry.prometheus.port)
     server = UniRankServer(
         profile, args.artifact, host=args.host, port=args.port, telemetry=telemetry, group=group
     )

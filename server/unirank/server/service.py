@@ -14,6 +14,7 @@ from unirank.server.domain import RankRequest, RankResponse
 from unirank.server.errors import InvalidArgument, ServingError, code_of
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.telemetry import Telemetry
+from unirank.server.telemetry.workers import StatsExchange, merge_stats
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -46,11 +47,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         max_batch_requests: int,
         telemetry: Telemetry,
         admission: Admission,
+        peers: StatsExchange | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._max_batch_requests = max_batch_requests
         self._telemetry = telemetry
         self._admission = admission
+        self._peers = peers
+        """Under ``--workers``: where the other workers' counters are, to answer for the group."""
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -123,9 +127,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         pipeline = self._pipeline
         runtime = pipeline.runtime
         artifact = runtime.artifact
-        served = {
-            t.task_type for t in TASKS if t.task_type in pipeline.tasks and runtime.has_head(t)
-        }
+        served = {t.task_type for t in TASKS if t.task_type in pipeline.tasks and runtime.has_head(t)}
         task_metrics = artifact.metrics.get("tasks", {})
         tasks = []
         for spec in TASKS:
@@ -151,6 +153,15 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def GetServingStats(
         self, request: pb.GetServingStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetServingStatsResponse:
+        own = self.own_stats()
+        if self._peers is None:
+            return own
+        self._peers.publish(own)
+        drift_min_samples = self._pipeline.profile.telemetry.drift_min_samples
+        return merge_stats(own, self._peers.peers(), drift_min_samples)
+
+    def own_stats(self) -> pb.GetServingStatsResponse:
+        """This process's counters (one worker's, under ``--workers``)."""
         return codec.serving_stats_to_pb(
             self._telemetry.stats, self._pipeline.runtime.version, self._pipeline.profile.name
         )

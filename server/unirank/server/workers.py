@@ -15,20 +15,34 @@ import multiprocessing
 import multiprocessing.sharedctypes
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+from unirank.server.telemetry.workers import MetricsAggregator, StatsExchange
+
 log = logging.getLogger(__name__)
 
 
 class WorkerGroup:
-    """Readiness flags shared by the workers of one supervisor."""
+    """What the workers of one supervisor share: readiness flags, each worker's Prometheus
+    exporter port, and a directory where each leaves a snapshot of its serving counters."""
 
-    def __init__(self, flags: Any, index: int) -> None:
+    def __init__(self, flags: Any, index: int, metrics_ports: Any = None, state_dir: str = "") -> None:
         self._flags = flags
         self.index = index
+        self._metrics_ports = metrics_ports
+        self.state_dir = state_dir
+
+    def set_metrics_port(self, port: int) -> None:
+        """This worker's own exporter port, for the supervisor's aggregated endpoint to scrape."""
+        if self._metrics_ports is not None:
+            self._metrics_ports[self.index] = port
+
+    def stats_exchange(self) -> StatsExchange | None:
+        return StatsExchange(self.state_dir, self.index) if self.state_dir else None
 
     def set_ready(self, ready: bool) -> None:
         self._flags[self.index] = 1 if ready else 0
@@ -44,19 +58,41 @@ class WorkerGroup:
 WorkerMain = Callable[[WorkerGroup], int]
 
 
-def _worker_entry(main: WorkerMain, flags: Any, index: int) -> None:
-    raise SystemExit(main(WorkerGroup(flags, index)))
+def _worker_entry(main: WorkerMain, flags: Any, index: int, metrics_ports: Any, state_dir: str) -> None:
+    raise SystemExit(main(WorkerGroup(flags, index, metrics_ports, state_dir)))
 
 
-def supervise(main: WorkerMain, workers: int, grace_s: float, restart_delay_s: float = 0.5) -> int:
-    """Run ``main`` in ``workers`` processes until SIGTERM / SIGINT; restart any that dies."""
+def supervise(
+    main: WorkerMain,
+    workers: int,
+    grace_s: float,
+    restart_delay_s: float = 0.5,
+    metrics: tuple[str, int] | None = None,
+) -> int:
+    """Run ``main`` in ``workers`` processes until SIGTERM / SIGINT; restart any that dies.
+
+    ``metrics`` (host, port): the supervisor serves the group's one Prometheus endpoint there,
+    merging every worker's exporter (each worker binds a port of its own and says which).
+    """
     context = multiprocessing.get_context("spawn")
     flags = context.Array("b", workers, lock=False)
+    metrics_ports = context.Array("i", workers, lock=False)
+    state = tempfile.TemporaryDirectory(prefix="unirank-workers-")
+    aggregator = None
+    if metrics is not None:
+        aggregator = MetricsAggregator(metrics[0], metrics[1], lambda: list(metrics_ports[:]))
+        print(
+            f"unirank: metrics of all {workers} workers on http://{metrics[0]}:{aggregator.port}/metrics",
+            flush=True,
+        )
     stopping = False
 
     def start(index: int) -> SpawnProcess:
+        metrics_ports[index] = 0
         process = context.Process(
-            target=_worker_entry, args=(main, flags, index), name=f"unirank-worker-{index}"
+            target=_worker_entry,
+            args=(main, flags, index, metrics_ports, state.name),
+            name=f"unirank-worker-{index}",
         )
         process.start()
         return process
@@ -93,6 +129,9 @@ def supervise(main: WorkerMain, workers: int, grace_s: float, restart_delay_s: f
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
+    if aggregator is not None:
+        aggregator.close()
+    state.cleanup()
     codes = [p.exitcode or 0 for p in processes]
     return max(codes, default=0)
 
