@@ -9,7 +9,14 @@ import pytest
 
 from unirank.artifact import load_artifact
 from unirank.client import AsyncRecommenderClient, UniRankError
-from unirank.client.monitor import StatsClient, percentile, summarize
+from unirank.client.monitor import (
+    ServingStats,
+    StatsClient,
+    TaskCounters,
+    format_views,
+    percentile,
+    summarize,
+)
 from unirank.server.telemetry import psi, semconv
 from unirank.server.telemetry.stats import LATENCY_BUCKETS_S
 
@@ -153,3 +160,23 @@ def test_psi_of_known_distributions() -> None:
     # (0.7-0.5) ln(0.7/0.5) + (0.3-0.5) ln(0.3/0.5)
     assert psi([0.5, 0.5], [0.7, 0.3]) == pytest.approx(0.2 * 0.33647224 + 0.2 * 0.51082562)
     assert psi([0.5, 0.5], [1.0, 0.0]) > 1.0  # an emptied bin is a large but finite shift
+
+
+def test_the_monitor_names_the_row_without_a_use_case_and_explains_the_psi_column() -> None:
+    stats = ServingStats(
+        model_version="v",
+        profile="p",
+        uptime_s=10.0,
+        latency_bucket_bounds_s=LATENCY_BUCKETS_S,
+        tasks={
+            "unspecified": TaskCounters(task="unspecified", rpcs_by_code={"OK": 3}),
+            "search": TaskCounters(
+                task="search", rpcs_by_code={"OK": 5}, has_reference=True, drift_samples=7
+            ),
+        },
+    )
+    text = format_views(stats, summarize(stats), None)
+    rows = [line.split()[0] for line in text.splitlines()[2:4]]
+    assert sorted(rows) == ["(no", "search"] and "unspecified" not in text
+    assert "(no use-case): calls that name no use-case (GetModelInfo" in text
+    assert "n=7" in text and "n=K: only K scores in the window so far" in text

@@ -21,6 +21,10 @@ from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
 PSI_ALERT = 0.25
+NO_TASK_LABEL = "unspecified"
+"""The task label of RPCs that name no use-case (GetModelInfo, RecordEvents, malformed requests),
+as the contract (TaskServingStats) defines it; the table shows it as ``NO_TASK_ROW``."""
+NO_TASK_ROW = "(no use-case)"
 """PSI above which a task's score distribution has shifted significantly (marked ``!``)."""
 
 
@@ -285,7 +289,7 @@ def format_views(stats: ServingStats, views: Sequence[TaskView], interval_s: flo
     for view in views:
         rows.append(
             [
-                view.task,
+                NO_TASK_ROW if view.task == NO_TASK_LABEL else view.task,
                 str(view.rpcs),
                 _number(view.rpcs_per_s, 1),
                 _number(view.p50_ms),
@@ -306,6 +310,15 @@ def format_views(stats: ServingStats, views: Sequence[TaskView], interval_s: flo
         ]
         lines.append("  ".join(cells).rstrip())
     details = []
+    if any(view.task == NO_TASK_LABEL for view in views):
+        details.append(
+            f"{NO_TASK_ROW}: calls that name no use-case (GetModelInfo, RecordEvents, malformed ones)"
+        )
+    if any(view.has_reference for view in views):
+        details.append(
+            "psi: drift of the served top score from the model's reference (population stability "
+            f"index; ! above {PSI_ALERT:g}); n=K: only K scores in the window so far, too few to judge"
+        )
     for view in views:
         failed = {code: n for code, n in view.codes.items() if code != "OK"}
         if failed:
