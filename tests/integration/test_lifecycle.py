@@ -12,7 +12,7 @@ import pytest
 from unirank.artifact import ArtifactError
 from unirank.client import AsyncRecommenderClient, UniRankError
 
-from ..conftest import profile_with, running_server
+from ..conftest import profile_with, relaxed_profile, running_server
 
 
 def clone_version(src: Path, dst: Path, version: str) -> Path:
@@ -73,8 +73,13 @@ async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
     repo = tmp_path / "repo"
     repo.mkdir()
     clone_version(artifact_dir, repo / "v001", "v001")
+    # A missing file is refused at once here, not retried as a copy in progress.
+    profile = relaxed_profile("cpu-realtime")
+    profile = profile.model_copy(
+        update={"model": profile.model.model_copy(update={"incomplete_version_timeout_s": 0.0})}
+    )
     async with (
-        running_server("cpu-realtime", repo) as server,
+        running_server(profile, repo) as server,
         AsyncRecommenderClient(server.address) as client,
     ):
         bad = clone_version(artifact_dir, repo / "v002", "v002")

@@ -57,6 +57,13 @@ class ArtifactError(Exception):
     """The artifact is missing, incomplete, tampered with or of an unknown schema."""
 
 
+class IncompleteArtifact(ArtifactError):
+    """A file the manifest lists is not there: a version still being copied in, or a broken one.
+
+    A server retries such a version until it is complete or its publish timeout passes.
+    """
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -206,15 +213,92 @@ def verify_artifact(path: Path) -> dict[str, Any]:
     for name, expected in files.items():
         if not isinstance(name, str) or Path(name).name != name or name in {".", ".."}:
             raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name in the artifact")
+        if not isinstance(expected, str):
+            raise ArtifactError(f"{manifest_path}: checksum of {name} is {expected!r}, not a sha256 string")
         file_path = path / name
         if not file_path.is_file():
-            raise ArtifactError(f"{path}: {name} is missing")
-        actual = sha256_file(file_path)
+            raise IncompleteArtifact(f"{path}: {name} is missing")
+        try:
+            actual = sha256_file(file_path)
+        except FileNotFoundError as exc:  # removed between the check and the read
+            raise IncompleteArtifact(f"{path}: {name} is missing") from exc
         if actual != expected:
             raise ArtifactError(
                 f"{path}: checksum mismatch for {name} (manifest {expected[:12]}…, file {actual[:12]}…)"
             )
+    check_manifest(manifest, manifest_path)
     return manifest
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_manifest(manifest: dict[str, Any], source: Path) -> None:
+    """Raise :class:`ArtifactError` unless the manifest holds every field a server reads, typed.
+
+    A checksum proves a file was not changed after the manifest was written, not that what was
+    written is well-formed: a malformed manifest is refused like a tampered one.
+    """
+    problems: list[str] = []
+    version = manifest.get("model_version")
+    if not isinstance(version, str) or not version:
+        problems.append(f"model_version {version!r} is not a non-empty string")
+    if "created_unix_ms" in manifest and not _is_int(manifest["created_unix_ms"]):
+        problems.append(f"created_unix_ms {manifest['created_unix_ms']!r} is not an integer")
+    model_config = manifest.get("model_config")
+    if not isinstance(model_config, dict):
+        problems.append("model_config is not a table")
+    elif not _is_int(model_config.get("n_tasks"), 1):
+        problems.append(f"model_config.n_tasks {model_config.get('n_tasks')!r} is not a positive integer")
+    encoder = manifest.get("encoder")
+    if not isinstance(encoder, dict):
+        problems.append("encoder is not a table")
+    else:
+        for key in ("max_history", "max_query_tokens"):
+            if not _is_int(encoder.get(key), 1):
+                problems.append(f"encoder.{key} {encoder.get(key)!r} is not a positive integer")
+    trained = manifest.get("trained_tasks")
+    if trained is not None and not (isinstance(trained, list) and all(isinstance(t, str) for t in trained)):
+        problems.append(f"trained_tasks {trained!r} is not a list of task names")
+    if problems:
+        raise ArtifactError(f"{source}: malformed manifest: {'; '.join(problems)}")
+
+
+def check_metrics(metrics: Any, source: Path) -> None:
+    """Raise :class:`ArtifactError` unless ``metrics.json`` has the shape servers read.
+
+    ``tasks.<task>.model`` maps metric names to numbers; ``score_reference`` maps task names to
+    tables (a malformed entry inside one only disables that task's drift).
+    """
+    if not isinstance(metrics, dict):
+        raise ArtifactError(f"{source}: malformed metrics: a {type(metrics).__name__}, not a table")
+    problems: list[str] = []
+    for key in ("tasks", "score_reference", "evaluation"):
+        if key in metrics and not isinstance(metrics[key], dict):
+            problems.append(f"{key} is not a table")
+    tasks = metrics.get("tasks")
+    if isinstance(tasks, dict):
+        for task, entry in tasks.items():
+            if not isinstance(entry, dict):
+                problems.append(f"tasks.{task} is not a table")
+                continue
+            values = entry.get("model", {})
+            if not isinstance(values, dict) or not all(_is_number(v) for v in values.values()):
+                problems.append(f"tasks.{task}.model is not a table of numbers")
+    references = metrics.get("score_reference")
+    if isinstance(references, dict):
+        problems.extend(
+            f"score_reference.{task} is not a table"
+            for task, entry in references.items()
+            if not isinstance(entry, dict)
+        )
+    if problems:
+        raise ArtifactError(f"{source}: malformed metrics: {'; '.join(problems)}")
 
 
 def load_artifact(path: str | Path) -> Artifact:
@@ -225,6 +309,7 @@ def load_artifact(path: str | Path) -> Artifact:
         catalog = Catalog.load(root / CATALOG)
         retrieval = Retrieval.load(root / RETRIEVAL)
         metrics = json.loads((root / METRICS).read_text())
+        check_metrics(metrics, root / METRICS)
     except ArtifactError:
         raise
     except Exception as exc:  # a verified file that still fails to parse is a broken artifact

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -13,13 +12,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from unirank.artifact.store import ArtifactError
+from unirank.artifact.store import ArtifactError, IncompleteArtifact
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
 from unirank.server.features import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
-from unirank.server.repository import fingerprint, resolve_artifact
+from unirank.server.repository import Fingerprint, fingerprint, resolve_artifact
 from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
@@ -33,6 +32,8 @@ from unirank.v1 import recommender_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+INCOMPLETE_RETRY_S = 1.0
+"""Without polling, how often an incomplete version (a copy in progress) is tried again."""
 DRAIN_QUIET_TURNS = 5
 """On stop, this many 10 ms turns of the event loop in a row without an RPC reaching admission
 means no more are on their way."""
@@ -73,12 +74,17 @@ class UniRankServer:
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
         self._server: grpc.aio.Server | None = None
-        self._loaded: tuple[str, int] | None = None
-        self._rejected: tuple[str, int] | None = None
+        self._loaded: Fingerprint | None = None
+        self._rejected: Fingerprint | None = None
+        self._incomplete_since: dict[str, float] = {}
+        """Versions found incomplete (listed files missing) and when first: retried until complete
+        or ``[model] incomplete_version_timeout_s`` has passed."""
+        self._retrying = False
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self.reloads = 0
         self.reload_failures = 0
+        self.poll_errors = 0
         self.features: FeatureStore | None = features
         self.group = group
         self.tls: TlsCredentials | None = None
@@ -96,14 +102,9 @@ class UniRankServer:
             self._telemetry = Telemetry.create(self.profile)
         return self._telemetry
 
-    def _announce(self, runtime: ModelRuntime) -> None:
+    def _announce(self, runtime: ModelRuntime, references: dict[str, ScoreReference]) -> None:
         """Telemetry labels the new version and measures drift against its reference."""
-        self.telemetry.set_model(
-            runtime.version,
-            runtime.backend.name,
-            runtime.backend.device,
-            ScoreReference.from_metrics(runtime.artifact.metrics),
-        )
+        self.telemetry.set_model(runtime.version, runtime.backend.name, runtime.backend.device, references)
 
     async def start(self) -> None:
         try:
@@ -123,9 +124,10 @@ class UniRankServer:
             log.warning("bearer tokens over plaintext: set [security] tls_cert_file unless TLS ends in front")
         telemetry = self.telemetry
         version_dir = resolve_artifact(self.artifact_path)
+        stamp = fingerprint(version_dir)
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
-        self._announce(runtime)
-        self._loaded = fingerprint(version_dir)
+        self._announce(runtime, ScoreReference.from_metrics(runtime.artifact.metrics))
+        self._loaded = stamp
         if self.features is None:
             self.features = make_feature_store(self.profile.features)
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
@@ -217,39 +219,117 @@ class UniRankServer:
     async def _poll_artifacts(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            # A refused version is logged and counted by reload; the current one keeps serving.
-            with contextlib.suppress(ArtifactError):
-                await self.reload()
+            await self._reload_quietly()
+
+    async def _reload_quietly(self) -> None:
+        """One reload attempt for the poller: whatever happens, it is logged and counted, the
+        current version keeps serving and the poller lives on to see the next version."""
+        try:
+            await self.reload()
+        except ArtifactError:
+            pass  # logged and counted by reload
+        except Exception:
+            self.poll_errors += 1
+            self.telemetry.count_reload("poll_error")
+            log.exception("artifact poll failed; still serving %s", self._serving_version())
+
+    def _serving_version(self) -> str:
+        return self.pipeline.runtime.version if self.pipeline is not None else "nothing"
 
     async def reload(self, path: str | Path | None = None) -> str:
         """Load the newest version off the hot path, swap atomically, retire the old one.
 
-        In-flight requests finish on the version they started with. A version that fails
-        verification or warm-up is refused (ArtifactError) and the current one keeps serving.
+        In-flight requests finish on the version they started with. Everything about the new
+        version is read and checked (listing, files, manifest, metrics, warm-up) before the swap;
+        a version that fails is refused (ArtifactError) and the current one keeps serving. A
+        version whose manifest lists files not there yet is retried until it is complete or
+        ``[model] incomplete_version_timeout_s`` passes; one that changes or vanishes while read is
+        tried again as it is next found.
         """
         assert self.pipeline is not None, "reload() before start()"
         async with self._reload_lock:
-            target = resolve_artifact(path if path is not None else self.artifact_path)
-            stamp = fingerprint(target)
+            try:
+                target = resolve_artifact(path if path is not None else self.artifact_path)
+                stamp = fingerprint(target)
+            except OSError as exc:  # a version directory renamed or removed while listed
+                self.telemetry.count_reload("unreadable")
+                log.warning(
+                    "cannot list artifact versions: %s; still serving %s", exc, self._serving_version()
+                )
+                raise ArtifactError(f"cannot list artifact versions: {exc}") from exc
+            except ArtifactError:
+                self.telemetry.count_reload("unreadable")
+                raise
             if stamp == self._loaded or stamp == self._rejected:
                 return self.pipeline.runtime.version
             try:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
+                references = ScoreReference.from_metrics(runtime.artifact.metrics)
             except Exception as exc:
-                self._rejected = stamp
-                self.reload_failures += 1
-                current = self.pipeline.runtime.version
-                log.error("refused artifact %s: %s; still serving %s", target, exc, current)
-                if isinstance(exc, ArtifactError):
-                    raise
-                raise ArtifactError(f"{target}: {exc}") from exc
+                raise self._refuse(target, stamp, exc) from exc
+            self._incomplete_since.clear()  # the newest version loaded: none older is waited for
             old = self.pipeline.swap_runtime(runtime)
-            self._announce(runtime)
+            self._announce(runtime, references)
             self._loaded = stamp
             self.reloads += 1
+            self.telemetry.count_reload("loaded")
             log.info("reloaded: %s -> %s", old.version, runtime.version)
             self._spawn(self._retire(old))
             return runtime.version
+
+    def _refuse(self, target: Path, stamp: Fingerprint, exc: Exception) -> ArtifactError:
+        """Log and count a version that could not be loaded; the error to raise.
+
+        A version that is incomplete (files listed but not there) or changed while it was read is
+        a copy in progress: retried until ``[model] incomplete_version_timeout_s`` has passed. One
+        that vanished is forgotten. Anything else is refused until its files change.
+        """
+        error = exc if isinstance(exc, ArtifactError) else ArtifactError(f"{target}: {exc}")
+        current = self._serving_version()
+        try:
+            unchanged = fingerprint(target) == stamp
+        except OSError:  # renamed or removed while it was read
+            self.telemetry.count_reload("unreadable")
+            log.warning("version %s vanished while loading (%s); still serving %s", target, exc, current)
+            return error
+        key = stamp[0]
+        if not unchanged or isinstance(exc, IncompleteArtifact):
+            now = asyncio.get_running_loop().time()
+            since = self._incomplete_since.setdefault(key, now)
+            timeout = self.profile.model.incomplete_version_timeout_s
+            if now - since < timeout:
+                self.telemetry.count_reload("incomplete")
+                if since == now:
+                    log.info("version %s is incomplete (%s); retrying for up to %.0f s", target, exc, timeout)
+                self._retry_incomplete()
+                return error
+            error = ArtifactError(f"{exc}; still after {timeout:.0f} s (model.incomplete_version_timeout_s)")
+        self._incomplete_since.pop(key, None)
+        self._rejected = stamp
+        self.reload_failures += 1
+        self.telemetry.count_reload("refused")
+        log.error("refused artifact: %s; still serving %s", error, current)
+        return error
+
+    def _retry_incomplete(self) -> None:
+        """Without a poller, try an incomplete version again until it loads or is refused."""
+        if self._retrying or self._poll_interval() > 0:
+            return
+        self._retrying = True
+
+        async def retry() -> None:
+            try:
+                while self._incomplete_since:
+                    await asyncio.sleep(INCOMPLETE_RETRY_S)
+                    # Versions removed meanwhile are not waited for.
+                    self._incomplete_since = {
+                        path: since for path, since in self._incomplete_since.items() if Path(path).is_dir()
+                    }
+                    await self._reload_quietly()
+            finally:
+                self._retrying = False
+
+        self._spawn(retry())
 
     def reload_secrets(self) -> list[str]:
         """Re-read the TLS certificates and bearer tokens the profile names (rotation, on SIGHUP).

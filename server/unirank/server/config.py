@@ -54,6 +54,9 @@ class ModelSection(_Strict):
     the loop)."""
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
+    incomplete_version_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)
+    """How long a new version whose manifest lists a file that is not there yet (a copy still in
+    progress) is retried, at each poll or SIGHUP, before it is refused. 0 refuses it at once."""
     batching: BatchingConfig = BatchingConfig()
     """Dynamic batching (``[model.batching]``); with ONNX Runtime a batch runs where single calls
     would (``inference_workers``)."""

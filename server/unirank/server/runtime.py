@@ -12,13 +12,20 @@ from pathlib import Path
 import numpy as np
 
 from unirank.artifact import Artifact, FeatureEncoder, load_artifact
+from unirank.artifact.store import ArtifactError
 from unirank.artifact.tasks import TASKS, TaskSpec
-from unirank.server.backends.base import BackendError, ScoringBackend
+from unirank.server.backends.base import BackendError, InvalidScores, ScoringBackend
+from unirank.server.backends.stacking import concat_model_inputs, split_scores
 from unirank.server.batching import BatchObserver
 from unirank.server.config import ModelSection
 from unirank.server.retrieval import Retriever
 
 log = logging.getLogger(__name__)
+
+WARMUP_RTOL = 1e-3
+WARMUP_ATOL = 1e-4
+"""How far one request's warm-up scores may differ between a call alone and a batched call
+(different kernels sum in different orders; a graph that mixes rows differs by far more)."""
 
 
 def make_backend(
@@ -98,46 +105,82 @@ class ModelRuntime:
         ``batch_observer(model_version)`` gives the observer of this version's batches, if any.
         """
         artifact = await asyncio.to_thread(load_artifact, path)
-        catalog = artifact.catalog
-        categories = catalog.category_matrix()[:, 0]
-        title_keys = np.array(
-            [zlib.crc32(" ".join(t.lower().split()).encode()) for t in catalog.titles], dtype=np.int64
-        )
-        observer = batch_observer(artifact.model_version) if batch_observer is not None else None
-        backend = make_backend(artifact, section, observer)
-        runtime = cls(
-            artifact=artifact,
-            encoder=artifact.encoder(),
-            retriever=Retriever(artifact),
-            backend=backend,
-            maturity=np.asarray(catalog.maturity, dtype=np.int64),
-            release_year=np.asarray(catalog.release_year, dtype=np.int64),
-            primary_category=categories.astype(np.int64),
-            title_keys=title_keys,
-        )
-        await backend.start()
-        await runtime.warm_up(section.warmup_requests)
+        try:
+            runtime = cls._assemble(artifact, section, batch_observer)
+        except (ArtifactError, BackendError):
+            raise
+        except Exception as exc:  # verified files whose content still cannot be served
+            raise ArtifactError(f"{path}: cannot serve artifact: {type(exc).__name__}: {exc}") from exc
+        backend = runtime.backend
+        try:
+            await backend.start()
+            await runtime.warm_up(section.warmup_requests)
+        except BaseException:
+            # A refused version must not leave its scoring threads or model session behind.
+            await backend.close()
+            raise
         log.info(
             "loaded artifact %s (%s) on %s/%s", artifact.model_version, path, backend.name, backend.device
         )
         return runtime
 
+    @classmethod
+    def _assemble(
+        cls,
+        artifact: Artifact,
+        section: ModelSection,
+        batch_observer: Callable[[str], BatchObserver | None] | None,
+    ) -> ModelRuntime:
+        catalog = artifact.catalog
+        categories = catalog.category_matrix()[:, 0]
+        title_keys = np.array(
+            [zlib.crc32(" ".join(t.lower().split()).encode()) for t in catalog.titles], dtype=np.int64
+        )
+        encoder = artifact.encoder()
+        retriever = Retriever(artifact)
+        observer = batch_observer(artifact.model_version) if batch_observer is not None else None
+        return cls(
+            artifact=artifact,
+            encoder=encoder,
+            retriever=retriever,
+            backend=make_backend(artifact, section, observer),  # last: it may start threads
+            maturity=np.asarray(catalog.maturity, dtype=np.int64),
+            release_year=np.asarray(catalog.release_year, dtype=np.int64),
+            primary_category=categories.astype(np.int64),
+            title_keys=title_keys,
+        )
+
     async def warm_up(self, requests: int) -> None:
-        """Score every task at a few candidate counts so first requests pay no lazy-init cost."""
+        """Score every task at a few candidate counts, alone and stacked, and check every answer.
+
+        First requests then pay no lazy-init cost, and a model that answers wrongly is refused
+        before it serves (:class:`InvalidScores`): every backend checks that scores are finite and
+        shaped [rows, candidates], and here each request's scores must agree whether it is scored
+        alone, among concurrent requests (a batching backend stacks them) or as rows of one call.
+        """
         if requests <= 0:
             return
         from unirank.artifact import Context
 
         popular = self.artifact.retrieval.popular_items
-        tasks = [spec for spec in TASKS if self.has_head(spec)]
+        tasks = [spec for spec in TASKS if self.has_head(spec)] or [TASKS[0]]
         warm = []
         for i in range(requests):
             spec = tasks[i % len(tasks)]
             n = min(len(popular), (10, 100, 200)[i % 3])
             encoded = self.encoder.encode(Context(task=spec.task_type))
             warm.append(self.encoder.batch([encoded], popular[None, :n]))
-        await self.backend.score(warm[0])  # alone first, then together: a batching backend stacks them
-        await asyncio.gather(*(self.backend.score(inputs) for inputs in warm[1:]))
+        alone = [await self.backend.score(inputs) for inputs in warm]
+        together = await asyncio.gather(*(self.backend.score(inputs) for inputs in warm))
+        stacked = split_scores(await self.backend.score(concat_model_inputs(warm)), warm)
+        for i, (single, *batched) in enumerate(zip(alone, together, stacked, strict=True)):
+            for scores in batched:
+                if not np.allclose(scores, single, rtol=WARMUP_RTOL, atol=WARMUP_ATOL):
+                    gap = float(np.max(np.abs(scores - single)))
+                    raise InvalidScores(
+                        f"warm-up request {i} ({len(single[0])} candidates) scores differently alone and "
+                        f"in a batch (largest difference {gap:.3g}): the graph mixes rows of a batch"
+                    )
 
     async def close(self) -> None:
         await self.backend.close()

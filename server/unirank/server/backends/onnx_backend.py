@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from unirank.artifact import ModelInputs
 from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
-from unirank.server.backends.base import BackendError
+from unirank.server.backends.base import BackendError, check_scores
 from unirank.server.backends.stacking import concat_model_inputs, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher, MemberFailed
 from unirank.server.config import BatchingConfig
@@ -148,9 +148,9 @@ class OnnxBackend:
         if self._session is None:
             raise BackendError("backend not started")
         if self._batcher is not None:
-            return await self._batcher.submit(inputs, deadline, request_id=tag)
+            return check_scores(await self._batcher.submit(inputs, deadline, request_id=tag), inputs)
         self._direct_calls += 1
-        return await self._call(inputs)
+        return check_scores(await self._call(inputs), inputs)
 
     async def _score_batch(self, requests: list[ModelInputs]) -> list[np.ndarray | MemberFailed]:
         """One model call for a formed batch: stacked, scored (on a scoring thread), split again."""

@@ -14,7 +14,7 @@ import torch
 
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
 from unirank.model.net import ServingModel, build_model_from_checkpoint
-from unirank.server.backends.base import BackendError, DeadlineDropped
+from unirank.server.backends.base import BackendError, DeadlineDropped, check_scores
 from unirank.server.backends.stacking import ROW_INPUTS, concat_model_inputs, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
 from unirank.server.config import BatchingConfig
@@ -154,8 +154,8 @@ class TorchBackend:
         if rows == 0 or width == 0:
             return np.zeros((rows, width), dtype=np.float32)
         if self._batcher is not None:
-            return await self._batcher.submit(inputs, deadline, request_id=tag)
-        return await self._score_direct(inputs, deadline)
+            return check_scores(await self._batcher.submit(inputs, deadline, request_id=tag), inputs)
+        return check_scores(await self._score_direct(inputs, deadline), inputs)
 
     async def close(self) -> None:
         if self._closed:

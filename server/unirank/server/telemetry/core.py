@@ -448,6 +448,8 @@ class Telemetry:
         self.served_tasks = tuple(served_tasks)
         self.providers = providers
         self.stats = ServingStats(settings.drift_window, settings.drift_min_samples)
+        self.reload_outcomes: dict[str, int] = {}
+        """Artifact reload attempts by outcome (loaded, refused, incomplete, unreadable, poll_error)."""
         self._methods = _method_table(SERVICE_FULL_NAME)
         self._propagator = TraceContextTextMapPropagator()
         self._server_attributes: dict[str, Any] = {}
@@ -606,6 +608,10 @@ class Telemetry:
         if scope._token is not None:
             _CURRENT.reset(scope._token)
             scope._token = None
+
+    def count_reload(self, outcome: str) -> None:
+        """One artifact reload attempt ended with ``outcome`` (``unirank.model.reloads``)."""
+        self.reload_outcomes[outcome] = self.reload_outcomes.get(outcome, 0) + 1
 
     def count_shed(self, method: MethodInfo, request: Any, code: grpc.StatusCode) -> None:
         """A call refused on arrival (overload, draining): counted by task and code, not traced."""
@@ -771,6 +777,13 @@ class Telemetry:
             unit="{request}",
             description="Response cache lookups by use-case and result (hit, miss).",
         )
+        meter.create_observable_counter(
+            "unirank.model.reloads",
+            callbacks=[self._observe_reloads],
+            unit="{reload}",
+            description="Attempts to load a new artifact version, by outcome: loaded, refused, "
+            "incomplete (retried), unreadable (the repository changed while read), poll_error.",
+        )
         meter.create_observable_gauge(
             "unirank.model.info",
             callbacks=[self._observe_model],
@@ -821,6 +834,10 @@ class Telemetry:
                 attributes = self._task_attributes(task)
                 yield Observation(stats.cache_hits, {**attributes, semconv.CACHE_RESULT: "hit"})
                 yield Observation(stats.cache_misses, {**attributes, semconv.CACHE_RESULT: "miss"})
+
+    def _observe_reloads(self, options: CallbackOptions) -> Iterable[Observation]:
+        for outcome, count in self.reload_outcomes.copy().items():
+            yield Observation(count, {semconv.RELOAD_OUTCOME: outcome})
 
     def _observe_model(self, options: CallbackOptions) -> Iterable[Observation]:
         for task in self.served_tasks:
