@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,10 +22,13 @@ from unirank.server.errors import Draining, InvalidArgument, Overloaded, Serving
 from unirank.server.security import Authenticator, Principal
 from unirank.server.telemetry import Telemetry
 from unirank.server.telemetry.core import MethodInfo
+from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
 
 SERVICE_PREFIX = "/unirank.v1."
+UNDECODABLE_LOG_INTERVAL_S = 10.0
+"""At most one log line per method this often for requests that do not parse (with a count)."""
 BATCH_METHOD = "/unirank.v1.RecommenderService/RecommendBatch"
 """Admitted member by member by the servicer (a batch takes one slot per member), not as one RPC."""
 SERVICE_TIME_WEIGHT = 0.1
@@ -222,6 +226,80 @@ def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+def _undecodable(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Decode, or stand in a :class:`_Refused` for a message that does not parse."""
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError as exc:
+            name = type(deserializer(b"")).__name__
+            return _Refused(InvalidArgument.single("(request)", f"not a valid {name} message: {exc}"), None)
+
+    return decode
+
+
+_HANDLER_KINDS = {
+    "unary_unary": grpc.unary_unary_rpc_method_handler,
+    "unary_stream": grpc.unary_stream_rpc_method_handler,
+    "stream_unary": grpc.stream_unary_rpc_method_handler,
+    "stream_stream": grpc.stream_stream_rpc_method_handler,
+}
+
+
+def decoding_tolerant(
+    handler: grpc.RpcMethodHandler, on_refused: Callable[[], None]
+) -> grpc.RpcMethodHandler:
+    """``handler`` answering INVALID_ARGUMENT for a request message that does not parse.
+
+    grpc.aio answers UNKNOWN, with an ERROR traceback in the log, when a deserializer raises: for
+    every method UniRank does not guard itself (health, reflection, GetServingStats) the message
+    is decoded here instead, and a bad one is refused before the servicer acts on it. A coroutine
+    handler stays a coroutine and an async generator a generator, as grpc.aio tells them apart.
+    """
+    deserializer = handler.request_deserializer
+    kind = next((k for k in _HANDLER_KINDS if getattr(handler, k) is not None), None)
+    if deserializer is None or kind is None:
+        return handler
+    behaviour: Callable[..., Any] = getattr(handler, kind)
+    generates = inspect.isasyncgenfunction(behaviour)
+    if not (generates or inspect.iscoroutinefunction(behaviour)):
+        return handler
+    streams_requests = kind.startswith("stream_")
+
+    async def refuse(refused: _Refused, context: grpc.aio.ServicerContext) -> None:
+        on_refused()
+        await abort_with(context, refused.error)
+
+    async def checked(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        async for request in requests:
+            if isinstance(request, _Refused):
+                await refuse(request, context)
+            yield request
+
+    def requests_of(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return checked(request, context) if streams_requests else request
+
+    if generates:
+
+        async def run_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Refused):
+                await refuse(request, context)
+            async for response in behaviour(requests_of(request, context), context):
+                yield response
+
+        run: Callable[..., Any] = run_generator
+    else:
+
+        async def run_coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Refused):
+                await refuse(request, context)
+            return await behaviour(requests_of(request, context), context)
+
+        run = run_coroutine
+    return _HANDLER_KINDS[kind](run, _undecodable(deserializer), handler.response_serializer)
+
+
 def _refusal(handler: grpc.RpcMethodHandler, error: ServingError) -> grpc.RpcMethodHandler:
     """A handler of the same shape as ``handler`` that refuses the call without reading its request."""
     status = rpc_status.to_status(to_rpc_status(error))
@@ -264,6 +342,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         self._auth = auth
         self._shed_handlers: dict[tuple[str, bool], grpc.RpcMethodHandler] = {}
         self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._tolerant: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self.undecodable = 0
+        """Calls to unguarded methods (health, reflection, GetServingStats) refused because their
+        request message did not parse."""
+        self._undecodable_log = ThrottledLog(log, UNDECODABLE_LOG_INTERVAL_S)
 
     def _shed(self, method: str, info: MethodInfo, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The cached handler that refuses ``method`` while admission is saturated.
@@ -320,11 +403,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except ServingError as error:
                 denial = error
         if not method.startswith(SERVICE_PREFIX) or handler.unary_unary is None:
-            return handler if denial is None else _refusal(handler, denial)
+            return self._decoding_tolerant(method, handler) if denial is None else _refusal(handler, denial)
         telemetry = self._telemetry
         info = telemetry.method(method)
         if info is None:  # GetServingStats: monitoring must work when the server is saturated
-            return handler if denial is None else _refusal(handler, denial)
+            return self._decoding_tolerant(method, handler) if denial is None else _refusal(handler, denial)
         admission = self._admission
         if denial is None and admission.saturated:
             # Shed before any per-call work: a refusal must cost much less than an answer, or
@@ -338,6 +421,21 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 self._guarded[method] = cached
             return cached[1]
         return self._guard(method, info, handler, principal, denial)
+
+    def _decoding_tolerant(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The cached :func:`decoding_tolerant` form of an unguarded method's handler."""
+        cached = self._tolerant.get(method)
+        if cached is None or cached[0] is not handler:
+
+            def refused() -> None:
+                self.undecodable += 1
+                self._undecodable_log.warning(
+                    method, "refused a %s call: its request message does not parse", method
+                )
+
+            cached = (handler, decoding_tolerant(handler, refused))
+            self._tolerant[method] = cached
+        return cached[1]
 
     def _guard(
         self,
