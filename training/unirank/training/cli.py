@@ -236,6 +236,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_table(metrics["tasks"]))
         _print_skipped(metrics.get("skipped_tasks", {}))
+        from unirank.training.plots import TASK_METRICS, TRAINING_CURVES
+
+        plots = [Path(args.artifact) / name for name in (TRAINING_CURVES, TASK_METRICS)]
+        if all(plot.is_file() for plot in plots):
+            print(f"plots of this version (from its training): {plots[0]} and {plots[1]}", file=sys.stderr)
     return 0
 
 
@@ -293,6 +298,7 @@ def _compare(args: argparse.Namespace) -> int:
         from unirank.training.quality import write_report
 
         write_report(result, args.report)
+        print(f"wrote {args.report}, its plots under {args.report.with_suffix('')}/", file=sys.stderr)
     print(compare_table(result))
     return 0
 

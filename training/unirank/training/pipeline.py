@@ -139,6 +139,7 @@ def _train_artifact(
         return out_dir
     manifest = write_version(out_dir, data, config, result, str(spec), started, say, distributed)
     say(f"wrote artifact {manifest['model_version']} to {out_dir} in {time.perf_counter() - started:.1f}s")
+    say(f"plots: {out_dir / TRAINING_CURVES} and {out_dir / TASK_METRICS}")
     return out_dir
 
 
