@@ -154,6 +154,9 @@ class CacheConfig(_Strict):
     """How long a cached ranking may be served."""
     max_entries: int = Field(10_000, ge=1, le=10_000_000)
     """Least recently used entries are evicted beyond this."""
+    max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024, le=64 * 1024**3)
+    """Memory the cache may hold (keys and answers, estimated); least recently used entries are
+    evicted beyond this (a 100-item answer is about 12 KB)."""
 
 
 class FreshnessConfig(_Strict):
@@ -315,7 +318,10 @@ class FeaturesSection(_Strict):
     max_items_per_user: int = Field(50, ge=1, le=10_000)
     """Recent items kept per user."""
     ttl_s: float = Field(7 * 86_400.0, gt=0.0)
-    """A user's recent history expires this long after their last event (``redis`` store)."""
+    """A user's recent history expires this long after their last event (either store)."""
+    max_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    """Memory the in-process store (``memory``) may hold, estimated per user and item; past it the
+    users written to least recently are evicted (about 4.7 KB per user with 50 items)."""
     timeout_ms: float = Field(30.0, gt=0.0, le=10_000.0)
     """Longest a request waits for the store; past it the request proceeds without fresh history."""
     max_events_per_call: int = Field(1000, ge=1, le=100_000)

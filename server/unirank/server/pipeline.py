@@ -30,7 +30,7 @@ from unirank.server.errors import (
     TaskNotServed,
     UnknownEntity,
 )
-from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent
+from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent, memory_usage
 from unirank.server.retrieval import ReleaseWindow
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
@@ -90,13 +90,17 @@ class RankingPipeline:
         self.tasks: dict[TaskType, TaskRuntime] = {}
         for name, config in profile.tasks.items():
             spec = task_by_name(name)
-            cache = (
-                TTLCache[RankResponse](config.cache.max_entries, config.cache.ttl_s)
-                if config.cache.enabled
-                else None
-            )
+            cache = None
+            if config.cache.enabled:
+                cache = TTLCache[RankResponse](
+                    config.cache.max_entries, config.cache.ttl_s, config.cache.max_bytes
+                )
+                self._telemetry.watch_memory("response_cache", name, cache.usage)
             pre, post = bind_rules(config.rules.pre), bind_rules(config.rules.post)
             self.tasks[spec.task_type] = TaskRuntime(name, spec.head_index, config, pre, post, cache)
+        store_usage = memory_usage(features)
+        if store_usage is not None:
+            self._telemetry.watch_memory("feature_store", "", store_usage)
 
     @property
     def runtime(self) -> ModelRuntime:

@@ -1,7 +1,9 @@
 """The online feature store: each user's recent engagements, read by the pipeline per request."""
 
 import os
+from collections.abc import Callable
 
+from unirank.server.cache import MemoryUsage
 from unirank.server.config import FeaturesSection
 from unirank.server.features.base import FeatureStore, FeatureStoreError, RecentEvent
 from unirank.server.features.eventlog import EventLog, LoggedFeatureStore
@@ -15,6 +17,7 @@ __all__ = [
     "LoggedFeatureStore",
     "RecentEvent",
     "make_feature_store",
+    "memory_usage",
 ]
 
 
@@ -27,11 +30,19 @@ def make_feature_store(section: FeaturesSection) -> FeatureStore | None:
     return store
 
 
+def memory_usage(store: FeatureStore | None) -> Callable[[], MemoryUsage] | None:
+    """How to read the size of ``store`` when it holds its data in this process (else None)."""
+    inner = store.inner if isinstance(store, LoggedFeatureStore) else store
+    return inner.usage if isinstance(inner, InMemoryFeatureStore) else None
+
+
 def _make_store(section: FeaturesSection) -> FeatureStore | None:
     if section.store == "none":
         return None
     if section.store == "memory":
-        return InMemoryFeatureStore(section.max_items_per_user)
+        return InMemoryFeatureStore(
+            section.max_items_per_user, max_bytes=section.max_bytes, ttl_s=section.ttl_s
+        )
     from unirank.server.features.redis_store import RedisFeatureStore
 
     url = os.environ.get("UNIRANK_REDIS_URL", section.redis_url)

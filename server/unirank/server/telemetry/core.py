@@ -32,6 +32,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from unirank.server.cache import MemoryUsage
 from unirank.server.config import Profile, TelemetrySection
 from unirank.server.domain import RankResponse
 from unirank.server.errors import ServingError
@@ -448,6 +449,8 @@ class Telemetry:
         self.served_tasks = tuple(served_tasks)
         self.providers = providers
         self.stats = ServingStats(settings.drift_window, settings.drift_min_samples)
+        self.memory: dict[tuple[str, str], Callable[[], MemoryUsage]] = {}
+        """Bounded in-process stores by (store, use-case), whose sizes are exported (watch_memory)."""
         self.reload_outcomes: dict[str, int] = {}
         """Artifact reload attempts by outcome (loaded, refused, incomplete, unreadable, poll_error)."""
         self._methods = _method_table(SERVICE_FULL_NAME)
@@ -612,6 +615,11 @@ class Telemetry:
     def count_reload(self, outcome: str) -> None:
         """One artifact reload attempt ended with ``outcome`` (``unirank.model.reloads``)."""
         self.reload_outcomes[outcome] = self.reload_outcomes.get(outcome, 0) + 1
+
+    def watch_memory(self, store: str, task: str, usage: Callable[[], MemoryUsage]) -> None:
+        """Export the size of a bounded in-process store (``unirank.memory.*``, labelled by store
+        and use-case; ``task`` empty for one shared by every use-case)."""
+        self.memory[(store, task)] = usage
 
     def count_shed(self, method: MethodInfo, request: Any, code: grpc.StatusCode) -> None:
         """A call refused on arrival (overload, draining): counted by task and code, not traced."""
@@ -785,6 +793,26 @@ class Telemetry:
             "incomplete (retried), unreadable (the repository changed while read), poll_error.",
         )
         meter.create_observable_gauge(
+            "unirank.memory.bytes",
+            callbacks=[self._observe_memory_bytes],
+            unit="By",
+            description="Estimated memory held by each bounded in-process store (response cache per "
+            "use-case, feature store), against its profile's max_bytes.",
+        )
+        meter.create_observable_gauge(
+            "unirank.memory.entries",
+            callbacks=[self._observe_memory_entries],
+            unit="{entry}",
+            description="Entries in each bounded in-process store (cached answers, users).",
+        )
+        meter.create_observable_counter(
+            "unirank.memory.evictions",
+            callbacks=[self._observe_memory_evictions],
+            unit="{entry}",
+            description="Entries dropped from each bounded in-process store, by reason: expired "
+            "(time-to-live) or capacity (least recently used, past max_bytes or the entry bound).",
+        )
+        meter.create_observable_gauge(
             "unirank.model.info",
             callbacks=[self._observe_model],
             unit="1",
@@ -838,6 +866,26 @@ class Telemetry:
     def _observe_reloads(self, options: CallbackOptions) -> Iterable[Observation]:
         for outcome, count in self.reload_outcomes.copy().items():
             yield Observation(count, {semconv.RELOAD_OUTCOME: outcome})
+
+    def _memory_usage(self) -> Iterable[tuple[dict[str, Any], MemoryUsage]]:
+        for (store, task), usage in list(self.memory.items()):
+            attributes = {semconv.MEMORY_STORE: store}
+            if task:
+                attributes[semconv.TASK_TYPE] = task
+            yield attributes, usage()
+
+    def _observe_memory_bytes(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attributes, usage in self._memory_usage():
+            yield Observation(usage.bytes, attributes)
+
+    def _observe_memory_entries(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attributes, usage in self._memory_usage():
+            yield Observation(usage.entries, attributes)
+
+    def _observe_memory_evictions(self, options: CallbackOptions) -> Iterable[Observation]:
+        for attributes, usage in self._memory_usage():
+            yield Observation(usage.expired, {**attributes, semconv.EVICTION_REASON: "expired"})
+            yield Observation(usage.evicted, {**attributes, semconv.EVICTION_REASON: "capacity"})
 
     def _observe_model(self, options: CallbackOptions) -> Iterable[Observation]:
         for task in self.served_tasks:
