@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import unirank.server.app as app_module
-from unirank.artifact import ArtifactError
+from unirank.artifact import ArtifactError, load_artifact, store
 from unirank.client import AsyncRecommenderClient
 
 from ..conftest import PROFILES, relaxed_profile, running_server
@@ -251,3 +251,17 @@ async def test_a_hidden_staging_directory_is_never_read(artifact_dir: Path, tmp_
         staging.rename(repo / "v002")
         await wait_for(lambda: server.reloads == 1)
     assert server.telemetry.reload_outcomes == {"loaded": 1}
+
+
+def test_an_unreadable_file_is_refused_as_an_artifact_error(
+    artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a raw OSError traceback at start (the CLI exits 3 on ArtifactError)."""
+    version = publish(artifact_dir, tmp_path / "v001", "v001")
+
+    def denied(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(store, "sha256_file", denied)
+    with pytest.raises(ArtifactError, match=r"cannot read \w+\.\w+: .*Permission denied"):
+        load_artifact(version)

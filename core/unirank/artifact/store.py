@@ -222,6 +222,8 @@ def verify_artifact(path: Path) -> dict[str, Any]:
             actual = sha256_file(file_path)
         except FileNotFoundError as exc:  # removed between the check and the read
             raise IncompleteArtifact(f"{path}: {name} is missing") from exc
+        except OSError as exc:  # unreadable (permissions, I/O error)
+            raise ArtifactError(f"{path}: cannot read {name}: {exc}") from exc
         if actual != expected:
             raise ArtifactError(
                 f"{path}: checksum mismatch for {name} (manifest {expected[:12]}…, file {actual[:12]}…)"

@@ -124,7 +124,10 @@ class UniRankServer:
             log.warning("bearer tokens over plaintext: set [security] tls_cert_file unless TLS ends in front")
         telemetry = self.telemetry
         version_dir = resolve_artifact(self.artifact_path)
-        stamp = fingerprint(version_dir)
+        try:
+            stamp = fingerprint(version_dir)
+        except OSError as exc:  # removed or unreadable since it was found
+            raise ArtifactError(f"{version_dir}: {exc}") from exc
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
         self._announce(runtime, ScoreReference.from_metrics(runtime.artifact.metrics))
         self._loaded = stamp
