@@ -50,7 +50,9 @@ def test_other_errors_are_accepts_only_overload_refusals_are_not() -> None:
     throttle.record(OVERLOAD)
     throttle.admit()
     throttle.record(grpc.StatusCode.CANCELLED)  # dropped from gRPC core's backlog
-    assert (throttle.requests, throttle.accepts) == (5, 3)
+    throttle.admit()
+    throttle.record(grpc.StatusCode.DEADLINE_EXCEEDED)  # held in that backlog until too late
+    assert (throttle.requests, throttle.accepts) == (6, 3)
 
 
 def test_a_refusing_server_gets_about_k_times_what_it_accepts() -> None:
