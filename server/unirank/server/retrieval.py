@@ -44,7 +44,6 @@ class Retriever:
 
     def __init__(self, artifact: Artifact) -> None:
         self._data = artifact.retrieval
-        self._n_items = len(artifact.catalog.items)
         self._embeddings = np.ascontiguousarray(self._data.item_embeddings, dtype=np.float32)
         catalog = artifact.catalog
         self._newest_year = catalog.newest_release_year
@@ -85,8 +84,7 @@ class Retriever:
 
         ``window`` is the request's new-release window (the ``new_releases`` source; default: now).
         """
-        seen = np.zeros(self._n_items, dtype=bool)
-        seen[0] = True  # padding is never a candidate
+        taken = _EMPTY  # every item taken so far: work per request grows with candidates only
         items: list[np.ndarray] = []
         sources: list[np.ndarray] = []
         remaining = config.max_candidates
@@ -99,11 +97,10 @@ class Retriever:
                 found = fn(encoded, source.quota)
             else:  # "caller" is handled by the pipeline before retrieval
                 continue
-            if not len(found):
+            fresh = _fresh(found, taken, min(source.quota, remaining))
+            if not len(fresh):
                 continue
-            fresh = found[~seen[found]]
-            fresh = _unique_in_order(fresh)[: min(source.quota, remaining)]
-            seen[fresh] = True
+            taken = np.concatenate([taken, fresh])
             items.append(fresh)
             sources.append(np.full(len(fresh), _SOURCES[source.source], dtype=np.int8))
             remaining -= len(fresh)
@@ -185,6 +182,20 @@ class Retriever:
             if len(items):
                 return items[:n]
         return self._data.popular_items[:n]
+
+
+def _fresh(found: np.ndarray, taken: np.ndarray, need: int) -> np.ndarray:
+    """Up to ``need`` items of ``found``, in its order, without repeats or ``taken`` ones (padding 0
+    is never a candidate). Reads a prefix of ``found`` only, doubled until it yields ``need``, so a
+    long list (a whole category of a large catalogue) costs what the request takes from it."""
+    prefix = need + len(taken)
+    while True:
+        head = found[:prefix]
+        head = head[(head > 0) & ~np.isin(head, taken)]
+        fresh = _unique_in_order(head)
+        if len(fresh) >= need or prefix >= len(found):
+            return fresh[:need]
+        prefix *= 2
 
 
 def _unique_in_order(values: np.ndarray) -> np.ndarray:
