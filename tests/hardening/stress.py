@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -29,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -42,15 +42,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from unirank.artifact import ArtifactError, ModelInputs, load_artifact
-from unirank.client import AsyncRecommenderClient, UniRankError
+from unirank.client import DEFAULT_THROTTLE_K, AsyncRecommenderClient, UniRankError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
-from unirank.server.config import ServerSection, load_profile
+from unirank.server.config import load_profile
 from unirank.server.security import SecurityError
 
 from ..conftest import PROFILES, TASK_NAMES, profile_with, running_server
 from .certs import Pki, make_pki
-from .serve import Load, Outcome, ServeProcess, open_loop, run_serve, serving, sigterm_under_load
+from .serve import Load, Outcome, run_serve, serving, sigterm_under_load
 from .test_faults import DAMAGES, damage
 from .test_limits import CASES, LIMITS, _request
 
@@ -211,56 +211,20 @@ async def probe_limits(artifact: Path) -> list[str]:
 # -- 2. overload ------------------------------------------------------------------------------
 
 
-@dataclass
-class OverloadRun:
-    label: str
-    admission: dict[str, int]
-    unloaded_p99_s: float
-    offered_rps: float
-    window_s: float
-    outcomes: list[Outcome]
-    rss_before_kib: int
-    rss_after_kib: int
-    rss_peak_kib: int
-    health_after: str
-    alive_after: bool
-
-    def count(self, code: str) -> int:
-        return sum(o.code == code for o in self.outcomes)
-
-    @property
-    def admitted(self) -> list[float]:
-        return [o.latency_s for o in self.outcomes if o.code == "OK"]
+_ADMISSION_KEYS = ("max_concurrent_rpcs", "max_queued_rpcs", "max_queue_wait_ms", "max_pending_rpcs")
 
 
-_ADMISSION_KEYS = ("max_concurrent_rpcs", "max_pending_rpcs", "max_queued_rpcs", "max_queue_wait_ms")
-
-
-def _profile_file(workdir: Path, name: str, admission: dict[str, int] | None) -> Path:
-    """cpu-realtime as shipped, or with its ``[server]`` admission settings replaced."""
+def _profile_file(workdir: Path, name: str, server: dict[str, int] | None) -> Path:
+    """cpu-realtime as shipped, or with some ``[server]`` keys replaced."""
     text = (PROFILES / "cpu-realtime.toml").read_text()
-    if admission is not None:
-        text = re.sub(rf"(?m)^({'|'.join(_ADMISSION_KEYS)}) = .*\n", "", text)
-        lines = "".join(f"{key} = {value}\n" for key, value in admission.items())
+    if server:
+        text = re.sub(rf"(?m)^({'|'.join(server)}) = .*\n", "", text)
+        lines = "".join(f"{key} = {value}\n" for key, value in server.items())
         text, found = re.subn(r"(?m)^\[server\]\n", lambda m: m.group(0) + lines, text)
         assert found == 1, "cpu-realtime.toml has no [server] table"
     path = workdir / f"{name}.toml"
     path.write_text(text)
     return path
-
-
-_UNBOUNDED = {
-    "max_concurrent_rpcs": 256,
-    "max_pending_rpcs": 1000,
-    "max_queued_rpcs": 0,
-    "max_queue_wait_ms": 0,
-}
-
-
-def _admission_of(profile: Path) -> dict[str, int]:
-    server = tomllib.loads(profile.read_text()).get("server", {})
-    defaults = ServerSection()
-    return {key: int(server.get(key, getattr(defaults, key))) for key in _ADMISSION_KEYS}
 
 
 async def _health(address: str) -> str:
@@ -274,44 +238,81 @@ async def _health(address: str) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
 
-async def _unloaded(served: ServeProcess, item: str, seconds: float) -> list[float]:
-    load = Load(served.address, item, callers=1)
-    await load.run(seconds)
-    return [o.latency_s for o in load.outcomes if o.code == "OK"]
+async def _client_call(client: AsyncRecommenderClient, item: str, timeout: float) -> Outcome:
+    """One related-items call through the UniRank client, as an :class:`Outcome`."""
+    started = time.perf_counter()
+    try:
+        ranking = await client.related_items(item, timeout=timeout)
+    except UniRankError as error:
+        return Outcome(
+            started, time.perf_counter(), error.code, error.reason, error.retry_after_s, message=error.message
+        )
+    return Outcome(started, time.perf_counter(), "OK", fallback=ranking.fallback)
 
 
-@dataclass(frozen=True)
-class _Setup:
-    workdir: Path
-    artifact: Path
-    item: str
-    server_cpus: set[int] | None
-    unloaded_s: float
-    overload_s: float
+async def _closed_loop(address: str, item: str, callers: int, seconds: float) -> list[Outcome]:
+    """``callers`` UniRank clients' worth of back-to-back calls (one channel, throttling off)."""
+    outcomes: list[Outcome] = []
+    until = time.perf_counter() + seconds
+    async with AsyncRecommenderClient(address, timeout=10, throttle_k=None) as client:
+
+        async def caller() -> None:
+            while time.perf_counter() < until:
+                outcomes.append(await _client_call(client, item, 10.0))
+
+        await asyncio.gather(*(caller() for _ in range(callers)))
+    return outcomes
 
 
-async def _overload(setup: _Setup, label: str, admission: dict[str, int] | None, rate: float) -> OverloadRun:
-    profile = _profile_file(setup.workdir, re.sub(r"\W+", "-", label), admission)
-    async with serving(profile, setup.artifact, cpus=setup.server_cpus) as served:
-        base = await _unloaded(served, setup.item, setup.unloaded_s)
-        rss_before = served.rss_kib()
-        outcomes, offered = await open_loop(served.address, setup.item, rate, setup.overload_s)
-        rss_after, rss_peak = served.rss_kib(), served.peak_rss_kib()
-        health = await _health(served.address)
-        alive = served.process.returncode is None
-    return OverloadRun(
-        label,
-        _admission_of(profile),
-        _pct(base, 99),
-        offered,
-        setup.overload_s,
-        outcomes,
-        rss_before,
-        rss_after,
-        rss_peak,
-        health,
-        alive,
-    )
+@dataclass
+class ClientRun:
+    """One open-loop run through the UniRank client against a fresh server."""
+
+    label: str
+    throttle_k: float | None
+    deadline_s: float
+    offered_rps: float
+    window_s: float
+    outcomes: list[Outcome]
+    rejected_locally: int
+    rss_before_kib: int
+    rss_after_kib: int
+    rss_peak_kib: int
+    health_after: str
+
+    @property
+    def answered(self) -> list[float]:
+        return [o.latency_s for o in self.outcomes if o.code == "OK"]
+
+    def refused(self) -> Counter[str]:
+        return Counter(f"{o.code} ({o.reason or 'no reason'})" for o in self.outcomes if o.code != "OK")
+
+
+async def _client_open_loop(
+    address: str, item: str, rate: float, seconds: float, throttle_k: float | None, deadline_s: float
+) -> tuple[list[Outcome], float, int]:
+    """Calls leave at ``rate`` whatever the answers do, through one UniRank client; the outcomes,
+    the rate achieved and the calls the client's throttle refused itself."""
+    outcomes: list[Outcome] = []
+    async with AsyncRecommenderClient(address, timeout=deadline_s, throttle_k=throttle_k) as client:
+
+        async def one() -> None:
+            outcomes.append(await _client_call(client, item, deadline_s))
+
+        pending: set[asyncio.Task[None]] = set()
+        total = int(rate * seconds)
+        begin = time.perf_counter()
+        for index in range(total):
+            delay = begin + index / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one())
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        sent_s = time.perf_counter() - begin
+        await asyncio.gather(*pending)
+        local = client.throttle.rejected_locally if client.throttle is not None else 0
+    return outcomes, total / sent_s, local
 
 
 def _pin_load_generator() -> set[int] | None:
@@ -325,14 +326,20 @@ def _pin_load_generator() -> set[int] | None:
     return server
 
 
-def _refusal_cost_server(artifact: Path, refuse: bool, ports: Any) -> None:
-    """A server process for :func:`refusal_cost`: every call answered, or every call refused."""
+def _refusal_cost_server(artifact: Path, mode: str, ports: Any) -> None:
+    """A server process for :func:`refusal_cost`: every call answered (``answered``), refused by
+    UniRank's admission (``admission``), or refused by gRPC's own concurrent-RPC limit (``grpc``:
+    one open call takes its only place)."""
 
     async def run() -> None:
         relaxed = {name: {"timeout_ms": 10_000} for name in TASKS}
-        server = UniRankServer(profile_with(tasks=relaxed), artifact, host="127.0.0.1", port=0)
+        server_keys: dict[str, Any] = {}
+        if mode == "grpc":
+            server_keys = {"max_open_rpcs": 1, "connections": {"first_message_timeout_ms": 600_000}}
+        profile = profile_with(tasks=relaxed, server=server_keys)
+        server = UniRankServer(profile, artifact, host="127.0.0.1", port=0)
         await server.start()
-        if refuse:  # no slot and no place in line: every call takes the immediate refusal
+        if mode == "admission":  # no slot and no place in line: every call takes the immediate refusal
             server.admission.max_in_flight = server.admission.max_queued = 0
         ports.put(server.port)
         await asyncio.Event().wait()
@@ -345,156 +352,248 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def refusal_cost(artifact: Path, requests: int) -> dict[str, float]:
-    """Server CPU microseconds per answered and per refused Recommend (16 closed-loop callers)."""
+async def _hold_one_call(address: str) -> None:
+    """Open a call and never send its message (it holds the only place gRPC allows)."""
+
+    async def never() -> Any:
+        await asyncio.Event().wait()
+        yield b""
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            await channel.stream_unary("/unirank.v1.RecommenderService/Recommend")(never(), timeout=600)
+
+
+async def refusal_cost(artifact: Path, requests: int, server_cpus: set[int] | None) -> dict[str, float]:
+    """Server CPU microseconds per answered Recommend, per refusal by UniRank's admission and per
+    refusal by gRPC's maximum_concurrent_rpcs (16 closed-loop callers, raw bytes)."""
     item = load_artifact(artifact).catalog.items.key(1)
     spawn = multiprocessing.get_context("spawn")
     cost: dict[str, float] = {}
-    for label, refuse in (("answered", False), ("refused", True)):
+    for mode in ("answered", "admission", "grpc"):
         ports = spawn.Queue()
-        process = spawn.Process(target=_refusal_cost_server, args=(artifact, refuse, ports))
+        process = spawn.Process(target=_refusal_cost_server, args=(artifact, mode, ports))
         process.start()
+        holder = None
         try:
             port = await asyncio.to_thread(ports.get, True, 120)
             assert process.pid is not None
-            await Load(f"127.0.0.1:{port}", item, callers=8).run_count(200)
+            if server_cpus:
+                os.sched_setaffinity(process.pid, server_cpus)
+            address = f"127.0.0.1:{port}"
+            if mode == "grpc":
+                holder = asyncio.create_task(_hold_one_call(address))
+                await asyncio.sleep(0.5)
+            await Load(address, item, callers=8).run_count(200)
             before = _process_cpu_s(process.pid)
-            load = Load(f"127.0.0.1:{port}", item, callers=16)
+            load = Load(address, item, callers=16)
             await load.run_count(requests)
-            cost[label] = 1e6 * (_process_cpu_s(process.pid) - before) / len(load.outcomes)
+            cost[mode] = 1e6 * (_process_cpu_s(process.pid) - before) / len(load.outcomes)
+            codes = Counter(o.code for o in load.outcomes)
+            print(f"stress: refusal cost {mode}: {cost[mode]:.0f} us/call {dict(codes)}", flush=True)
         finally:
+            if holder is not None:
+                holder.cancel()
             process.terminate()
             process.join()
     return cost
 
 
+async def _stall_one(channel: grpc.aio.Channel) -> str:
+    """A Recommend call that never sends its message; the code it ended with."""
+
+    async def never() -> Any:
+        await asyncio.Event().wait()
+        yield b""
+
+    try:
+        await channel.stream_unary("/unirank.v1.RecommenderService/Recommend")(never(), timeout=60)
+    except grpc.aio.AioRpcError as error:
+        return f"{error.code().name}" + (" (first message timeout)" if "first_message" in str(error) else "")
+    return "OK"
+
+
+async def stalled_calls(artifact: Path, server_cpus: set[int] | None, calls: int) -> list[str]:
+    """``calls`` calls that never send their message, against ``unirank serve`` as shipped."""
+    async with serving(PROFILES / "cpu-realtime.toml", artifact, cpus=server_cpus) as served:
+        rss_before = served.rss_kib()
+        channels = [grpc.aio.insecure_channel(served.address) for _ in range(max(1, calls // 500))]
+        started = time.perf_counter()
+        ended = await asyncio.gather(*(_stall_one(channels[i % len(channels)]) for i in range(calls)))
+        elapsed = time.perf_counter() - started
+        rss_peak, rss_after = served.peak_rss_kib(), served.rss_kib()
+        for channel in channels:
+            await channel.close()
+        health = await _health(served.address)
+    codes = Counter(ended)
+    print(f"stress: {calls} stalled calls: {dict(codes)} in {elapsed:.1f} s", flush=True)
+    timeout_ms = load_profile(PROFILES / "cpu-realtime.toml").server.connections.first_message_timeout_ms
+    return [
+        f"**Stalled calls** (finding 6): {calls:,} Recommend calls opened over {len(channels)} connections "
+        "that never send their message (the client's own deadline: 60 s), against `unirank serve` "
+        f"(cpu-realtime, `first_message_timeout_ms = {timeout_ms}`): "
+        f"{'; '.join(f'{code}: {n:,}' for code, n in codes.most_common())} (DEADLINE_EXCEEDED: ended "
+        "by the first-message timeout; CANCELLED: dropped by gRPC core while its backlog of calls "
+        f"not yet taken up was full), all of them within {elapsed:.1f} s of the first being opened; "
+        f"server RSS {rss_before >> 10} MiB before, peak {rss_peak >> 10}, {rss_after >> 10} after; "
+        f"health {health}.",
+        "",
+    ]
+
+
+async def _client_run(
+    setup: _Setup, label: str, throttle_k: float | None, deadline_s: float, server: dict[str, Any] | None
+) -> ClientRun:
+    profile = _profile_file(setup.workdir, re.sub(r"\W+", "-", label), server)
+    async with serving(profile, setup.artifact, cpus=setup.server_cpus) as served:
+        await _closed_loop(served.address, setup.item, callers=8, seconds=1.0)  # warm
+        rss_before = served.rss_kib()
+        outcomes, offered, local = await _client_open_loop(
+            served.address, setup.item, setup.rate, setup.overload_s, throttle_k, deadline_s
+        )
+        rss_after, rss_peak = served.rss_kib(), served.peak_rss_kib()
+        health = await _health(served.address)
+    run = ClientRun(
+        label,
+        throttle_k,
+        deadline_s,
+        offered,
+        setup.overload_s,
+        outcomes,
+        local,
+        rss_before,
+        rss_after,
+        rss_peak,
+        health,
+    )
+    print(f"stress: overload ({label}): OK {len(run.answered)}, {dict(run.refused())}", flush=True)
+    return run
+
+
+_BOUNDED = {"max_concurrent_rpcs": 8, "max_queued_rpcs": 0, "max_pending_rpcs": 16}
+"""A latency-first [server]: 8 calls in flight, none in line, a gRPC backlog of 16."""
+_BOUNDED_LABEL = "server: 8 in flight, none in line, gRPC backlog 16"
+
+OVERLOAD_ROWS: tuple[tuple[str, float | None, float, dict[str, Any] | None], ...] = (
+    ("throttling client (default K = 2), 1 s deadline", DEFAULT_THROTTLE_K, 1.0, None),
+    ("throttling client (K = 1.1), 1 s deadline", 1.1, 1.0, None),
+    ("naive client (no throttling), 1 s deadline", None, 1.0, None),
+    ("throttling client (K = 2), 50 ms deadline", DEFAULT_THROTTLE_K, 0.05, None),
+    ("naive client, 50 ms deadline", None, 0.05, None),
+    (f"throttling client (K = 2), 1 s deadline; {_BOUNDED_LABEL}", DEFAULT_THROTTLE_K, 1.0, _BOUNDED),
+    (f"throttling client (K = 1.1), 1 s deadline; {_BOUNDED_LABEL}", 1.1, 1.0, _BOUNDED),
+    (f"naive client, 1 s deadline; {_BOUNDED_LABEL}", None, 1.0, _BOUNDED),
+    (f"throttling client (K = 2), 50 ms deadline; {_BOUNDED_LABEL}", DEFAULT_THROTTLE_K, 0.05, _BOUNDED),
+    (
+        "throttling client (K = 2), 1 s deadline; server: gRPC's limit in front (max_open_rpcs = 72)",
+        DEFAULT_THROTTLE_K,
+        1.0,
+        {"max_open_rpcs": 72},
+    ),
+)
+"""Rows of the overload table: label, the client's throttle K (None: none), its deadline, and the
+``[server]`` keys replaced in cpu-realtime (None: as shipped)."""
+
+
+@dataclass(frozen=True)
+class _Setup:
+    workdir: Path
+    artifact: Path
+    item: str
+    server_cpus: set[int] | None
+    rate: float
+    overload_s: float
+
+
 async def overload(artifact: Path, workdir: Path, quick: bool) -> list[str]:
     item = load_artifact(artifact).catalog.items.key(1)
-    unloaded_s, capacity_s, overload_s = (1.0, 1.5, 2.0) if quick else (3.0, 4.0, 10.0)
+    unloaded_s, capacity_s, overload_s = (1.0, 2.0, 3.0) if quick else (3.0, 5.0, 10.0)
     everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    cost = await refusal_cost(artifact, 1000 if quick else 4000)
-    print(f"stress: server CPU per call {cost}", flush=True)
+    load_before = _load_average()
     server_cpus = _pin_load_generator()
-    setup = _Setup(workdir, artifact, item, server_cpus, unloaded_s, overload_s)
     try:
-        async with serving(
-            _profile_file(workdir, "measure", _UNBOUNDED), artifact, cpus=server_cpus
-        ) as served:
-            base = await _unloaded(served, item, unloaded_s)
+        cost = await refusal_cost(artifact, 1000 if quick else 4000, server_cpus)
+        shipped = _profile_file(workdir, "measure", None)
+        async with serving(shipped, artifact, cpus=server_cpus) as served:
+            await _closed_loop(served.address, item, callers=8, seconds=1.0)  # warm
+            base = [o.latency_s for o in await _closed_loop(served.address, item, 1, unloaded_s)]
+            # Capacity with requests sent as bytes: the UniRank client on one core would measure
+            # its own limit rather than the server's.
             measure = Load(served.address, item, callers=32)
             started = time.perf_counter()
             await measure.run(capacity_s)
             capacity = sum(o.code == "OK" for o in measure.outcomes) / (time.perf_counter() - started)
-        p99 = _pct(base, 99)
-        print(f"stress: capacity {capacity:.0f}/s, unloaded p99 {_ms(p99)}", flush=True)
-        runs = []
-        for label, admission in (
-            ("cpu-realtime as shipped", None),
-            ("no bound on the wait (256 in flight, gRPC backlog 1,000)", _UNBOUNDED),
-        ):
-            run = await _overload(setup, label, admission, 4 * capacity)
-            runs.append(run)
-            print(f"stress: overload ({label}): {Counter(o.code for o in run.outcomes)}", flush=True)
+        p50, p99 = _pct(base, 50), _pct(base, 99)
+        print(f"stress: capacity {capacity:.0f}/s, unloaded p50 {_ms(p50)} p99 {_ms(p99)}", flush=True)
+        setup = _Setup(workdir, artifact, item, server_cpus, 4 * capacity, overload_s)
+        runs = [
+            await _client_run(setup, label, throttle_k, deadline_s, server)
+            for label, throttle_k, deadline_s, server in OVERLOAD_ROWS
+        ]
     finally:
         if everything is not None:
             os.sched_setaffinity(0, everything)
+    load_after = _load_average()
+    stalled = await stalled_calls(artifact, server_cpus, 2000 if quick else 10_000)
     rows = []
     for run in runs:
         n = len(run.outcomes)
-        shed = [o for o in run.outcomes if o.code == "RESOURCE_EXHAUSTED"]
-        core = run.count("CANCELLED")
-        admitted = run.admitted
-        other = Counter(
-            o.code for o in run.outcomes if o.code not in ("OK", "RESOURCE_EXHAUSTED", "CANCELLED")
-        )
-        ratio = _pct(admitted, 99) / run.unloaded_p99_s if admitted else float("nan")
-        with_retry = sum(o.retry_after_s is not None for o in shed)
-        waited = sum("waited" in o.message for o in shed)
-        limits = run.admission
+        ok = run.answered
+        ratio = _pct(ok, 99) / p99 if ok else float("nan")
         rows.append(
             [
                 run.label,
-                f"{limits['max_concurrent_rpcs']} / {limits['max_queued_rpcs']} / "
-                f"{limits['max_queue_wait_ms']} ms / {limits['max_pending_rpcs']}",
                 f"{run.offered_rps:.0f}/s ({n:,})",
-                f"{len(admitted):,} ({len(admitted) / n:.0%}), {len(admitted) / run.window_s:.0f}/s",
-                f"{len(shed):,} ({len(shed) / n:.0%}; {waited:,} after waiting), RetryInfo on {with_retry:,}",
-                f"{core:,} ({core / n:.0%})",
-                dict(other) or "none",
-                _ms(run.unloaded_p99_s),
-                f"{_ms(_pct(admitted, 50))} / {_ms(_pct(admitted, 99))}",
-                f"**{ratio:.1f}x**",
+                f"**{len(ok) / run.window_s:.0f}/s** ({len(ok) / run.window_s / capacity:.0%} of capacity)",
+                f"{run.rejected_locally:,}",
+                "; ".join(f"{code}: {count:,}" for code, count in run.refused().most_common()) or "none",
+                f"{_ms(_pct(ok, 50))} / {_ms(_pct(ok, 99))} (**{ratio:.1f}x**)",
                 f"{run.rss_before_kib >> 10} → {run.rss_after_kib >> 10} (peak {run.rss_peak_kib >> 10})",
-                f"{run.health_after}, {'running' if run.alive_after else 'DEAD'}",
+                run.health_after,
             ]
         )
     pinning = (
-        f"the server pinned to CPU {min(server_cpus)} and the load generator to the other "
+        f"`unirank serve` pinned to CPU {min(server_cpus)} and the load generator to the other "
         f"{len(everything or ()) - 1} (neither takes the other's core; other processes still may)"
         if server_cpus
         else "sharing all CPUs (affinity not available)"
     )
+    limits = load_profile(PROFILES / "cpu-realtime.toml").server
     return [
         "## 2. Overload",
         "",
-        f"A real `unirank serve` (cpu-realtime, ONNX Runtime) and the load generator "
-        f"(`tests/hardening/serve.py`: related-items requests serialized once and sent as bytes over one "
-        f"channel), {pinning}. **Unloaded** (1 caller, {unloaded_s:.0f} s): p50 {_ms(_pct(base, 50))}, "
-        f"p99 {_ms(p99)}. **Capacity** (32 closed-loop callers, {capacity_s:.0f} s, nothing shed): "
-        f"**{capacity:.0f} answers/s**. Then **4x capacity = {4 * capacity:.0f} requests/s** offered "
-        f"open-loop for {overload_s:.0f} s (requests leave on schedule whatever the answers do, so "
-        "concurrency is unbounded, far above any limit) against a fresh server per row; each row's "
-        "unloaded p99 is measured on that server first. Latency is the client's, send to answer.",
+        f"A real `unirank serve` (cpu-realtime as shipped: {limits.max_concurrent_rpcs} calls in flight, "
+        f"{limits.max_queued_rpcs} in line for at most {limits.max_queue_wait_ms} ms, gRPC backlog "
+        f"{limits.max_pending_rpcs}, max_open_rpcs {limits.max_open_rpcs}), {pinning}; machine load "
+        f"average before / after this section: {load_before} / {load_after}. The load generator is the "
+        "UniRank client (`AsyncRecommenderClient`, one channel) asking for related items. "
+        f"**Unloaded** (1 caller, {unloaded_s:.0f} s): p50 {_ms(p50)}, p99 {_ms(p99)}. **Capacity** "
+        f"(32 closed-loop callers sending serialized requests, {capacity_s:.0f} s): "
+        f"**{capacity:.0f} answers/s**. Then **4x capacity "
+        f"= {4 * capacity:.0f} calls/s** offered open-loop for {overload_s:.0f} s (calls leave on schedule "
+        "whatever the answers do) against a fresh server per row; latency is the client's, call to answer.",
         "",
         *_table(
             [
-                "admission",
-                "max_concurrent_rpcs / max_queued_rpcs / max_queue_wait_ms / max_pending_rpcs",
-                "offered (requests)",
-                "admitted",
-                "shed by UniRank: RESOURCE_EXHAUSTED",
-                "dropped by gRPC core: CANCELLED",
-                "other codes",
-                "unloaded p99",
-                "admitted p50 / p99",
-                "admitted p99 / unloaded p99",
+                "client",
+                "offered (calls)",
+                "answered",
+                "refused by the client itself (THROTTLED_LOCALLY)",
+                "refused by the server, by code (reason)",
+                "answered p50 / p99 (p99 / unloaded p99)",
                 "server RSS MiB before → after (peak)",
-                "after",
+                "health after",
             ],
             rows,
         ),
-        "What the numbers say:",
+        "Server CPU per call (`refusal_cost`: 16 closed-loop callers sending serialized bytes, the "
+        f"server's own CPU time from /proc, pinned like above): **{cost['answered']:.0f} µs per answer, "
+        f"{cost['admission']:.0f} µs per refusal by UniRank's admission** (the cached shed handler: "
+        "RESOURCE_EXHAUSTED + RetryInfo) and **"
+        f"{cost['grpc']:.0f} µs per refusal by gRPC's own `maximum_concurrent_rpcs`** (`[server] "
+        "max_open_rpcs`; RESOURCE_EXHAUSTED, no RetryInfo, no UniRank code runs).",
         "",
-        "- No crash, no INTERNAL or UNKNOWN, health SERVING after each run, and RSS flat: nothing "
-        "queues without bound.",
-        "- Admission (`[server]`) has three bounds: `max_concurrent_rpcs` calls run at once; up to "
-        "`max_queued_rpcs` more wait in line for a slot, each at most `max_queue_wait_ms`; anyone past "
-        "them gets RESOURCE_EXHAUSTED with RetryInfo. An admitted call therefore carries at most the "
-        "queue wait plus the work of the calls in the slots ahead of it, which is what keeps its p99 "
-        "near the unloaded one however much is offered.",
-        "- The refusal itself must be cheap, or at 4x capacity the process spends its CPU refusing. "
-        "With every slot and place in line taken, the interceptor answers from a handler built once "
-        "per method, with the status and RetryInfo serialized once, before the request is checked or "
-        "a slot is touched, and counts the refusal in the metrics without a span. Server CPU per call "
-        f"(`refusal_cost`: 16 closed-loop callers, the server's own CPU time from /proc): **"
-        f"{cost['answered']:.0f} µs per answer, {cost['refused']:.0f} µs per refusal**, most of "
-        "which is gRPC's own per-call work (a bare `grpc.aio` handler that only aborts costs "
-        "~200–250 µs here).",
-        "- **What this machine cannot do.** Refusing the excess of a 4x overload costs 3 x capacity x "
-        "(refusal CPU), i.e. about 3 x "
-        f"{cost['refused'] / cost['answered']:.2f} = {3 * cost['refused'] / cost['answered']:.1f} "
-        "of the one core the server has, before it answers anything. So a single Python process "
-        "cannot even take all the calls up: they wait in gRPC core's backlog, where admission never "
-        "sees them, and past `max_pending_rpcs` core drops them with CANCELLED and no RetryInfo "
-        "(grpc/grpc#41785). That is what both rows show: the admitted calls' latency is the backlog's "
-        "wait (`max_pending_rpcs` calls at the serving rate: 128 in cpu-realtime, against 1,000 in "
-        "the second row), not UniRank's queue, and the RESOURCE_EXHAUSTED path engages only when "
-        "calls are taken up faster than they are served (bursts, or spare CPU). The bounded line "
-        "and the cheap refusal are what a multi-core replica needs (`serve --workers N` takes calls "
-        "up on N cores); the 3x latency bound under a sustained 4x overload of one core is not met "
-        "here. Clients should treat RESOURCE_EXHAUSTED, UNAVAILABLE and a CANCELLED they did not "
-        "cause alike: back off, try another replica.",
-        "",
+        *stalled,
     ]
 
 
@@ -835,6 +934,17 @@ async def attacks(artifact: Path, workdir: Path) -> list[str]:
 # -- the report -------------------------------------------------------------------------------
 
 
+KEPT_HEADING = "## Hardening II"
+"""Where the written-by-hand part of docs/reliability.md begins; a regenerated report keeps it."""
+
+
+def _kept_after(out: Path) -> str:
+    """The hand-written tail of an existing report (from :data:`KEPT_HEADING` on), to keep."""
+    text = out.read_text() if out.is_file() else ""
+    start = text.find(f"\n{KEPT_HEADING}")
+    return "" if start < 0 else text[start:]
+
+
 def render(sections: list[list[str]], header: dict[str, str]) -> str:
     lines = [
         "# Reliability",
@@ -851,13 +961,18 @@ def render(sections: list[list[str]], header: dict[str, str]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-async def run_all(artifact: Path, workdir: Path, quick: bool) -> list[list[str]]:
-    sections = [await probe_limits(artifact)]
-    sections.append(await overload(artifact, workdir, quick))
-    sections.append(await sigterm(artifact, quick))
-    sections.append(await faults(artifact, workdir))
-    sections.append(await attacks(artifact, workdir))
-    return sections
+async def run_all(artifact: Path, workdir: Path, quick: bool, only: str | None = None) -> list[list[str]]:
+    runs: dict[str, Callable[[], Any]] = {
+        "limits": lambda: probe_limits(artifact),
+        "overload": lambda: overload(artifact, workdir, quick),
+        "sigterm": lambda: sigterm(artifact, quick),
+        "faults": lambda: faults(artifact, workdir),
+        "attacks": lambda: attacks(artifact, workdir),
+    }
+    return [await run() for name, run in runs.items() if only in (None, name)]
+
+
+SECTIONS = ("fuzz", "limits", "overload", "sigterm", "faults", "attacks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -872,19 +987,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="seconds instead of minutes; writes under build/"
     )
+    parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        default=None,
+        help="run one section alone; writes build/reliability-SECTION.md unless --out says otherwise",
+    )
     args = parser.parse_args(argv)
     artifact = ensure_artifact(args.artifact)
     out = args.out or (
-        REPO / "build" / "reliability-quick.md" if args.quick else REPO / "docs" / "reliability.md"
+        REPO / "build" / f"reliability-{args.only}.md"
+        if args.only
+        else REPO / "build" / "reliability-quick.md"
+        if args.quick
+        else REPO / "docs" / "reliability.md"
     )
     examples = 50 if args.quick else args.fuzz_examples
     load_before = _load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="unirank-stress-") as tmp:
         workdir = Path(tmp)
-        fuzz = run_fuzz(artifact, examples, workdir)
-        sections = asyncio.run(run_all(artifact, workdir, args.quick))
-    sections[0] = fuzz + sections[0]
+        fuzz = run_fuzz(artifact, examples, workdir) if args.only in (None, "fuzz") else []
+        sections = (
+            [] if args.only == "fuzz" else asyncio.run(run_all(artifact, workdir, args.quick, args.only))
+        )
+    sections = [fuzz + sections[0], *sections[1:]] if sections else [fuzz]
     import grpc as grpc_module
 
     header = {
@@ -897,7 +1024,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" (--quick: short runs, not the numbers to quote)" if args.quick else ""),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(sections, header))
+    out.write_text(render(sections, header) + _kept_after(out))
     print(f"stress: wrote {out}", flush=True)
     return 0
 
