@@ -106,24 +106,27 @@ async def test_a_start_on_a_bad_version_exits_3_without_a_traceback(
 
 
 async def test_a_non_finite_score_at_serve_time_answers_with_the_fallback(
-    artifact_dir: Path, tmp_path: Path
+    artifact_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A graph right at warm-up (no user) but NaN for known users: no NaN reaches a caller."""
+    """A graph right at warm-up (no user) but NaN for known users: no NaN reaches a caller, and
+    the broken model is logged once, not once per request."""
     version = publish(artifact_dir, tmp_path / "v001", "v001", bad_graph("nan_for_known_users"))
     async with (
         running_server("cpu-realtime", version) as server,
         AsyncRecommenderClient(server.address) as client,
     ):
         artifact = server.pipeline.runtime.artifact  # type: ignore[union-attr]
-        user = artifact.catalog.users.key(1)
-        ranking = await client.notification(user)
+        users = [artifact.catalog.users.key(i) for i in range(1, 21)]
+        rankings = [await client.notification(user) for user in users]
         history = [artifact.catalog.items.key(1)]
         anonymous = await client.notification("no-such-user", history_item_ids=history)
-    assert ranking.fallback_reason == "backend_error"
-    assert "non-finite" in ranking.fallback_detail
-    assert ranking.items and all(item.score == 0.0 for item in ranking.items)
+    for ranking in rankings:
+        assert ranking.fallback_reason == "backend_error"
+        assert "non-finite" in ranking.fallback_detail
+        assert ranking.items and all(item.score == 0.0 for item in ranking.items)
     assert not anonymous.fallback and anonymous.items  # the model still answers where it can
-    assert server.telemetry.stats.task("notification").fallbacks == {"backend_error": 1}
+    assert server.telemetry.stats.task("notification").fallbacks == {"backend_error": 20}
+    assert sum("backend error on notification" in r.getMessage() for r in caplog.records) == 1
 
 
 @pytest.mark.parametrize("kind", ["fails_to_run", "nan"])

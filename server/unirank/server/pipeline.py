@@ -83,6 +83,8 @@ class RankingPipeline:
         self._features = features
         self.feature_store_errors = 0
         self._store_log = ThrottledLog(log)
+        self._backend_log = ThrottledLog(log)
+        """A broken model fails every request: one line per use-case and interval, with a count."""
         self._telemetry = (
             telemetry if telemetry is not None else Telemetry.disabled(profile.name, profile.tasks)
         )
@@ -311,7 +313,7 @@ class RankingPipeline:
                 trace.stage_failed(exc)
                 failure = exc
         if failure is not None:
-            log.warning("backend error on %s: %s", task.name, failure)
+            self._backend_log.warning(task.name, "backend error on %s: %s", task.name, failure)
             raise _Fallback(FallbackReason.BACKEND_ERROR, str(failure)) from failure
         with trace.stage("post_rules"):
             order = np.argsort(-scores, kind="stable")
