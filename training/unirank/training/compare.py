@@ -60,6 +60,8 @@ ABLATIONS: Mapping[str, dict[str, Any]] = {
     "uncertainty_weights": {"task_weighting": "uncertainty"},
     "static_weights": {"task_weighting": "static"},
     "in_batch_negatives": {"in_batch_negatives": True},
+    "drop_retired": {"retired_tasks": "drop"},
+    "no_calibration": {"calibrate_heads": False},
 }
 """Optional extra unified variants (``--ablation NAME``): the config changes each one makes."""
 

@@ -72,6 +72,9 @@ class TrainConfig:
     batches and learn the scores of the task's best-validation snapshot, so the task does not
     drift as the shared layers change) or ``drop`` (they leave the batches, their share goes to
     the others). Distributed training always drops."""
+    calibrate_heads: bool = True
+    """After training, raise a task head's weight on popularity and co-engagement where that
+    raises the task's validation NDCG (``unirank.training.train.calibrate_heads``)."""
     steps_per_epoch: int | None = 100
     """Steps between validations (an "epoch" here); None: one pass over the training rows.
 

@@ -207,6 +207,7 @@ def write_version(
         training = {
             "config": config.to_dict(),
             "best_epoch": result.best_epoch,
+            "calibration": result.calibration,
             "epochs_run": len(result.history),
             "steps": result.steps,
             "seconds": round(time.perf_counter() - started, 2),

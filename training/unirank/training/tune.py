@@ -91,7 +91,12 @@ def suggest(trial: Any, base: TrainConfig, tasks: Sequence[str]) -> dict[str, An
         "patience": trial.suggest_int("patience", 1, 3),
         "task_patience": trial.suggest_int("task_patience", 1, 3),
         "retired_tasks": trial.suggest_categorical("retired_tasks", ["distil", "drop"]),
+        "popular_negative_share": trial.suggest_float("popular_negative_share", 0.2, 0.8),
     }
+    if "new_releases" in tasks:
+        values["release_pool_negatives"] = trial.suggest_categorical(
+            "release_pool_negatives", [0, 16, 32, 48]
+        )
     if len(tasks) > 1:
         values["task_weights"] = {
             **base.task_weights,
@@ -271,7 +276,11 @@ def _as_params(config: TrainConfig, tasks: Sequence[str]) -> dict[str, Any]:
         "patience": min(max(config.patience, 1), 3),
         "task_patience": min(max(config.task_patience, 1), 3),
         "retired_tasks": config.retired_tasks,
+        "popular_negative_share": min(max(config.popular_negative_share, 0.2), 0.8),
     }
+    if "new_releases" in tasks:
+        pool = config.release_pool_negatives
+        params["release_pool_negatives"] = pool if pool in (0, 16, 32, 48) else 48
     if len(tasks) > 1:
         params.update({f"w_{t}": min(max(config.task_weight(t), 0.3), 3.0) for t in tasks})
         params["task_sampling"] = config.task_sampling

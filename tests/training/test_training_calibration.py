@@ -1,0 +1,51 @@
+"""Head calibration: a task head's weight on popularity and co-engagement is raised only where
+validation says so, and the model stays one graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unirank.artifact import TASKS
+from unirank.training.config import TrainConfig
+from unirank.training.evaluate import sample_rows
+from unirank.training.pipeline import PreparedData, prepare_data
+from unirank.training.sources import load_logs
+from unirank.training.train import CALIBRATED_FEATURES, build_model, calibrate_heads, validation_ndcg
+
+NAMES = {int(spec.task_type): spec.name for spec in TASKS if spec.name in ("notification", "new_releases")}
+
+
+@pytest.fixture(scope="module")
+def data() -> PreparedData:
+    return prepare_data(load_logs("synthetic", size="tiny", seed=0), 20, 8)
+
+
+def _rows(data: PreparedData) -> dict[int, np.ndarray]:
+    return {t: sample_rows(data.dataset.rows("validation", t), 60, t) for t in NAMES}
+
+
+def test_calibration_only_keeps_steps_that_raise_validation(data: PreparedData) -> None:
+    torch.manual_seed(0)
+    model = build_model(data.catalog, TrainConfig.tiny(), data.co_engagement).eval()
+    rows = _rows(data)
+    before = validation_ndcg(model, data.dataset, rows, data.catalog)
+    biases = [head.cross.bias.detach().clone() for head in model.heads]
+    added = calibrate_heads(model, data.dataset, rows, data.catalog, NAMES)
+    after = validation_ndcg(model, data.dataset, rows, data.catalog)
+    assert set(added) == set(NAMES.values())
+    assert any(added.values())  # an untrained head gains from the plain signals
+    calibrated = {index for _, index, _ in CALIBRATED_FEATURES}
+    for task, name in NAMES.items():
+        assert after[task] >= before[task]
+        change = model.heads[task - 1].cross.bias.detach() - biases[task - 1]
+        assert set(torch.nonzero(change).flatten().tolist()) <= calibrated
+        assert (after[task] > before[task]) == bool(added[name])
+
+
+def test_a_model_without_task_heads_is_left_alone(data: PreparedData) -> None:
+    model = build_model(data.catalog, TrainConfig.tiny(use_task_type=False), data.co_engagement).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert calibrate_heads(model, data.dataset, _rows(data), data.catalog, NAMES) == {}
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
