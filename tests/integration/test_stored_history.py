@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, profile_with, running_server
 from unirank.artifact import load_artifact
 from unirank.artifact.store import RETRIEVAL_ARRAYS, Retrieval
 from unirank.client import AsyncRecommenderClient
@@ -47,3 +47,21 @@ def test_an_artifact_without_stored_histories_loads_with_none(tmp_path: Path, ar
     np.savez(old, **{name: getattr(full, name) for name in RETRIEVAL_ARRAYS})
     loaded = Retrieval.load(old)
     assert len(loaded.user_history(1)) == 0 and len(full.user_history_items) > 0
+
+
+async def test_a_profile_can_search_embeddings_approximately(artifact_dir: Path) -> None:
+    retrieval = {
+        "sources": [{"source": "embedding", "quota": 100}],
+        "embedding_search": "approximate",
+        "ann_ef_search": 64,
+    }
+    profile = profile_with("cpu-realtime", tasks={"related_items": {"retrieval": retrieval}})
+    artifact = load_artifact(artifact_dir)
+    anchor = artifact.catalog.items.key(int(artifact.retrieval.popular_items[0]))
+    async with (
+        running_server(profile, artifact_dir) as server,
+        AsyncRecommenderClient(f"127.0.0.1:{server.port}") as client,
+    ):
+        ranking = await client.related_items(anchor, max_results=20, debug=True)
+    assert not ranking.fallback and len(ranking.items) == 20
+    assert {item.retrieval_source for item in ranking.items} == {"embedding"}

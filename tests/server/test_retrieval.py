@@ -3,15 +3,18 @@ and the work per request does not depend on the catalogue's size."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from unirank.artifact import Artifact, Context, TaskType, load_artifact
+from unirank.artifact import Artifact, ArtifactError, Context, TaskType, load_artifact
+from unirank.artifact.ann import ITEM_INDEX, ItemIndex, build_item_index
 from unirank.server.config import RetrievalConfig, RetrievalSourceConfig
 from unirank.server.domain import Source
-from unirank.server.retrieval import Retriever
+from unirank.server.retrieval import Retriever, check_item_index
 
 SOURCES = ("history", "related", "lexical", "embedding", "category", "popular", "new_releases")
 
@@ -72,3 +75,53 @@ def test_retrieval_matches_its_definition_on_random_requests(artifact: Artifact)
         assert got.items.tolist() == items
         assert [Source(int(s)).name.lower() for s in got.sources] == sources
         assert len(set(got.items.tolist())) == len(got.items) and 0 not in got.items.tolist()
+
+
+def test_the_item_index_finds_the_exact_nearest_items(artifact: Artifact, tmp_path: Path) -> None:
+    embeddings = artifact.retrieval.item_embeddings
+    build_item_index(embeddings, tmp_path / ITEM_INDEX)
+    index = ItemIndex.load(tmp_path / ITEM_INDEX)
+    assert index.n_items == len(embeddings) - 1
+    rng = np.random.default_rng(1)
+    k = min(200, len(embeddings) - 1)
+    recalls = []
+    for item in rng.integers(1, len(embeddings), size=50).tolist():
+        sims = embeddings @ embeddings[item]
+        sims[0] = -np.inf
+        exact = set(np.argsort(-sims)[:k].tolist())
+        found = index.search(embeddings[item], k)
+        assert 0 not in found.tolist() and len(found) == k
+        recalls.append(len(exact & set(found.tolist())) / k)
+    assert float(np.mean(recalls)) >= 0.95
+
+
+def test_approximate_embedding_retrieval_uses_the_shipped_index(artifact: Artifact) -> None:
+    retriever = Retriever(artifact)
+    assert retriever.item_index is not None, "training ships the item index with every artifact"
+    catalog = artifact.catalog
+    encoded = artifact.encoder().encode(
+        Context(task=TaskType.RELATED_ITEMS, anchor_item_id=catalog.items.key(7))
+    )
+    exact = RetrievalConfig(sources=(RetrievalSourceConfig(source="embedding", quota=50),), max_candidates=50)
+    approximate = exact.model_copy(update={"embedding_search": "approximate"})
+    found_exact = set(retriever.retrieve(encoded, exact).items.tolist())
+    found_approximate = set(retriever.retrieve(encoded, approximate).items.tolist())
+    assert len(found_exact & found_approximate) >= 0.9 * len(found_exact)
+
+
+def test_a_version_without_the_index_is_refused_when_the_profile_asks_for_it(
+    artifact: Artifact, tmp_path: Path
+) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(artifact.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"][ITEM_INDEX]
+    (old / ITEM_INDEX).unlink()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    retriever = Retriever(load_artifact(old))
+    approximate = RetrievalConfig(
+        sources=(RetrievalSourceConfig(source="embedding", quota=10),), embedding_search="approximate"
+    )
+    check_item_index([approximate.model_copy(update={"embedding_search": "exact"})], retriever, "v")
+    with pytest.raises(ArtifactError, match=r"ships no item_index\.faiss"):
+        check_item_index([approximate], retriever, "v")

@@ -9,6 +9,8 @@ Layout (names are fixed; ``manifest.json`` lists each other file with its sha256
     catalog.json    items, titles, categories, maturity, years, popularity, vocabularies
     retrieval.npz   item embeddings, related-item lists, popularity, lexical and category indexes
     metrics.json    per-task offline metrics of this version and of the baselines it beat
+    item_index.faiss  approximate nearest-neighbour index of the item embeddings (optional: older
+                    artifacts lack it and serve exact embedding retrieval only)
 
 Checksums are verified before any file is parsed, so a tampered file is never deserialised.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from unirank.artifact.ann import ITEM_INDEX
 from unirank.artifact.catalog import Catalog
 from unirank.artifact.features import FeatureEncoder
 
@@ -182,6 +185,12 @@ class Artifact:
     @property
     def torch_path(self) -> Path:
         return self.path / MODEL_TORCH
+
+    @property
+    def item_index_path(self) -> Path | None:
+        """The approximate nearest-neighbour index (:mod:`unirank.artifact.ann`), when the artifact
+        ships one (listed, so checksummed, in the manifest); None for older artifacts."""
+        return self.path / ITEM_INDEX if ITEM_INDEX in self.manifest.get("files", {}) else None
 
     def encoder(self) -> FeatureEncoder:
         cfg = self.manifest["encoder"]

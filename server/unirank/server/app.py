@@ -19,6 +19,7 @@ from unirank.server.features import FeatureStore, LoggedFeatureStore, make_featu
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.repository import Fingerprint, fingerprint, resolve_artifact
+from unirank.server.retrieval import check_item_index
 from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
@@ -129,6 +130,7 @@ class UniRankServer:
         except OSError as exc:  # removed or unreadable since it was found
             raise ArtifactError(f"{version_dir}: {exc}") from exc
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
+        self._check_fits(runtime)
         self._announce(runtime, ScoreReference.from_metrics(runtime.artifact.metrics))
         self._loaded = stamp
         if self.features is None:
@@ -267,6 +269,11 @@ class UniRankServer:
                 return self.pipeline.runtime.version
             try:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
+                try:
+                    self._check_fits(runtime)
+                except ArtifactError:
+                    await runtime.close()
+                    raise
                 references = ScoreReference.from_metrics(runtime.artifact.metrics)
             except Exception as exc:
                 raise self._refuse(target, stamp, exc) from exc
@@ -279,6 +286,11 @@ class UniRankServer:
             log.info("reloaded: %s -> %s", old.version, runtime.version)
             self._spawn(self._retire(old))
             return runtime.version
+
+    def _check_fits(self, runtime: ModelRuntime) -> None:
+        """Refuse a version this profile cannot serve as configured (ArtifactError)."""
+        configs = [task.retrieval for task in self.profile.tasks.values()]
+        check_item_index(configs, runtime.retriever, runtime.version)
 
     def _refuse(self, target: Path, stamp: Fingerprint, exc: Exception) -> ArtifactError:
         """Log and count a version that could not be loaded; the error to raise.

@@ -210,6 +210,14 @@ class RetrievalConfig(_Strict):
     """Ordered ``{ source = NAME, quota = N }`` entries."""
     max_candidates: int = Field(200, ge=1, le=100_000)
     """Cap on candidates sent to the model after deduplication."""
+    embedding_search: Literal["exact", "approximate"] = "exact"
+    """How the ``embedding`` source finds the items nearest the anchor or history: ``exact``
+    scores every item of the catalogue (cost grows with it); ``approximate`` searches the HNSW
+    index the artifact ships (``item_index.faiss``; cost grows with the log of the catalogue,
+    recall@200 against exact in docs/benchmarks.md). An artifact without the index is refused."""
+    ann_ef_search: int = Field(512, ge=16, le=4096)
+    """With ``approximate``: the HNSW search list; larger finds more of the exact neighbours
+    and costs more (at least the items asked for is always used)."""
 
 
 class RuleConfig(_Strict):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from unirank.artifact import Artifact, EncodedContext
+from unirank.artifact import Artifact, ArtifactError, EncodedContext
+from unirank.artifact.ann import ITEM_INDEX, ItemIndex
 from unirank.artifact.catalog import NEW_RELEASE_YEARS, new_release_years
 from unirank.server.config import RetrievalConfig
 from unirank.server.domain import Source
@@ -45,6 +46,9 @@ class Retriever:
     def __init__(self, artifact: Artifact) -> None:
         self._data = artifact.retrieval
         self._embeddings = np.ascontiguousarray(self._data.item_embeddings, dtype=np.float32)
+        index_path = artifact.item_index_path
+        self.item_index = ItemIndex.load(index_path) if index_path is not None else None
+        """The artifact's approximate nearest-neighbour index (None: it ships none)."""
         catalog = artifact.catalog
         self._newest_year = catalog.newest_release_year
         self._by_popularity = 1 + np.argsort(-np.asarray(catalog.popularity[1:]), kind="stable")
@@ -93,6 +97,8 @@ class Retriever:
                 break
             if source.source == "new_releases":  # the only source that reads the request's time
                 found = self.new_releases(window or self.release_window(0, 0))
+            elif source.source == "embedding" and config.embedding_search == "approximate":
+                found = self._nearest(encoded, source.quota, config.ann_ef_search)
             elif (fn := self._fns.get(source.source)) is not None:
                 found = fn(encoded, source.quota)
             else:  # "caller" is handled by the pipeline before retrieval
@@ -153,18 +159,28 @@ class Retriever:
         return unique[order]
 
     def _embedding(self, enc: EncodedContext, quota: int) -> np.ndarray:
-        if enc.anchor_item > 0:
-            query = self._embeddings[enc.anchor_item]
-        else:
-            hist = enc.history[enc.history > 0]
-            if not len(hist):
-                return _EMPTY
-            query = self._embeddings[hist].mean(axis=0)
+        query = self._embedding_query(enc)
+        if query is None:
+            return _EMPTY
         sims = self._embeddings @ query
         sims[0] = -np.inf
         k = min(quota * 2, len(sims) - 1)
         top = np.argpartition(-sims, k)[:k]
         return top[np.argsort(-sims[top])]
+
+    def _nearest(self, enc: EncodedContext, quota: int, ef_search: int) -> np.ndarray:
+        """The ``embedding`` source through the artifact's HNSW index: no catalogue-sized work."""
+        query = self._embedding_query(enc)
+        if query is None or self.item_index is None:
+            return _EMPTY
+        return self.item_index.search(query, quota * 2, ef_search)
+
+    def _embedding_query(self, enc: EncodedContext) -> np.ndarray | None:
+        """The anchor's embedding, else the mean of the history's (None: neither is known)."""
+        if enc.anchor_item > 0:
+            return self._embeddings[enc.anchor_item]
+        hist = enc.history[enc.history > 0]
+        return self._embeddings[hist].mean(axis=0) if len(hist) else None
 
     def _category(self, enc: EncodedContext, quota: int) -> np.ndarray:
         return self._data.category(enc.category)
@@ -182,6 +198,19 @@ class Retriever:
             if len(items):
                 return items[:n]
         return self._data.popular_items[:n]
+
+
+def check_item_index(configs: Iterable[RetrievalConfig], retriever: Retriever, version: str) -> None:
+    """Refuse a version that cannot serve the profile's approximate embedding retrieval."""
+    wanted = any(
+        config.embedding_search == "approximate" and any(s.source == "embedding" for s in config.sources)
+        for config in configs
+    )
+    if wanted and retriever.item_index is None:
+        raise ArtifactError(
+            f"the profile asks for approximate embedding retrieval, but version {version} ships no "
+            f'{ITEM_INDEX} (an older artifact): retrain it, or set embedding_search = "exact"'
+        )
 
 
 def _fresh(found: np.ndarray, taken: np.ndarray, need: int) -> np.ndarray:

@@ -15,6 +15,7 @@ import onnxruntime as ort
 import torch
 
 from unirank.artifact import Catalog, ModelInputs
+from unirank.artifact.ann import ITEM_INDEX, build_item_index
 from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
 from unirank.artifact.store import (
     CATALOG,
@@ -145,6 +146,7 @@ def write_artifact(
     torch.save(model_checkpoint(model), directory / MODEL_TORCH)
     catalog.save(directory / CATALOG)
     retrieval.save(directory / RETRIEVAL)
+    build_item_index(retrieval.item_embeddings, directory / ITEM_INDEX)
     (directory / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return write_manifest(
         directory,
@@ -153,5 +155,5 @@ def write_artifact(
         encoder_config=dict(encoder_config),
         training_data=training_data,
         extra={**(extra or {}), "onnx": {"opset": ONNX_OPSET, "parity_max_abs_diff": parity}},
-        extra_files=extra_files,
+        extra_files=(ITEM_INDEX, *extra_files),
     )
