@@ -434,7 +434,8 @@ async def stalled_calls(artifact: Path, server_cpus: set[int] | None, calls: int
         f"(cpu-realtime, `first_message_timeout_ms = {timeout_ms}`): "
         f"{'; '.join(f'{code}: {n:,}' for code, n in codes.most_common())} (DEADLINE_EXCEEDED: ended "
         "by the first-message timeout; CANCELLED: dropped by gRPC core while its backlog of calls "
-        f"not yet taken up was full), all of them within {elapsed:.1f} s of the first being opened; "
+        "not yet taken up was full; UNAVAILABLE: streams gRPC core refused with REFUSED_STREAM), "
+        f"all of them within {elapsed:.1f} s of the first being opened; "
         f"server RSS {rss_before >> 10} MiB before, peak {rss_peak >> 10}, {rss_after >> 10} after; "
         f"health {health}.",
         "",
