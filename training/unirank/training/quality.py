@@ -342,14 +342,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m unirank.training.quality REPORT.md RESULT.json...``: one report from saved
     comparison results (``unirank compare --json``), a section per data set."""
     args = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if len(args) > 1 and args[0] == "--command":  # what produced the results, when not make quality
+        command, args = args[1], args[2:]
     if len(args) < 2 or not args[0].endswith(".md"):
         print(
-            "usage: python -m unirank.training.quality REPORT.md RESULT.json [RESULT.json...]",
+            "usage: python -m unirank.training.quality [--command TEXT] REPORT.md RESULT.json...",
             file=sys.stderr,
         )
         return 2
     results = [json.loads(Path(arg).read_text()) for arg in args[1:]]
-    write_reports(results, Path(args[0]))
+    write_reports(results, Path(args[0]), command)
     return 0
 
 
