@@ -253,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     if work.exists():
         shutil.rmtree(work)
     repository, staging = work / "repository", work / "staging"
-    repository.mkdir(parents=True)
+    from unirank.artifact.store import init_repository
+
+    init_repository(repository)
     staging.mkdir()
     base_logs, new_logs, events_csv = work / "logs-base", work / "logs-refit", work / "events.csv"
     profile = work / "profile.toml"

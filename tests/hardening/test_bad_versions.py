@@ -13,6 +13,7 @@ import pytest
 
 import unirank.server.app as app_module
 from unirank.artifact import ArtifactError, load_artifact, store
+from unirank.artifact.store import init_repository
 from unirank.client import AsyncRecommenderClient
 
 from ..conftest import PROFILES, relaxed_profile, running_server
@@ -55,7 +56,7 @@ def non_pool_threads() -> int:
 
 def repository(artifact_dir: Path, tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     publish(artifact_dir, repo / "v001", "v001")
     return repo
 

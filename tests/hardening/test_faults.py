@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from unirank.artifact import ArtifactError, load_artifact
-from unirank.artifact.store import sha256_file
+from unirank.artifact.store import init_repository, sha256_file
 from unirank.client import AsyncRecommenderClient
 
 from ..conftest import PROFILES, running_server
@@ -86,7 +86,7 @@ async def test_a_broken_graph_with_a_matching_checksum_is_refused_at_reload(
     """The second line of defence: the checksum matches (the manifest was rewritten too), the graph
     does not load; the reload is refused and counted and the old version keeps serving."""
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     shutil.copytree(artifact_dir, repo / "v001")
     async with (
         running_server("cpu-realtime", repo) as server,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import unirank.server.app as app_module
+from unirank.artifact.store import init_repository
 from unirank.client import AsyncRecommenderClient, UniRankError
 
 from ..conftest import running_server
@@ -34,7 +35,7 @@ async def test_bad_versions_then_a_good_one_under_traffic(
     artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     publish(artifact_dir, repo / "v001", "v001")
     away = tmp_path / "away"
     resolve = app_module.resolve_artifact

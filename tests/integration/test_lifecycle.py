@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from unirank.artifact import ArtifactError
+from unirank.artifact import ArtifactError, load_artifact
+from unirank.artifact.store import REPOSITORY_MARKER, init_repository, sha256_file
 from unirank.client import AsyncRecommenderClient, UniRankError
+from unirank.server.repository import check_same_family
 
-from ..conftest import profile_with, relaxed_profile, running_server
+from ..conftest import PROFILES, profile_with, relaxed_profile, running_server
+from ..hardening.serve import run_serve
 
 
 def clone_version(src: Path, dst: Path, version: str) -> Path:
@@ -39,7 +43,7 @@ async def _load(
 
 async def test_hot_reload_under_concurrent_load_fails_no_request(artifact_dir: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     clone_version(artifact_dir, repo / "v001", "v001")
     async with (
         running_server("cpu-realtime", repo) as server,
@@ -71,7 +75,7 @@ async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
     artifact_dir: Path, tmp_path: Path, damage: str
 ) -> None:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     clone_version(artifact_dir, repo / "v001", "v001")
     # A missing file is refused at once here, not retried as a copy in progress.
     profile = relaxed_profile("cpu-realtime")
@@ -102,7 +106,7 @@ async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
 
 async def test_new_version_is_picked_up_by_polling(artifact_dir: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repository(repo)
     clone_version(artifact_dir, repo / "v001", "v001")
     profile = profile_with(tasks={"search": {"freshness": {"artifact_poll_interval_s": 0.05}}})
     async with running_server(profile, repo) as server, AsyncRecommenderClient(server.address) as client:
@@ -147,3 +151,53 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_ones(artifact_d
     assert health_during_drain == "NOT_SERVING"
     assert all(not isinstance(r, BaseException) for r in results), results
     assert all(not r.fallback and r.items for r in results)  # finished by the model, not cut short
+
+
+def other_catalogue(src: Path, dst: Path, version: str) -> Path:
+    """A copy of ``src`` whose items have other ids: another data set's version (checksums updated)."""
+    clone_version(src, dst, version)
+    catalog = json.loads((dst / "catalog.json").read_text())
+    catalog["items"] = [f"other-{key}" if key else key for key in catalog["items"]]
+    (dst / "catalog.json").write_text(json.dumps(catalog))
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["files"]["catalog.json"] = sha256_file(dst / "catalog.json")
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_a_reload_to_another_catalogue_is_refused_unless_allowed(
+    artifact_dir: Path, tmp_path: Path, allowed: bool
+) -> None:
+    repo = init_repository(tmp_path / "repo")
+    clone_version(artifact_dir, repo / "v001", "v001")
+    profile = profile_with(model={"allow_catalog_change": allowed})
+    async with running_server(profile, repo) as server:
+        other_catalogue(artifact_dir, repo / "v002", "v002")
+        if allowed:
+            assert await server.reload() == "v002"
+        else:
+            with pytest.raises(ArtifactError, match="another catalogue"):
+                await server.reload()
+            assert server.pipeline.runtime.version == "v001"
+
+
+def test_check_same_family_tells_model_families_apart(artifact_dir: Path) -> None:
+    serving = load_artifact(artifact_dir)
+    manifest = json.loads(json.dumps(serving.manifest))
+    manifest["model_config"]["architecture"] = "some_other_net"
+    check_same_family(serving, serving)
+    with pytest.raises(ArtifactError, match="'some_other_net' model"):
+        check_same_family(serving, dataclasses.replace(serving, manifest=manifest))
+
+
+async def test_an_unmarked_directory_of_versions_is_not_served(artifact_dir: Path, tmp_path: Path) -> None:
+    build = tmp_path / "build"  # like `--artifact build`: a trained artifact among other outputs
+    clone_version(artifact_dir, build / "artifact", "v001")
+    (build / "bench").mkdir()
+    code, output = await run_serve(
+        ["--profile", str(PROFILES / "cpu-realtime.toml"), "--artifact", str(build), "--port", "0"]
+    )
+    assert code == 3, output
+    assert "not an artifact (no manifest.json) nor an artifact repository" in output
+    assert f"touch {build / REPOSITORY_MARKER}" in output and "Traceback" not in output

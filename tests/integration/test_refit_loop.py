@@ -63,6 +63,7 @@ def test_events_become_a_refit_that_is_served_without_a_failed_request(tmp_path:
     manifests = [
         json.loads((version / "manifest.json").read_text())
         for version in sorted((tmp_path / "work" / "repository").iterdir())
+        if version.is_dir()  # the repository marker is a file beside the versions
     ]
     assert [m["model_version"] for m in manifests] == [base, refit]
     assert manifests[1]["warm_started_from"] == base

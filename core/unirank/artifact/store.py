@@ -67,6 +67,19 @@ class IncompleteArtifact(ArtifactError):
     """
 
 
+REPOSITORY_MARKER = "unirank-repository"
+"""The file that makes a directory an artifact repository: ``unirank serve --artifact DIR`` serves
+its newest version. Without it a directory of versions is refused, so ``--artifact build`` never
+serves whatever subdirectory happens to sort last."""
+
+
+def init_repository(path: Path) -> Path:
+    """Create ``path`` (and its parents) as an artifact repository; returns it. Idempotent."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / REPOSITORY_MARKER).touch()
+    return path
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

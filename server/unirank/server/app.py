@@ -18,7 +18,7 @@ from unirank.server.config import Profile
 from unirank.server.features import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
-from unirank.server.repository import Fingerprint, fingerprint, resolve_artifact
+from unirank.server.repository import Fingerprint, check_same_family, fingerprint, resolve_artifact
 from unirank.server.retrieval import check_item_index
 from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
@@ -130,7 +130,7 @@ class UniRankServer:
         except OSError as exc:  # removed or unreadable since it was found
             raise ArtifactError(f"{version_dir}: {exc}") from exc
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
-        self._check_fits(runtime)
+        self._check_fits(runtime, None)
         self._announce(runtime, ScoreReference.from_metrics(runtime.artifact.metrics))
         self._loaded = stamp
         if self.features is None:
@@ -270,7 +270,7 @@ class UniRankServer:
             try:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
                 try:
-                    self._check_fits(runtime)
+                    self._check_fits(runtime, self.pipeline.runtime)
                 except ArtifactError:
                     await runtime.close()
                     raise
@@ -287,10 +287,13 @@ class UniRankServer:
             self._spawn(self._retire(old))
             return runtime.version
 
-    def _check_fits(self, runtime: ModelRuntime) -> None:
-        """Refuse a version this profile cannot serve as configured (ArtifactError)."""
+    def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
+        """Refuse a version this profile cannot serve as configured, or (on a reload, unless the
+        profile allows it) one of another model family or catalogue than ``serving`` (ArtifactError)."""
         configs = [task.retrieval for task in self.profile.tasks.values()]
         check_item_index(configs, runtime.retriever, runtime.version)
+        if serving is not None and not self.profile.model.allow_catalog_change:
+            check_same_family(serving.artifact, runtime.artifact)
 
     def _refuse(self, target: Path, stamp: Fingerprint, exc: Exception) -> ArtifactError:
         """Log and count a version that could not be loaded; the error to raise.

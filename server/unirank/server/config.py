@@ -57,6 +57,10 @@ class ModelSection(_Strict):
     incomplete_version_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)
     """How long a new version whose manifest lists a file that is not there yet (a copy still in
     progress) is retried, at each poll or SIGHUP, before it is refused. 0 refuses it at once."""
+    allow_catalog_change: bool = False
+    """Whether a reload may switch to a version of another model family (architecture) or another
+    catalogue (fewer than half of the serving version's item ids); false refuses such a version,
+    which is almost always the wrong directory rather than a new model."""
     batching: BatchingConfig = BatchingConfig()
     """Dynamic batching (``[model.batching]``); with ONNX Runtime a batch runs where single calls
     would (``inference_workers``)."""
