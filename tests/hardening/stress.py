@@ -42,6 +42,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from unirank.artifact import ArtifactError, ModelInputs, load_artifact
+from unirank.artifact.store import init_repository
 from unirank.client import DEFAULT_THROTTLE_K, AsyncRecommenderClient, UniRankError
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
@@ -728,8 +729,7 @@ async def faults(artifact: Path, workdir: Path) -> list[str]:
     logging.getLogger("unirank.server.app").addHandler(capture)
     try:
         for how, (what, _) in DAMAGES.items():
-            repo = workdir / f"repo-{how}"
-            repo.mkdir()
+            repo = init_repository(workdir / f"repo-{how}")
             shutil.copytree(artifact, repo / "v001")
             async with (
                 running_server("cpu-realtime", repo) as server,
