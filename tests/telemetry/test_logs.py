@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from unirank.artifact import ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient
 from unirank.client.domain import RecommendationRequest, Search
 from unirank.server.backends.base import BackendError
-from unirank.server.telemetry.logs import make_handler
+from unirank.server.telemetry.logs import ThrottledLog, make_handler
 
 from ..conftest import known_query, running_server
 from .conftest import traced_server
@@ -59,6 +60,12 @@ async def test_json_lines_carry_task_request_id_and_trace_id(artifact_dir: Path)
         async with traced_server("cpu-realtime", artifact_dir) as (server, captured):
             assert server.pipeline is not None
             server.pipeline.runtime.backend = _Failing()
+            # The pipeline writes a repeated backend error once per 10 s (issue 13); here each
+            # line's request context is under test, so every one is written (a clock that moves
+            # a minute per reading).
+            server.pipeline._backend_log = ThrottledLog(
+                logging.getLogger("unirank.server.pipeline"), clock=itertools.count(step=60).__next__
+            )
             async with AsyncRecommenderClient(server.address) as client:
                 await client.search(query, request_id="req-log-1")
                 await client.recommend_batch(
