@@ -202,6 +202,7 @@ def decode_ranking(message: pb.RecommendResponse) -> Ranking:
         fallback_detail=message.fallback_detail,
         timings=timings,
         stored_history=message.stored_history,
+        impression_id=message.impression_id,
     )
 
 
@@ -256,6 +257,9 @@ def encode_events(events: Sequence[Event]) -> pb.RecordEventsRequest:
                 event_type=enum_value(pb.EventType, "EVENT_TYPE_", e.event_type),  # type: ignore[arg-type]
                 event_time_unix_ms=e.event_time_unix_ms,
                 event_id=e.event_id,
+                impression_id=e.impression_id,
+                position=e.position,
+                engagement_seconds=e.engagement_seconds,
             )
             for e in events
         ]
@@ -263,4 +267,9 @@ def encode_events(events: Sequence[Event]) -> pb.RecordEventsRequest:
 
 
 def decode_recorded(message: pb.RecordEventsResponse) -> RecordedEvents:
-    return RecordedEvents(accepted=message.accepted, ignored=message.ignored)
+    return RecordedEvents(
+        accepted=message.accepted,
+        ignored=message.ignored,
+        attributed=message.attributed,
+        unattributed=message.unattributed,
+    )

@@ -110,6 +110,9 @@ class Ranking:
     stored_history: bool = False
     """The request sent no history and the server used the known user's history from the model
     artifact (the items in it are excluded like any seen item)."""
+    impression_id: str = ""
+    """Server-issued id of this answer: send it back in ``Event.impression_id`` (with the item's
+    1-based position in ``items``) so clicks and plays are attributed to it."""
 
     @property
     def item_ids(self) -> list[str]:
@@ -148,12 +151,19 @@ class Event:
     user_id: str
     item_id: str
     event_type: str = "play"
-    """``play``, ``click``, ``search_click`` or ``notification_open``."""
+    """``play``, ``click``, ``search_click``, ``notification_open``, ``impression`` (the item was
+    shown), ``play_start`` or ``play_complete``."""
     event_time_unix_ms: int = 0
     """When it happened; 0 means now (the server's clock)."""
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Unique id of this event (a fresh one per Event by default): recording the same Event again,
     e.g. retrying a call that failed, is recognised by the server and not counted twice."""
+    impression_id: str = ""
+    """``Ranking.impression_id`` of the answer that showed the item; empty: not attributed."""
+    position: int = 0
+    """1-based position of the item in that answer; 0: the server looks it up."""
+    engagement_seconds: float = 0.0
+    """Time the user spent with the item because of this event (e.g. seconds played)."""
 
 
 @dataclass(frozen=True)
@@ -162,3 +172,8 @@ class RecordedEvents:
     """Events stored in users' recent history."""
     ignored: int
     """Well-formed events about items the model does not know."""
+    attributed: int = 0
+    """Events attributed to an answer the server issued (their ``impression_id``)."""
+    unattributed: int = 0
+    """Events naming an impression the server could not attribute them to (unknown or expired
+    impression, item not in that answer, repeated event id)."""

@@ -47,6 +47,14 @@ class TaskCounters:
     drift_samples: int = 0
     psi: float | None = None
     """None until the server's drift window holds enough scores."""
+    impressions: int = 0
+    """Answers issued (every model version and arm together)."""
+    clicks: int = 0
+    """Attributed clicks."""
+    plays: int = 0
+    """Attributed play starts."""
+    engagement_seconds: float = 0.0
+    """Engagement seconds of the attributed events."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,8 @@ class ServingStats:
     uptime_s: float
     latency_bucket_bounds_s: tuple[float, ...]
     tasks: dict[str, TaskCounters]
+    unattributed_by_reason: dict[str, int] = field(default_factory=dict)
+    """Events naming an impression that were not attributed, by reason."""
 
 
 def decode_stats(message: pb.GetServingStatsResponse) -> ServingStats:
@@ -79,6 +89,10 @@ def decode_stats(message: pb.GetServingStatsResponse) -> ServingStats:
             has_reference=drift.has_reference,
             drift_samples=drift.window_samples,
             psi=drift.psi if drift.HasField("psi") else None,
+            impressions=sum(k.impressions for k in entry.kpis),
+            clicks=sum(k.clicks for k in entry.kpis),
+            plays=sum(k.plays for k in entry.kpis),
+            engagement_seconds=sum(k.engagement_seconds_sum for k in entry.kpis),
         )
     return ServingStats(
         model_version=message.model_version,
@@ -86,6 +100,7 @@ def decode_stats(message: pb.GetServingStatsResponse) -> ServingStats:
         uptime_s=message.uptime_s,
         latency_bucket_bounds_s=tuple(message.latency_bucket_bounds_s),
         tasks=tasks,
+        unattributed_by_reason=dict(message.unattributed_events_by_reason),
     )
 
 
@@ -185,6 +200,13 @@ class TaskView:
     psi: float | None
     drift_samples: int
     has_reference: bool
+    impressions: int = 0
+    ctr: float | None = None
+    """Attributed clicks per impression."""
+    play_rate: float | None = None
+    """Attributed play starts per impression."""
+    engagement_s: float | None = None
+    """Mean attributed engagement seconds per impression."""
 
 
 def _minus(now: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
@@ -220,6 +242,7 @@ def summarize(current: ServingStats, previous: ServingStats | None = None) -> li
         }
         rankings = sum(served.values())
         lookups = (now.cache_hits - base.cache_hits) + (now.cache_misses - base.cache_misses)
+        impressions = now.impressions - base.impressions
         if previous is not None and not rpcs and not rankings and not now.in_flight:
             continue  # quiet during this interval
         rows.append(
@@ -240,6 +263,12 @@ def summarize(current: ServingStats, previous: ServingStats | None = None) -> li
                 psi=now.psi,
                 drift_samples=now.drift_samples,
                 has_reference=now.has_reference,
+                impressions=impressions,
+                ctr=_ratio(now.clicks - base.clicks, impressions),
+                play_rate=_ratio(now.plays - base.plays, impressions),
+                engagement_s=(now.engagement_seconds - base.engagement_seconds) / impressions
+                if impressions
+                else None,
             )
         )
     return rows
@@ -284,6 +313,9 @@ def format_views(stats: ServingStats, views: Sequence[TaskView], interval_s: flo
         "cache hit",
         "inflight",
         "psi",
+        "CTR",
+        "play rate",
+        "engage s",
     ]
     rows = [header]
     for view in views:
@@ -300,6 +332,9 @@ def format_views(stats: ServingStats, views: Sequence[TaskView], interval_s: flo
                 _percent(view.cache_hit_rate),
                 str(view.in_flight),
                 _psi(view),
+                _percent(view.ctr),
+                _percent(view.play_rate),
+                _number(view.engagement_s, 1),
             ]
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
@@ -318,6 +353,16 @@ def format_views(stats: ServingStats, views: Sequence[TaskView], interval_s: flo
         details.append(
             "psi: drift of the served top score from the model's reference (population stability "
             f"index; ! above {PSI_ALERT:g}); n=K: only K scores in the window so far, too few to judge"
+        )
+    if any(view.impressions for view in views):
+        details.append(
+            "CTR, play rate, engage s: clicks, play starts and engagement seconds attributed to the "
+            "answers (RecordEvents events naming their impression_id), per answer issued"
+        )
+    if stats.unattributed_by_reason:
+        details.append(
+            "unattributed events: "
+            + ", ".join(f"{r}={n}" for r, n in sorted(stats.unattributed_by_reason.items()))
         )
     for view in views:
         failed = {code: n for code, n in view.codes.items() if code != "OK"}

@@ -46,6 +46,9 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_CLICK: _ClassVar[EventType]
     EVENT_TYPE_SEARCH_CLICK: _ClassVar[EventType]
     EVENT_TYPE_NOTIFICATION_OPEN: _ClassVar[EventType]
+    EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
+    EVENT_TYPE_PLAY_START: _ClassVar[EventType]
+    EVENT_TYPE_PLAY_COMPLETE: _ClassVar[EventType]
 TASK_TYPE_UNSPECIFIED: TaskType
 TASK_TYPE_NOTIFICATION: TaskType
 TASK_TYPE_RELATED_ITEMS: TaskType
@@ -71,6 +74,9 @@ EVENT_TYPE_PLAY: EventType
 EVENT_TYPE_CLICK: EventType
 EVENT_TYPE_SEARCH_CLICK: EventType
 EVENT_TYPE_NOTIFICATION_OPEN: EventType
+EVENT_TYPE_IMPRESSION: EventType
+EVENT_TYPE_PLAY_START: EventType
+EVENT_TYPE_PLAY_COMPLETE: EventType
 
 class NotificationContext(_message.Message):
     __slots__ = ()
@@ -171,7 +177,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings", "stored_history")
+    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings", "stored_history", "impression_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +189,7 @@ class RecommendResponse(_message.Message):
     FALLBACK_DETAIL_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     STORED_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task_type: TaskType
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
@@ -194,7 +201,8 @@ class RecommendResponse(_message.Message):
     fallback_detail: str
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     stored_history: bool
-    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., stored_history: _Optional[bool] = ...) -> None: ...
+    impression_id: str
+    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., stored_history: _Optional[bool] = ..., impression_id: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -268,7 +276,7 @@ class GetServingStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TaskServingStats(_message.Message):
-    __slots__ = ("task", "rpcs_by_code", "latency_bucket_counts", "latency_sum_s", "in_flight", "served_by_model", "served_by_cache", "served_by_fallback", "fallbacks_by_reason", "cache_hits", "cache_misses", "drift")
+    __slots__ = ("task", "rpcs_by_code", "latency_bucket_counts", "latency_sum_s", "in_flight", "served_by_model", "served_by_cache", "served_by_fallback", "fallbacks_by_reason", "cache_hits", "cache_misses", "drift", "kpis")
     class RpcsByCodeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +303,7 @@ class TaskServingStats(_message.Message):
     CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_MISSES_FIELD_NUMBER: _ClassVar[int]
     DRIFT_FIELD_NUMBER: _ClassVar[int]
+    KPIS_FIELD_NUMBER: _ClassVar[int]
     task: str
     rpcs_by_code: _containers.ScalarMap[str, int]
     latency_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
@@ -307,7 +316,30 @@ class TaskServingStats(_message.Message):
     cache_hits: int
     cache_misses: int
     drift: ScoreDrift
-    def __init__(self, task: _Optional[str] = ..., rpcs_by_code: _Optional[_Mapping[str, int]] = ..., latency_bucket_counts: _Optional[_Iterable[int]] = ..., latency_sum_s: _Optional[float] = ..., in_flight: _Optional[int] = ..., served_by_model: _Optional[int] = ..., served_by_cache: _Optional[int] = ..., served_by_fallback: _Optional[int] = ..., fallbacks_by_reason: _Optional[_Mapping[str, int]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., drift: _Optional[_Union[ScoreDrift, _Mapping]] = ...) -> None: ...
+    kpis: _containers.RepeatedCompositeFieldContainer[TaskKpis]
+    def __init__(self, task: _Optional[str] = ..., rpcs_by_code: _Optional[_Mapping[str, int]] = ..., latency_bucket_counts: _Optional[_Iterable[int]] = ..., latency_sum_s: _Optional[float] = ..., in_flight: _Optional[int] = ..., served_by_model: _Optional[int] = ..., served_by_cache: _Optional[int] = ..., served_by_fallback: _Optional[int] = ..., fallbacks_by_reason: _Optional[_Mapping[str, int]] = ..., cache_hits: _Optional[int] = ..., cache_misses: _Optional[int] = ..., drift: _Optional[_Union[ScoreDrift, _Mapping]] = ..., kpis: _Optional[_Iterable[_Union[TaskKpis, _Mapping]]] = ...) -> None: ...
+
+class TaskKpis(_message.Message):
+    __slots__ = ("model_version", "arm", "impressions", "clicks", "plays", "play_completes", "views", "engagement_seconds_sum", "click_positions")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    PLAYS_FIELD_NUMBER: _ClassVar[int]
+    PLAY_COMPLETES_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
+    ENGAGEMENT_SECONDS_SUM_FIELD_NUMBER: _ClassVar[int]
+    CLICK_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    arm: str
+    impressions: int
+    clicks: int
+    plays: int
+    play_completes: int
+    views: int
+    engagement_seconds_sum: float
+    click_positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_version: _Optional[str] = ..., arm: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., plays: _Optional[int] = ..., play_completes: _Optional[int] = ..., views: _Optional[int] = ..., engagement_seconds_sum: _Optional[float] = ..., click_positions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ScoreDrift(_message.Message):
     __slots__ = ("has_reference", "window_samples", "psi", "bin_edges", "reference_fractions", "live_fractions")
@@ -326,32 +358,47 @@ class ScoreDrift(_message.Message):
     def __init__(self, has_reference: _Optional[bool] = ..., window_samples: _Optional[int] = ..., psi: _Optional[float] = ..., bin_edges: _Optional[_Iterable[float]] = ..., reference_fractions: _Optional[_Iterable[float]] = ..., live_fractions: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class GetServingStatsResponse(_message.Message):
-    __slots__ = ("model_version", "profile", "uptime_s", "latency_bucket_bounds_s", "tasks")
+    __slots__ = ("model_version", "profile", "uptime_s", "latency_bucket_bounds_s", "tasks", "unattributed_events_by_reason")
+    class UnattributedEventsByReasonEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     LATENCY_BUCKET_BOUNDS_S_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_EVENTS_BY_REASON_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     profile: str
     uptime_s: float
     latency_bucket_bounds_s: _containers.RepeatedScalarFieldContainer[float]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskServingStats]
-    def __init__(self, model_version: _Optional[str] = ..., profile: _Optional[str] = ..., uptime_s: _Optional[float] = ..., latency_bucket_bounds_s: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[TaskServingStats, _Mapping]]] = ...) -> None: ...
+    unattributed_events_by_reason: _containers.ScalarMap[str, int]
+    def __init__(self, model_version: _Optional[str] = ..., profile: _Optional[str] = ..., uptime_s: _Optional[float] = ..., latency_bucket_bounds_s: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[TaskServingStats, _Mapping]]] = ..., unattributed_events_by_reason: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "event_type", "event_time_unix_ms", "event_id")
+    __slots__ = ("user_id", "item_id", "event_type", "event_time_unix_ms", "event_id", "impression_id", "position", "engagement_seconds")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ENGAGEMENT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     event_type: EventType
     event_time_unix_ms: int
     event_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time_unix_ms: _Optional[int] = ..., event_id: _Optional[str] = ...) -> None: ...
+    impression_id: str
+    position: int
+    engagement_seconds: float
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time_unix_ms: _Optional[int] = ..., event_id: _Optional[str] = ..., impression_id: _Optional[str] = ..., position: _Optional[int] = ..., engagement_seconds: _Optional[float] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -360,9 +407,13 @@ class RecordEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class RecordEventsResponse(_message.Message):
-    __slots__ = ("accepted", "ignored")
+    __slots__ = ("accepted", "ignored", "attributed", "unattributed")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     IGNORED_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    UNATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     accepted: int
     ignored: int
-    def __init__(self, accepted: _Optional[int] = ..., ignored: _Optional[int] = ...) -> None: ...
+    attributed: int
+    unattributed: int
+    def __init__(self, accepted: _Optional[int] = ..., ignored: _Optional[int] = ..., attributed: _Optional[int] = ..., unattributed: _Optional[int] = ...) -> None: ...

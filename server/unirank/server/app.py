@@ -400,6 +400,7 @@ class UniRankServer:
             await self._server.stop(max(0.0, until - loop.time()))
         if self.pipeline is not None:
             await self.pipeline.runtime.close()
+            await self.pipeline.impressions.close()
         if self.features is not None:
             await self.features.close()
         if self._telemetry is not None:

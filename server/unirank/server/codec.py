@@ -12,6 +12,8 @@ from unirank.server.config import ServerSection
 from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument
 from unirank.server.features import RecentEvent
+from unirank.server.impressions import Feedback
+from unirank.server.telemetry.kpi import KpiCounters
 from unirank.server.telemetry.stats import LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb
 
@@ -222,6 +224,7 @@ def response_to_pb(response: RankResponse, debug: bool) -> pb.RecommendResponse:
         fallback_reason=int(response.fallback_reason),  # type: ignore[arg-type]
         fallback_detail=response.fallback_detail,
         stored_history=response.stored_history,
+        impression_id=response.impression_id,
     )
     message.items.extend(_item_to_pb(item, debug) for item in response.items)
     if debug:
@@ -247,6 +250,7 @@ def serving_stats_to_pb(stats: ServingStats, model_version: str, profile: str) -
         uptime_s=stats.uptime_s,
         latency_bucket_bounds_s=LATENCY_BUCKETS_S,
     )
+    message.unattributed_events_by_reason.update(stats.kpis.unattributed)
     for task, counters in stats.items():
         entry = message.tasks.add(
             task=task,
@@ -261,6 +265,7 @@ def serving_stats_to_pb(stats: ServingStats, model_version: str, profile: str) -
             cache_hits=counters.cache_hits,
             cache_misses=counters.cache_misses,
         )
+        _kpis_to_pb(entry, stats.kpis, task)
         window = counters.drift
         if window is not None:
             entry.drift.has_reference = True
@@ -271,7 +276,29 @@ def serving_stats_to_pb(stats: ServingStats, model_version: str, profile: str) -
             value = window.psi()
             if value is not None:
                 entry.drift.psi = value
+    # A replica that answered no request of a task may still have attributed feedback for it.
+    reported = {entry.task for entry in message.tasks}
+    for task in sorted({task for (task, _, _), _ in stats.kpis.items()} - reported):
+        _kpis_to_pb(message.tasks.add(task=task), stats.kpis, task)
+    ordered = sorted(message.tasks, key=lambda entry: entry.task)
+    del message.tasks[:]
+    message.tasks.extend(ordered)
     return message
+
+
+def _kpis_to_pb(entry: pb.TaskServingStats, kpis: KpiCounters, task: str) -> None:
+    for version, arm, kpi in kpis.for_task(task):
+        entry.kpis.add(
+            model_version=version,
+            arm=arm,
+            impressions=kpi.impressions,
+            clicks=kpi.events["click"],
+            plays=kpi.events["play"],
+            play_completes=kpi.events["play_complete"],
+            views=kpi.events["view"],
+            engagement_seconds_sum=kpi.engagement_seconds,
+            click_positions=kpi.click_positions,
+        )
 
 
 def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int) -> list[RecentEvent]:
@@ -293,6 +320,7 @@ def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int
                     f"(0 to {MAX_EVENT_TIME_MS}; 0 means now)",
                 )
             check.optional_id(f"events[{index}].event_id", event.event_id)
+            _check_feedback(check, f"events[{index}].", event)
             if len(check.violations) >= 10:  # enough to fix the caller; the rest is noise
                 break
     if check.violations:
@@ -300,4 +328,35 @@ def events_from_pb(message: pb.RecordEventsRequest, max_events: int, now_ms: int
     return [
         RecentEvent(e.user_id, e.item_id, e.event_time_unix_ms or now_ms, e.event_type, e.event_id)
         for e in message.events
+    ]
+
+
+MAX_ENGAGEMENT_SECONDS = 7 * 86_400.0
+"""A week: more engagement than that from one event is a unit error (milliseconds sent as seconds)."""
+
+
+def _check_feedback(check: _Validator, prefix: str, event: pb.Event) -> None:
+    """The attribution fields of one event: optional, but well-formed when sent."""
+    check.optional_id(f"{prefix}impression_id", event.impression_id)
+    seconds = event.engagement_seconds
+    if not 0.0 <= seconds <= MAX_ENGAGEMENT_SECONDS:  # also false for NaN
+        check.add(f"{prefix}engagement_seconds", f"must be within 0 to {MAX_ENGAGEMENT_SECONDS:.0f} seconds")
+    if event.position and not event.impression_id:
+        check.add(f"{prefix}position", "needs impression_id (a position is within an answer)")
+
+
+def feedback_from_pb(message: pb.RecordEventsRequest) -> list[Feedback]:
+    """The already validated events that name an impression (the others are not attributed)."""
+    return [
+        Feedback(
+            e.impression_id,
+            e.user_id,
+            e.item_id,
+            e.event_type,
+            e.position,
+            e.engagement_seconds,
+            e.event_id,
+        )
+        for e in message.events
+        if e.impression_id
     ]

@@ -242,6 +242,38 @@ class RulesConfig(_Strict):
     """Rules applied to the scored ranking before truncation, in order."""
 
 
+class KpiConfig(_Strict):
+    """Online KPIs of a use-case: how long its answers can be credited with engagement."""
+
+    attribution_window_s: float = Field(3600.0, gt=0.0, le=30 * 86_400.0)
+    """How long after an answer a RecordEvents event naming its ``impression_id`` is attributed
+    to it; later events count as ``unknown_impression`` (the impression store forgets it)."""
+
+
+class AlertsConfig(_Strict):
+    """Prometheus alert thresholds of a use-case, rendered by ``unirank alerts --profile``."""
+
+    availability_target: float = Field(0.999, gt=0.0, lt=1.0)
+    """Availability SLO: the share of RPCs that must not end in a server error (UNKNOWN,
+    DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS)."""
+    latency_threshold_ms: float = Field(100.0, gt=0.0)
+    """Latency SLO threshold; must be a bound of the call-duration histogram (e.g. 5, 10, 25,
+    50, 100, 250 ms)."""
+    latency_target: float = Field(0.99, gt=0.0, lt=1.0)
+    """Latency SLO: the share of RPCs that must finish within ``latency_threshold_ms``."""
+    min_requests_per_s: float = Field(0.1, ge=0.0)
+    """Minimum-traffic guard: SLO and fallback alerts stay silent while the use-case's request
+    rate over the short window is below this."""
+    ctr_drop_ratio: float = Field(0.5, gt=0.0, lt=1.0)
+    """CTR alert: fire when the 1 h click-through rate is below this fraction of the same hour's
+    CTR one day and one week earlier (both)."""
+    min_impressions_per_s: float = Field(0.05, ge=0.0)
+    """Minimum-traffic guard of the CTR alert (impressions per second over 1 h)."""
+    max_fallback_rate: float = Field(0.05, gt=0.0, le=1.0)
+    """Fallback alert: fire when more than this share of ranked requests was answered by the
+    fallback over 10 minutes (for 10 minutes)."""
+
+
 class TaskConfig(_Strict):
     """Per use-case behaviour."""
 
@@ -261,6 +293,10 @@ class TaskConfig(_Strict):
     """Candidate sources (``[tasks.NAME.retrieval]``)."""
     rules: RulesConfig = RulesConfig()
     """Business rules (``[tasks.NAME.rules]``)."""
+    kpi: KpiConfig = KpiConfig()
+    """Online KPIs: the attribution window (``[tasks.NAME.kpi]``)."""
+    alerts: AlertsConfig = AlertsConfig()
+    """SLO, CTR and fallback alert thresholds (``[tasks.NAME.alerts]``)."""
 
     @model_validator(mode="after")
     def _limits(self) -> TaskConfig:
@@ -346,6 +382,26 @@ class FeaturesSection(_Strict):
     event_id_window: int = Field(100_000, ge=1, le=10_000_000)
     """Most recent ``Event.event_id`` values remembered (with ``event_log``): an event whose id is
     among them is a retry and is not logged again; events without an id are never deduplicated."""
+
+
+class ImpressionsSection(_Strict):
+    """The impression store: what each answer contained, kept for its use-case's attribution
+    window so RecordEvents feedback naming its ``impression_id`` is credited to it."""
+
+    store: Literal["memory", "redis", "none"] = "memory"
+    """``memory`` (one replica), ``redis`` (shared by every replica: feedback often reaches another
+    replica than the one that answered) or ``none`` (no attribution; answers still carry ids)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis connection URL (``redis`` store only); ``UNIRANK_REDIS_URL`` overrides it."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=1024**4)
+    """Memory the in-process store (``memory``) may hold; past it the oldest-used impressions are
+    evicted first (about 1.4 KB per answer of 10 items)."""
+    timeout_ms: float = Field(30.0, gt=0.0, le=10_000.0)
+    """Longest a request or RecordEvents call waits for the store (``redis``); past it the answer
+    goes out unrecorded / the event counts as unattributed."""
+    event_id_window: int = Field(100_000, ge=1, le=10_000_000)
+    """Most recent attributed ``Event.event_id`` values remembered in process (``redis`` keeps
+    each for the attribution window): a repeated id is a duplicate and is not counted again."""
 
 
 class GrantConfig(_Strict):
@@ -455,6 +511,8 @@ class Profile(_Strict):
     """Traces, metrics and logs (``[telemetry]``)."""
     features: FeaturesSection = FeaturesSection()
     """The online feature store (``[features]``)."""
+    impressions: ImpressionsSection = ImpressionsSection()
+    """The impression store behind KPI attribution (``[impressions]``)."""
     security: SecuritySection = SecuritySection()
     """TLS, mutual TLS and authentication (``[security]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]

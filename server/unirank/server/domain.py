@@ -85,6 +85,8 @@ class RankResponse:
     timings: list[tuple[str, float]] = field(default_factory=list)
     stored_history: bool = False
     """The request sent no history and the known user's history from the artifact was used."""
+    impression_id: str = ""
+    """Server-issued id of this answer (a fresh one for every answer, cached ones too)."""
 
     @property
     def fallback(self) -> bool:

@@ -31,10 +31,17 @@ from unirank.server.errors import (
     UnknownEntity,
 )
 from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent, memory_usage
+from unirank.server.impressions import (
+    Feedback,
+    ImpressionTracker,
+    InMemoryImpressionStore,
+    make_impression_store,
+)
 from unirank.server.retrieval import ReleaseWindow
 from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
+from unirank.server.telemetry.kpi import VIEW_EVENT_TYPE
 from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -103,6 +110,11 @@ class RankingPipeline:
         store_usage = memory_usage(features)
         if store_usage is not None:
             self._telemetry.watch_memory("feature_store", "", store_usage)
+        impressions = make_impression_store(profile)
+        self.impressions = ImpressionTracker(profile, self._telemetry.stats.kpis, impressions)
+        """Issues every answer's impression id and attributes RecordEvents feedback to it."""
+        if isinstance(impressions, InMemoryImpressionStore):
+            self._telemetry.watch_memory("impression_store", "", impressions.usage)
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -155,6 +167,7 @@ class RankingPipeline:
         trace = self._telemetry.start_request(task.name, request.request_id, runtime.version)
         try:
             response = await self._recommend(request, task, runtime, deadline, trace)
+            await self.impressions.issue(task.name, response, request.context.user_id)
         except BaseException as exc:
             trace.abandon(exc)
             raise
@@ -248,15 +261,21 @@ class RankingPipeline:
         merged = list(dict.fromkeys(reversed((*request.context.history_item_ids, *recent))))[::-1]
         return replace(request, context=replace(request.context, history_item_ids=tuple(merged)))
 
-    async def record_events(self, events: list[RecentEvent]) -> tuple[int, int]:
-        """Store events about known items; returns (accepted, ignored)."""
-        if self._features is None:
+    async def record_events(
+        self, events: list[RecentEvent], feedback: list[Feedback] | None = None
+    ) -> tuple[int, int, int, int]:
+        """Attribute ``feedback`` (the events naming an impression) to the answers they are about,
+        then store events about known items (impression events are no engagement: never stored).
+        Returns (accepted, ignored, attributed, unattributed)."""
+        if self._features is None and not feedback:
             raise TaskNotServed(
                 f"profile {self.profile.name!r} has no online feature store ([features] store)"
             )
+        attributed, unattributed = await self.impressions.attribute(feedback or [])
         items = self._runtime.encoder.catalog.items
-        known = [e for e in events if e.item_id in items]
-        if known:
+        known = [e for e in events if e.item_id in items and e.event_type != VIEW_EVENT_TYPE]
+        unknown = sum(1 for e in events if e.item_id not in items)
+        if known and self._features is not None:
             try:
                 await self._features.append(known)
             except FeatureStoreError as exc:
@@ -264,7 +283,8 @@ class RankingPipeline:
                 self._store_log.warning("write", "RecordEvents failed: %s", exc.detail)
                 # str(exc) names no address or path: the detail stays in the server's log.
                 raise FeatureStoreUnavailable(str(exc)) from exc
-        return len(known), len(events) - len(known)
+        accepted = len(known) if self._features is not None else 0
+        return accepted, unknown, attributed, unattributed
 
     async def _rank(
         self,

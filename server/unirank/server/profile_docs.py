@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from unirank.server.config import (
+    AlertsConfig,
     BatchingConfig,
     CacheConfig,
     ConnectionLimits,
@@ -15,6 +16,8 @@ from unirank.server.config import (
     FeaturesSection,
     FreshnessConfig,
     GrantConfig,
+    ImpressionsSection,
+    KpiConfig,
     ModelSection,
     Profile,
     RetrievalConfig,
@@ -38,6 +41,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[server]", ServerSection),
     ("[server.connections]", ConnectionLimits),
     ("[features]", FeaturesSection),
+    ("[impressions]", ImpressionsSection),
     ("[security]", SecuritySection),
     ("[security.grants.NAME]", GrantConfig),
     ("[telemetry]", TelemetrySection),
@@ -49,6 +53,8 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("retrieval.sources entries", RetrievalSourceConfig),
     ("[tasks.NAME.rules]", RulesConfig),
     ("rules.pre / rules.post entries", RuleConfig),
+    ("[tasks.NAME.kpi]", KpiConfig),
+    ("[tasks.NAME.alerts]", AlertsConfig),
 )
 
 

@@ -118,8 +118,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     ) -> pb.RecordEventsResponse:
         now_ms = int(time.time() * 1000)
         events = codec.events_from_pb(request, self._pipeline.profile.features.max_events_per_call, now_ms)
-        accepted, ignored = await self._pipeline.record_events(events)
-        return pb.RecordEventsResponse(accepted=accepted, ignored=ignored)
+        feedback = codec.feedback_from_pb(request)
+        accepted, ignored, attributed, unattributed = await self._pipeline.record_events(events, feedback)
+        return pb.RecordEventsResponse(
+            accepted=accepted, ignored=ignored, attributed=attributed, unattributed=unattributed
+        )
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext

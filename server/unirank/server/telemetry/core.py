@@ -38,6 +38,7 @@ from unirank.server.domain import RankResponse
 from unirank.server.errors import ServingError
 from unirank.server.telemetry import semconv
 from unirank.server.telemetry.drift import ScoreReference
+from unirank.server.telemetry.kpi import create_kpi_instruments
 from unirank.server.telemetry.providers import PrometheusEndpoint, Providers, build_providers, make_resource
 from unirank.server.telemetry.stats import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb
@@ -825,6 +826,7 @@ class Telemetry:
             description="PSI of the live top-score distribution against the artifact's offline "
             "reference, per use-case (> 0.25: a significant shift).",
         )
+        create_kpi_instruments(meter, self.stats.kpis)
 
     # Callbacks run on the exporter's thread: they read copies of the loop's counters.
 

@@ -50,6 +50,10 @@ BATCH_TASK_TYPES = "unirank.batch.task_types"
 BATCH_MAX_QUEUE_WAIT = "unirank.batch.max_queue_wait_s"
 BACKEND = "unirank.backend"
 DEVICE = "unirank.device"
+ARM = "unirank.arm"
+KPI_EVENT = "unirank.kpi.event"
+KPI_POSITION = "unirank.kpi.position"
+KPI_UNATTRIBUTED_REASON = "unirank.kpi.unattributed_reason"
 
 # Pseudo task labels for RPCs that are not about exactly one use-case.
 TASK_UNSPECIFIED = "unspecified"

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 from unirank.server.telemetry.drift import DriftWindow, ScoreReference
+from unirank.server.telemetry.kpi import KpiCounters
 
 LATENCY_BUCKETS_S: tuple[float, ...] = (
     0.00025,
@@ -95,6 +96,8 @@ class ServingStats:
         self._drift_min_samples = drift_min_samples
         self._references: dict[str, ScoreReference] = {}
         self._tasks: dict[str, TaskStats] = {}
+        self.kpis = KpiCounters()
+        """Impressions and attributed feedback per task, model version and arm."""
         self.started_monotonic = time.monotonic()
 
     def task(self, label: str) -> TaskStats:

@@ -175,6 +175,9 @@ def merge_stats(
                 mine.CopyFrom(theirs)
                 continue
             _add_task(mine, theirs, drift_min_samples)
+    for peer in peers:
+        for reason, count in peer.unattributed_events_by_reason.items():
+            merged.unattributed_events_by_reason[reason] += count
     ordered = sorted(merged.tasks, key=lambda entry: entry.task)
     del merged.tasks[:]
     merged.tasks.extend(ordered)
@@ -195,6 +198,22 @@ def _add_task(mine: pb.TaskServingStats, theirs: pb.TaskServingStats, drift_min_
     mine.cache_hits += theirs.cache_hits
     mine.cache_misses += theirs.cache_misses
     _pool_drift(mine.drift, theirs.drift, drift_min_samples)
+    _add_kpis(mine, theirs)
+
+
+def _add_kpis(mine: pb.TaskServingStats, theirs: pb.TaskServingStats) -> None:
+    """Per (model version, arm): counts add up, click positions bucket by bucket."""
+    by_key = {(k.model_version, k.arm): k for k in mine.kpis}
+    for kpi in theirs.kpis:
+        own = by_key.get((kpi.model_version, kpi.arm))
+        if own is None:
+            mine.kpis.add().CopyFrom(kpi)
+            continue
+        for name in ("impressions", "clicks", "plays", "play_completes", "views", "engagement_seconds_sum"):
+            setattr(own, name, getattr(own, name) + getattr(kpi, name))
+        positions = [a + b for a, b in zip(own.click_positions, kpi.click_positions, strict=False)]
+        del own.click_positions[:]
+        own.click_positions.extend(positions)
 
 
 def _pool_drift(mine: pb.ScoreDrift, theirs: pb.ScoreDrift, drift_min_samples: int) -> None:

@@ -1,0 +1,177 @@
+"""Impressions and attributed feedback through real servers and the real client: every answer gets
+an impression id, clicks on it count for its task and position once, and what cannot be attributed
+is counted by reason; with Redis, an answer of one replica is clicked on another."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from unirank.client import AsyncRecommenderClient, Event, UniRankError
+from unirank.client.monitor import ServingStats, StatsClient
+from unirank.server.app import UniRankServer
+
+from ..conftest import profile_with, running_server
+from ..integration.test_freshness import RedisServer, redis_server  # noqa: F401 (fixture)
+
+QUERY_TASKS = {"search": {"timeout_ms": 10_000, "cache": {"enabled": True}}}
+
+
+def _profile(window_s: float = 3600.0, **impressions: object) -> object:
+    return profile_with(
+        impressions=impressions,
+        tasks={
+            "search": {
+                "timeout_ms": 10_000,
+                "cache": {"enabled": True},
+                "kpi": {"attribution_window_s": window_s},
+            },
+            "notification": {"timeout_ms": 10_000, "kpi": {"attribution_window_s": window_s}},
+        },
+    )
+
+
+async def _stats(server: UniRankServer) -> ServingStats:
+    def fetch() -> ServingStats:
+        with StatsClient(server.address) as client:
+            return client.fetch()
+
+    return await asyncio.to_thread(fetch)
+
+
+def _query(server: UniRankServer) -> str:
+    catalog = server.pipeline.runtime.artifact.catalog
+    return catalog.titles[1].split()[0]
+
+
+async def test_clicks_are_attributed_once_at_their_position(artifact_dir: Path) -> None:
+    async with (
+        running_server(_profile(), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        query = _query(server)
+        first = await client.search(query, user_id="u1")
+        cached = await client.search(query, user_id="u1")
+        assert cached.served_from_cache
+        assert first.impression_id and cached.impression_id and first.impression_id != cached.impression_id
+        assert len(first.items) >= 3
+        item = first.items[1].item_id  # position 2
+        click = Event(
+            "u1", item, "click", impression_id=first.impression_id, position=2, engagement_seconds=4.0
+        )
+        recorded = await client.record_events([click, dataclasses.replace(click)])  # same event_id twice
+        assert (recorded.attributed, recorded.unattributed) == (1, 1)
+        retried = await client.record_events([click])  # a retried call
+        assert (retried.attributed, retried.unattributed) == (0, 1)
+        play = Event(
+            "u1",
+            first.items[0].item_id,
+            "play_start",
+            impression_id=first.impression_id,
+            engagement_seconds=30.0,
+        )
+        view = Event("u1", first.items[2].item_id, "impression", impression_id=cached.impression_id)
+        stray = [
+            Event("u1", item, "click", impression_id="0" * 24),  # never issued
+            Event("u1", "not-in-that-answer", "click", impression_id=first.impression_id),
+        ]
+        recorded = await client.record_events([play, view, *stray])
+        assert (recorded.attributed, recorded.unattributed) == (2, 2)
+        # The play and the click on a known item still feed the history; a view is no engagement.
+        assert (recorded.accepted, recorded.ignored) == (2, 1)
+        stats = await _stats(server)
+        search = stats.tasks["search"]
+        assert (search.impressions, search.clicks, search.plays) == (2, 1, 1)
+        assert search.engagement_seconds == pytest.approx(34.0)
+        assert stats.unattributed_by_reason == {
+            "duplicate": 2,
+            "unknown_impression": 1,
+            "item_not_in_answer": 1,
+        }
+        kpis = server.pipeline._telemetry.stats.kpis.for_task("search")
+        [(version, arm, kpi)] = kpis
+        assert (version, arm) == (server.pipeline.runtime.version, "stable")
+        assert kpi.click_positions[1] == 1 and sum(kpi.click_positions) == 1
+        assert kpi.events["view"] == 1
+
+
+async def test_old_clients_events_still_work(artifact_dir: Path) -> None:
+    async with (
+        running_server(_profile(), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        answer = await client.notification("u1")
+        recorded = await client.record_events([Event("u1", answer.items[0].item_id)])
+        assert (recorded.accepted, recorded.attributed, recorded.unattributed) == (1, 0, 0)
+        assert (await _stats(server)).tasks["notification"].clicks == 0
+
+
+async def test_expired_impressions_are_not_attributed(artifact_dir: Path) -> None:
+    async with (
+        running_server(_profile(window_s=0.2), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        answer = await client.notification("u1")
+        await asyncio.sleep(0.4)
+        late = Event("u1", answer.items[0].item_id, "click", impression_id=answer.impression_id)
+        recorded = await client.record_events([late])
+        assert (recorded.attributed, recorded.unattributed) == (0, 1)
+        stats = await _stats(server)
+        assert stats.tasks["notification"].clicks == 0
+        assert stats.unattributed_by_reason == {"unknown_impression": 1}
+
+
+async def test_malformed_feedback_is_refused_by_field(artifact_dir: Path) -> None:
+    async with (
+        running_server(_profile(), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        answer = await client.notification("u1")
+        item = answer.items[0].item_id
+        for event, field in (
+            (
+                Event("u1", item, "play", impression_id=answer.impression_id, engagement_seconds=-1.0),
+                "engagement_seconds",
+            ),
+            (
+                Event(
+                    "u1", item, "play", impression_id=answer.impression_id, engagement_seconds=float("nan")
+                ),
+                "engagement_seconds",
+            ),
+            (Event("u1", item, "click", position=3), "position"),
+            (Event("u1", item, "click", impression_id="bad\nid"), "impression_id"),
+        ):
+            with pytest.raises(UniRankError) as caught:
+                await client.record_events([event])
+            assert caught.value.code == "INVALID_ARGUMENT"
+            assert f"events[0].{field}" in str(caught.value)
+
+
+async def test_redis_shared_by_replicas_counts_a_click_once(
+    artifact_dir: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    profile = _profile(store="redis", redis_url=redis_server.url)
+    async with (
+        running_server(profile, artifact_dir) as one,
+        running_server(profile, artifact_dir) as two,
+        AsyncRecommenderClient(one.address) as first,
+        AsyncRecommenderClient(two.address) as second,
+    ):
+        answer = await first.notification("u1")
+        click = Event(
+            "u1", answer.items[0].item_id, "click", impression_id=answer.impression_id, engagement_seconds=2.0
+        )
+        recorded = await second.record_events([click])
+        assert (recorded.attributed, recorded.unattributed) == (1, 0)
+        again = await first.record_events([click])  # the retry reached the other replica
+        assert (again.attributed, again.unattributed) == (0, 1)
+        stats_one, stats_two = await _stats(one), await _stats(two)
+        assert stats_one.tasks["notification"].impressions == 1
+        assert stats_one.tasks["notification"].clicks + stats_two.tasks["notification"].clicks == 1
+        assert stats_two.tasks["notification"].clicks == 1
+        assert stats_one.unattributed_by_reason == {"duplicate": 1}
