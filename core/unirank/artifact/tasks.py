@@ -21,6 +21,10 @@ class TaskType(enum.IntEnum):
     NEW_RELEASES = 5
 
 
+HEAD_OFFSET = 1
+"""Task id minus this is the index of the model head that scores it (UNSPECIFIED, 0, has none)."""
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """One use-case: its id, its short name (metrics, configs, logs) and its proto oneof field."""
@@ -31,8 +35,9 @@ class TaskSpec:
 
     @property
     def head_index(self) -> int:
-        """The model head that scores this task (task id - 1; id 0 is never a model task)."""
-        return int(self.task_type) - 1
+        """The model head that scores this task (task id - ``HEAD_OFFSET``; id 0 is never a model
+        task). The network applies the same offset to its task input (``unirank.model.net``)."""
+        return int(self.task_type) - HEAD_OFFSET
 
 
 TASKS: tuple[TaskSpec, ...] = (

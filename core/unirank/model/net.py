@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from unirank.artifact.tasks import HEAD_OFFSET
+
 # lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
 # co-engagement with the anchor (log count, and share of the anchor's co-engagements), co-engagement
 # with the history (mean over its items)
@@ -324,7 +326,7 @@ class UniRankModel(nn.Module):
             ],
             dim=-1,
         )
-        head_index = (task_in - 1).clamp(min=0, max=len(self.heads) - 1)
+        head_index = (task_in - HEAD_OFFSET).clamp(min=0, max=len(self.heads) - 1)
         shared = self.shared(context, head_index) if cfg.architecture == "mmoe" else self.shared(context)
         # Every head runs; the row's task picks one. [B, heads, d + F] -> [B, d + F]
         head_out = torch.stack([head(shared) for head in self.heads], dim=1)
@@ -468,7 +470,7 @@ class ServingModel(nn.Module):
             tasks = torch.arange(cfg.n_tasks + 1, device=device)
             task_in = tasks if cfg.use_task_type else torch.zeros_like(tasks)
             self.register_buffer("task_rows", model.task_emb(task_in))
-            head_index = (task_in - 1).clamp(min=0, max=self.n_heads - 1)
+            head_index = (task_in - HEAD_OFFSET).clamp(min=0, max=self.n_heads - 1)
             select = nn.functional.one_hot(head_index, self.n_heads).to(torch.float32).unsqueeze(1)
             self.register_buffer("head_select", select)  # [tasks + 1, 1, heads]
             self.register_buffer("padding_score", torch.tensor(-1e9, device=device))
