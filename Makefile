@@ -55,6 +55,13 @@ clean:
 docs: setup
 	$(PYTHON) -m unirank.server.profile_docs docs/profiles.md
 
+.PHONY: alerts
+# deploy/prometheus/PROFILE.rules.yml: each profile's recording and alerting rules (docs/observability.md).
+alerts: setup
+	for profile in profiles/*.toml; do \
+		$(BIN)/unirank alerts --profile $$profile --out deploy/prometheus/$$(basename $$profile .toml).rules.yml; \
+	done
+
 .PHONY: bench
 # Load tests, floors and the MLServer peer; not part of `make test` (see docs/benchmarks.md).
 # BENCH_ARGS=--quick is a smoke run of a few seconds that writes under build/bench-quick.
