@@ -1,4 +1,8 @@
-"""Typed Python clients (sync and async) and the command line for the UniRank gRPC API."""
+"""Typed Python clients (sync and async) and the command line for the UniRank gRPC API.
+
+May import: ``unirank.v1`` (the generated stubs), grpcio and protobuf; never numpy, torch,
+onnxruntime or any other ``unirank`` package (it ships alone as ``unirank-client``).
+"""
 
 from unirank.client._common import (
     DEFAULT_THROTTLE_K,

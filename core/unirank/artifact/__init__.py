@@ -1,7 +1,8 @@
 """The artifact contract shared by training and serving: tasks, catalogue, feature encoding, store.
 
 Everything here depends on numpy and the standard library only, so the ONNX serving path and the
-client never pull in torch.
+client never pull in torch. May import: nothing of ``unirank`` outside ``unirank.artifact``
+(faiss only lazily, for the item index).
 """
 
 from unirank.artifact.catalog import Catalog, Vocab
