@@ -34,7 +34,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -74,20 +73,18 @@ def version_name() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def write_profile(path: Path, event_log: Path) -> None:
+def write_demo_profile(path: Path, event_log: Path) -> None:
     """cpu-realtime with an event log and a repository poll interval on every use-case."""
-    text = BASE_PROFILE.read_text()
-    tasks = tomllib.loads(text)["tasks"]
-    extra = [
-        "",
-        "# refit demo: log accepted events, and look for new versions by polling",
-        "[features]",
-        'store = "memory"',
-        f"event_log = {json.dumps(str(event_log))}",
-    ]
-    for name in tasks:
-        extra += ["", f"[tasks.{name}.freshness]", f"artifact_poll_interval_s = {POLL_INTERVAL_S}"]
-    path.write_text(text + "\n".join(extra) + "\n")
+    from unirank.server.config import load_profile
+    from unirank.server.profile_io import derive_profile, write_profile
+
+    base = load_profile(BASE_PROFILE)
+    poll = {"freshness": {"artifact_poll_interval_s": POLL_INTERVAL_S}}
+    overrides = {
+        "features": {"store": "memory", "event_log": str(event_log)},
+        "tasks": {name: poll for name in base.tasks},
+    }
+    write_profile(derive_profile(base, overrides), path)
 
 
 class Server:
@@ -275,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "train the base model", args.quiet,
     )  # fmt: skip
     timings["base_train_s"] = time.perf_counter() - phase
-    write_profile(profile, events_csv)
+    write_demo_profile(profile, events_csv)
 
     phase = time.perf_counter()
     server = Server(profile, repository)

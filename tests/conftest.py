@@ -13,7 +13,8 @@ import pytest
 
 from unirank.artifact import TASKS, Artifact
 from unirank.server.app import UniRankServer
-from unirank.server.config import Profile, load_profile, parse_profile
+from unirank.server.config import Profile, load_profile
+from unirank.server.profile_io import derive_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
@@ -34,11 +35,7 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def profile_with(base: str = "cpu-realtime", **overrides: Any) -> Profile:
     """A shipped profile with nested overrides, e.g. ``tasks={"search": {...}}`` merged in."""
-    import tomllib
-
-    data = tomllib.loads((PROFILES / f"{base}.toml").read_text())
-    _merge(data, overrides)
-    return parse_profile(data, f"{base}+overrides")
+    return derive_profile(load_profile(PROFILES / f"{base}.toml"), overrides)
 
 
 def relaxed_profile(base: str, timeout_ms: float = 10_000.0) -> Profile:
@@ -57,14 +54,6 @@ def known_query(artifact: Artifact) -> str:
     """The title token that matches the most items."""
     counts = np.diff(artifact.retrieval.lexical_indptr)
     return artifact.catalog.tokens.key(int(np.argmax(counts)))
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
 
 
 @asynccontextmanager

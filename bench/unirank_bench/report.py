@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from unirank.server.config import ProfileError, load_profile
 from unirank_bench.servers import PROFILES, WORKERS_TARGET
 from unirank_bench.workload import MIXED, USE_CASES
 
@@ -190,8 +190,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _max_queue_delay_ms() -> float | None:
     path = PROFILES / "gpu-batched.toml"
     try:
-        return float(tomllib.loads(path.read_text())["model"]["batching"]["max_queue_delay_ms"])
-    except (OSError, KeyError):
+        return load_profile(path).model.batching.max_queue_delay_ms
+    except ProfileError:
         return None
 
 

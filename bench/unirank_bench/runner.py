@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import socket
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from unirank.server.config import load_profile
+from unirank.server.profile_io import derive_profile, write_profile
 from unirank_bench import mlserver_peer, procstats, servers, v2
 from unirank_bench.loadgen import Job, LoadGenerator, RunResult
 from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
@@ -136,18 +136,11 @@ def git_state() -> dict[str, Any]:
 
 def gpu_batched_without_batching(source: Path, dest: Path) -> Path:
     """The gpu-batched profile with ``batching.enabled = false`` and nothing else changed."""
-    text = source.read_text()
-    changed, count = re.subn(r"(batching\s*=\s*\{\s*enabled\s*=\s*)true", r"\1false", text)
-    if count != 1:
-        raise RuntimeError(f"{source}: cannot find `batching = {{ enabled = true ...}}` to switch off")
-    changed = re.sub(
-        r'^name\s*=\s*"gpu-batched"', 'name = "gpu-batched-nobatch"', changed, count=1, flags=re.M
-    )
-    dest.write_text(changed)
-    data = tomllib.loads(changed)
-    if data["model"]["batching"]["enabled"] is not False:
-        raise RuntimeError(f"{dest}: batching still on")
-    return dest
+    profile = load_profile(source)
+    if not profile.model.batching.enabled:
+        raise RuntimeError(f"{source}: batching is already off")
+    variant = derive_profile(profile, {"model": {"batching": {"enabled": False}}}, name="gpu-batched-nobatch")
+    return write_profile(variant, dest)
 
 
 class Bench:
@@ -316,7 +309,7 @@ class Bench:
         ]  # fmt: skip
         for profile in self.s.profiles:
             profile_path = PROFILES / f"{profile}.toml"
-            served = list(tomllib.loads(profile_path.read_text()).get("tasks", {}))
+            served = list(load_profile(profile_path).tasks)
             workloads = [w for w in caller_workloads if w in served or (w == MIXED and len(served) > 1)]
             extra = []
             if self.s.retrieval_runs and profile == "cpu-realtime":

@@ -47,6 +47,7 @@ from unirank.client import DEFAULT_THROTTLE_K, AsyncRecommenderClient, UniRankEr
 from unirank.server.app import UniRankServer
 from unirank.server.backends.base import BackendError
 from unirank.server.config import load_profile
+from unirank.server.profile_io import derive_profile, write_profile
 from unirank.server.security import SecurityError
 
 from ..conftest import PROFILES, TASK_NAMES, profile_with, running_server
@@ -217,15 +218,8 @@ _ADMISSION_KEYS = ("max_concurrent_rpcs", "max_queued_rpcs", "max_queue_wait_ms"
 
 def _profile_file(workdir: Path, name: str, server: dict[str, int] | None) -> Path:
     """cpu-realtime as shipped, or with some ``[server]`` keys replaced."""
-    text = (PROFILES / "cpu-realtime.toml").read_text()
-    if server:
-        text = re.sub(rf"(?m)^({'|'.join(server)}) = .*\n", "", text)
-        lines = "".join(f"{key} = {value}\n" for key, value in server.items())
-        text, found = re.subn(r"(?m)^\[server\]\n", lambda m: m.group(0) + lines, text)
-        assert found == 1, "cpu-realtime.toml has no [server] table"
-    path = workdir / f"{name}.toml"
-    path.write_text(text)
-    return path
+    profile = load_profile(PROFILES / "cpu-realtime.toml")
+    return write_profile(derive_profile(profile, {"server": server or {}}), workdir / f"{name}.toml")
 
 
 async def _health(address: str) -> str:
