@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unirank.artifact.tasks import TASKS
+from unirank.server.rules import validate_rule_configs
 
 
 class ProfileError(Exception):
@@ -540,8 +541,6 @@ def _format_errors(source: str, exc: ValidationError) -> str:
 
 def parse_profile(data: dict[str, Any], source: str = "<profile>") -> Profile:
     """Validate an already-parsed profile table; rule names are checked against the registry."""
-    from unirank.server.rules import validate_rule_configs  # rules import config types
-
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:

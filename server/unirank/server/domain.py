@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
+
 from unirank.artifact import Context, TaskType
 
 
@@ -91,3 +93,32 @@ class RankResponse:
     @property
     def fallback(self) -> bool:
         return self.fallback_reason is not FallbackReason.NONE
+
+
+@dataclass
+class Candidates:
+    """Candidate items with their sources and, after scoring, their scores (sorted best first)."""
+
+    items: np.ndarray  # int64 item indices
+    sources: np.ndarray  # int8 Source values
+    scores: np.ndarray | None = None  # float32, aligned with items
+
+    def keep(self, mask: np.ndarray) -> Candidates:
+        return Candidates(
+            self.items[mask], self.sources[mask], None if self.scores is None else self.scores[mask]
+        )
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+
+@dataclass
+class RuleContext:
+    """What a rule may look at besides the candidates."""
+
+    history_items: np.ndarray  # known history item indices of the request
+    anchor_item: int
+    maturity: np.ndarray  # per item index
+    release_year: np.ndarray
+    primary_category: np.ndarray  # per item index, category index
+    title_keys: np.ndarray  # per item index, an id of the normalised title

@@ -20,7 +20,16 @@ from unirank.server.backends.base import BackendError
 from unirank.server.batching import BatchingError, DeadlineDropped, QueueFull
 from unirank.server.cache import TTLCache
 from unirank.server.config import Profile, TaskConfig
-from unirank.server.domain import SOURCES, FallbackReason, RankedItem, RankRequest, RankResponse, Source
+from unirank.server.domain import (
+    SOURCES,
+    Candidates,
+    FallbackReason,
+    RankedItem,
+    RankRequest,
+    RankResponse,
+    RuleContext,
+    Source,
+)
 from unirank.server.errors import (
     DeadlineExceeded,
     FeatureStoreUnavailable,
@@ -38,7 +47,7 @@ from unirank.server.impressions import (
     make_impression_store,
 )
 from unirank.server.retrieval import ReleaseWindow
-from unirank.server.rules import BoundRule, Candidates, RuleContext, bind_rules
+from unirank.server.rules import BoundRule, bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
 from unirank.server.telemetry.kpi import VIEW_EVENT_TYPE

@@ -12,8 +12,7 @@ from unirank.artifact import Artifact, ArtifactError, EncodedContext
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex
 from unirank.artifact.catalog import NEW_RELEASE_YEARS, new_release_years
 from unirank.server.config import RetrievalConfig
-from unirank.server.domain import Source
-from unirank.server.rules import Candidates
+from unirank.server.domain import Candidates, Source
 
 _SOURCES: dict[str, Source] = {
     "caller": Source.CALLER,

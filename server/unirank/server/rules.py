@@ -8,44 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unirank.artifact.catalog import MATURITY_LEVELS
-from unirank.server.config import RuleConfig
+from unirank.server.domain import Candidates, RuleContext
 
 Stage = Literal["pre", "post"]
 
 
-@dataclass
-class Candidates:
-    """Candidate items with their sources and, after scoring, their scores (sorted best first)."""
+class ConfiguredRule(Protocol):
+    """A rule as a profile names it (``unirank.server.config.RuleConfig``; this module does not
+    import config, which imports it to validate rules at load)."""
 
-    items: np.ndarray  # int64 item indices
-    sources: np.ndarray  # int8 Source values
-    scores: np.ndarray | None = None  # float32, aligned with items
+    @property
+    def name(self) -> str: ...
 
-    def keep(self, mask: np.ndarray) -> Candidates:
-        return Candidates(
-            self.items[mask], self.sources[mask], None if self.scores is None else self.scores[mask]
-        )
-
-    def __len__(self) -> int:
-        return int(self.items.shape[0])
-
-
-@dataclass
-class RuleContext:
-    """What a rule may look at besides the candidates."""
-
-    history_items: np.ndarray  # known history item indices of the request
-    anchor_item: int
-    maturity: np.ndarray  # per item index
-    release_year: np.ndarray
-    primary_category: np.ndarray  # per item index, category index
-    title_keys: np.ndarray  # per item index, an id of the normalised title
+    @property
+    def params(self) -> dict[str, Any]: ...
 
 
 class _Params(BaseModel):
@@ -145,7 +127,7 @@ RULES: dict[str, RuleSpec] = {
 }
 
 
-def validate_rule_configs(stage: str, rule: RuleConfig) -> list[str]:
+def validate_rule_configs(stage: str, rule: ConfiguredRule) -> list[str]:
     """Problems with one configured rule (empty when valid)."""
     spec = RULES.get(rule.name)
     if spec is None:
@@ -169,7 +151,7 @@ class BoundRule:
         return self.fn(candidates, ctx, self.params)
 
 
-def bind_rules(configs: tuple[RuleConfig, ...]) -> tuple[BoundRule, ...]:
+def bind_rules(configs: tuple[ConfiguredRule, ...]) -> tuple[BoundRule, ...]:
     """Configured rules ready to run (configs were validated at profile load)."""
     bound = []
     for config in configs:
