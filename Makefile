@@ -62,6 +62,16 @@ alerts: setup
 		$(BIN)/unirank alerts --profile $$profile --out deploy/prometheus/$$(basename $$profile .toml).rules.yml; \
 	done
 
+.PHONY: kpi-demo
+# Online KPIs (docs/observability.md): the same simulated users (held-out data, position-biased
+# clicks, feedback through RecordEvents) against the trained artifact and a random-scoring one
+# (build/kpi-random, trained for one step); prints the per-task CTR / play rate / engagement table.
+KPI_ARGS ?= --per-task 400
+kpi-demo: setup
+	@test -f $(ARTIFACT)/manifest.json || $(MAKE) train
+	$(PYTHON) scripts/simulate_traffic.py demo --artifact $(ARTIFACT) --profile $(PROFILE) \
+		--json build/kpi-demo.json $(KPI_ARGS)
+
 .PHONY: bench
 # Load tests, floors and the MLServer peer; not part of `make test` (see docs/benchmarks.md).
 # BENCH_ARGS=--quick is a smoke run of a few seconds that writes under build/bench-quick.
