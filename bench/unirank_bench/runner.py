@@ -18,6 +18,7 @@ import numpy as np
 
 from unirank.server.config import load_profile
 from unirank.server.profile_io import derive_profile, write_profile
+from unirank.training.progress import progress_bar
 from unirank_bench import mlserver_peer, procstats, servers, v2
 from unirank_bench.loadgen import Job, LoadGenerator, RunResult
 from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
@@ -529,11 +530,14 @@ class Bench:
         if self.s.targets is not None:
             targets = [t for t in targets if t.name.rsplit("/", 1)[-1] in self.s.targets]
         try:
-            for round_index in range(self.s.rounds):
-                if self.s.rounds > 1:
-                    log(f"round {round_index + 1} of {self.s.rounds}")
-                for target in targets:
-                    self.run_target(target, loadgen)
+            with progress_bar(self.s.rounds * len(targets), "bench", unit="target") as bar:
+                for round_index in range(self.s.rounds):
+                    if self.s.rounds > 1:
+                        log(f"round {round_index + 1} of {self.s.rounds}")
+                    for target in targets:
+                        bar.set_postfix_str(target.name)
+                        self.run_target(target, loadgen)
+                        bar.update(1)
         finally:
             loadgen.close()
         if self.s.rounds > 1:
