@@ -396,7 +396,7 @@ class ImpressionsSection(_Strict):
     """Redis connection URL (``redis`` store only); ``UNIRANK_REDIS_URL`` overrides it."""
     max_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024, le=1024**4)
     """Memory the in-process store (``memory``) may hold; past it the oldest-used impressions are
-    evicted first (about 1.4 KB per answer of 10 items)."""
+    evicted first (about 1.6 KB per answer of 10 items)."""
     timeout_ms: float = Field(30.0, gt=0.0, le=10_000.0)
     """Longest a request or RecordEvents call waits for the store (``redis``); past it the answer
     goes out unrecorded / the event counts as unattributed."""
