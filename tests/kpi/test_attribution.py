@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from unirank.client import AsyncRecommenderClient, Event, UniRankError
+from unirank.client import (
+    AsyncRecommenderClient,
+    Event,
+    Notification,
+    RecommendationRequest,
+    Search,
+    UniRankError,
+)
 from unirank.client.monitor import ServingStats, StatsClient
 from unirank.server.app import UniRankServer
+from unirank.server.config import Profile
 
 from ..conftest import profile_with, running_server
 from ..integration.test_freshness import RedisServer, redis_server  # noqa: F401 (fixture)
@@ -20,7 +28,7 @@ from ..integration.test_freshness import RedisServer, redis_server  # noqa: F401
 QUERY_TASKS = {"search": {"timeout_ms": 10_000, "cache": {"enabled": True}}}
 
 
-def _profile(window_s: float = 3600.0, **impressions: object) -> object:
+def _profile(window_s: float = 3600.0, **impressions: object) -> Profile:
     return profile_with(
         impressions=impressions,
         tasks={
@@ -175,3 +183,25 @@ async def test_redis_shared_by_replicas_counts_a_click_once(
         assert stats_one.tasks["notification"].clicks + stats_two.tasks["notification"].clicks == 1
         assert stats_two.tasks["notification"].clicks == 1
         assert stats_one.unattributed_by_reason == {"duplicate": 1}
+
+
+async def test_every_batch_member_is_an_impression_of_its_task(artifact_dir: Path) -> None:
+    async with (
+        running_server(_profile(), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        query = _query(server)
+        answers = await client.recommend_batch(
+            [
+                RecommendationRequest(Notification(), user_id="u1"),
+                RecommendationRequest(Search(query), user_id="u1"),
+                RecommendationRequest(Search(query), user_id="u2"),
+            ]
+        )
+        ids = [answer.impression_id for answer in answers]
+        assert all(ids) and len(set(ids)) == 3
+        click = Event("u2", answers[2].items[0].item_id, "search_click", impression_id=ids[2])
+        assert (await client.record_events([click])).attributed == 1
+        stats = await _stats(server)
+        assert (stats.tasks["notification"].impressions, stats.tasks["search"].impressions) == (1, 2)
+        assert stats.tasks["search"].clicks == 1
