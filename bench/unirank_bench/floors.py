@@ -186,12 +186,13 @@ def compute_floor(artifact_dir: Path, payload_file: Path, seconds: float, batch_
         import torch
 
         from unirank.model.net import build_model_from_checkpoint
+        from unirank.model.serving import serving_model
     except ImportError as exc:
         out["torch"] = {"error": f"torch unavailable: {exc}"}
         return out
     torch.set_num_threads(1)
     checkpoint = torch.load(artifact.torch_path, map_location="cpu", weights_only=True)
-    model = build_model_from_checkpoint(checkpoint).for_serving()  # what the torch backend runs
+    model = serving_model(build_model_from_checkpoint(checkpoint))  # what the torch backend runs
 
     def forward(inputs: ModelInputs) -> None:
         tensors = [torch.from_numpy(a) for a in inputs.as_dict().values()]

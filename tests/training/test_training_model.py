@@ -12,13 +12,9 @@ import pytest
 import torch
 
 from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
-from unirank.model.net import (
-    CATEGORY_COLUMNS_MAX,
-    ModelConfig,
-    UniRankModel,
-    build_model_from_checkpoint,
-    model_checkpoint,
-)
+from unirank.model.config import ModelConfig
+from unirank.model.net import UniRankModel, build_model_from_checkpoint, model_checkpoint
+from unirank.model.serving import CATEGORY_COLUMNS_MAX, serving_model
 from unirank.training.export import export_onnx, random_inputs, torch_scores
 from unirank.training.train import in_batch_candidates, multitask_loss
 
@@ -115,7 +111,7 @@ def test_serving_module_scores_like_the_training_forward(
 ) -> None:
     n_categories = 6 if category_columns else CATEGORY_COLUMNS_MAX + 2
     model = _model(n_categories=n_categories, **options)
-    serving = model.for_serving()
+    serving = serving_model(model)
     assert serving.n_category_columns == (n_categories - 1 if category_columns else 0)
     with torch.no_grad():
         for batch in _serving_batches(model):
@@ -128,7 +124,7 @@ def test_serving_module_reads_the_padding_items_own_vector_as_a_missing_anchor()
     model = _model()
     with torch.no_grad():
         model.item_emb.weight[0] = 0.5  # zero in any trained model; the training forward still reads it
-        serving = model.for_serving()
+        serving = serving_model(model)
         assert serving.anchor_rows is not None
         for batch in _serving_batches(model):
             torch.testing.assert_close(serving(**batch), model(**batch), rtol=0, atol=1e-5)

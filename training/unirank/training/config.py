@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unirank.artifact import TASKS
+from unirank.model.config import ARCHITECTURES
 
 TASK_WEIGHTINGS: tuple[str, ...] = ("static", "uncertainty")
-ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
-"""Mirrors ``unirank.model.net.ARCHITECTURES`` (not imported: this module must not load torch)."""
 WARM_START_LR_SCALE = 0.1
 """Default learning rate of a warm-start refit, as a share of the parent's."""
 WARM_START_MAX_STEPS = 200
@@ -48,7 +47,7 @@ class TrainConfig:
     hidden: int = 96
     dropout: float = 0.1
     architecture: str = "shared_bottom"
-    """``shared_bottom`` or ``mmoe`` (see :class:`unirank.model.net.ModelConfig`)."""
+    """``shared_bottom`` or ``mmoe`` (see :class:`unirank.model.config.ModelConfig`)."""
     n_experts: int = 4
     use_task_type: bool = True
     """False trains the ablation without the task-type input (one head for every task)."""

@@ -27,6 +27,7 @@ from unirank.artifact.store import (
     write_manifest,
 )
 from unirank.model.net import UniRankModel, model_checkpoint
+from unirank.model.serving import serving_model
 
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
@@ -77,10 +78,10 @@ def torch_scores(model: UniRankModel, inputs: ModelInputs) -> np.ndarray:
 
 
 def export_onnx(model: UniRankModel, path: Path, max_history: int, max_query_tokens: int) -> None:
-    """Export ``model``'s serving form (:meth:`UniRankModel.for_serving`): its precomputed tables
+    """Export ``model``'s serving form (:func:`unirank.model.serving.serving_model`): its precomputed tables
     make a graph of a few dozen nodes where the training forward traces to a few hundred."""
     model.eval()
-    serving = model.for_serving()
+    serving = serving_model(model)
     example = random_inputs(model, batch=2, history=max_history, query=max_query_tokens, candidates=5, seed=0)
     args = tuple(torch.from_numpy(example.as_dict()[name]) for name in INPUT_NAMES)
     with warnings.catch_warnings():

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from unirank.artifact.features import INPUT_NAMES, ModelInputs
-from unirank.model.net import ServingModel, build_model_from_checkpoint
+from unirank.model.net import build_model_from_checkpoint
+from unirank.model.serving import ServingModel, serving_model
 from unirank.server.backends.base import BackendError, DeadlineDropped, check_scores
 from unirank.server.backends.stacking import ROW_INPUTS, concat_model_inputs, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher
@@ -192,7 +193,7 @@ class TorchBackend:
             checkpoint = torch.load(self.model_path, map_location="cpu", weights_only=True)
             if not isinstance(checkpoint, dict):
                 raise TypeError(f"checkpoint is a {type(checkpoint).__name__}, not a dict")
-            model = build_model_from_checkpoint(checkpoint).for_serving()
+            model = serving_model(build_model_from_checkpoint(checkpoint))
         except Exception as exc:
             raise BackendError(f"cannot load torch checkpoint {self.model_path}: {exc}") from exc
         return model.to(self.device).eval()

@@ -1,0 +1,51 @@
+"""The network's constructor arguments, without torch: training's config validates against them.
+
+Like nanoGPT's ``GPTConfig``: the checkpoint stores these next to the weights, so the artifact alone
+rebuilds the model (:func:`unirank.model.net.build_model_from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
+# co-engagement with the anchor (log count, and share of the anchor's co-engagements), co-engagement
+# with the history (mean over its items)
+N_CROSS_FEATURES = 8
+ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
+
+
+@dataclass
+class ModelConfig:
+    """Constructor arguments of :class:`UniRankModel`; stored next to the weights."""
+
+    n_items: int
+    """Item vocabulary size including the padding slot 0."""
+    n_users: int
+    n_tokens: int
+    n_categories: int
+    n_tasks: int = 4
+    """Number of task heads (task ids 1..n_tasks)."""
+    dim: int = 64
+    """Width of item / context embeddings."""
+    hidden: int = 128
+    """Width of the shared representation."""
+    dropout: float = 0.1
+    use_task_type: bool = True
+    """False builds the ablation: no task embedding and a single shared head (and MMoE gate)."""
+    architecture: str = "shared_bottom"
+    """``shared_bottom`` (one MLP for every task) or ``mmoe`` (experts mixed by a gate per task)."""
+    n_experts: int = 4
+    """MMoE experts (ignored by shared_bottom)."""
+    impute_context: bool = False
+    """Fill a missing anchor with the latest history item and a missing query with the anchor's title."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
+        if self.n_experts < 1:
+            raise ValueError("n_experts must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,326 @@
+"""The serving form of :class:`~unirank.model.net.UniRankModel`: the same scores from precomputed
+tables, what ``model.onnx`` is exported from and what the torch backend runs (:func:`serving_model`)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unirank.artifact.tasks import HEAD_OFFSET
+from unirank.model.net import MixtureOfExperts, TaskHead, UniRankModel
+
+
+def serving_model(model: UniRankModel) -> ServingModel:
+    """The same scores from precomputed tables (:class:`ServingModel`): what is exported and served.
+
+    A snapshot: later changes to ``model``'s weights do not reach it.
+    """
+    return ServingModel(model).eval()
+
+
+CATEGORY_COLUMNS_MAX = 64
+"""Up to this many categories (padding aside) the serving graph matches them as one-hot columns of item rows;
+with more (where those columns would outgrow the item vector) it compares a candidate's category ids."""
+
+
+def _context_weight(weight: torch.Tensor, dim: int, widths: tuple[int, ...]) -> torch.Tensor:
+    """A first-layer ``weight`` [out, 6 * dim] over the training context, for a context whose blocks
+    are ``widths`` wide instead of ``dim``: each block's extra columns get weight 0."""
+    blocks = weight.split(dim, dim=1)
+    return torch.cat(
+        [torch.cat([b, b.new_zeros(b.shape[0], w - dim)], 1) for b, w in zip(blocks, widths, strict=True)], 1
+    )
+
+
+class ServingModel(nn.Module):
+    """The scores of :meth:`UniRankModel.forward` on the seven serving inputs, for inference only.
+
+    Everything that depends on an item, a token, a task or a category alone is computed once, here,
+    into lookup tables, so a call gathers rows instead of re-deriving them: the exported graph has a
+    fraction of the training forward's nodes. Scores equal the training forward's up to float
+    rounding (sums are taken in another order). Built by :func:`serving_model`.
+
+    Item-side rows are ``E = d + 2 + C`` wide::
+
+        [ item vector (d) | log popularity | 1 if a real item | one-hot of categories 1..C ]
+
+    A candidate's row has its vector, popularity and categories; an anchor / history row its vector
+    and the real-item 1, so one summed gather gives the history's vector sum and its length; a
+    category's row its one-hot. The heads are fused into one linear layer and the row's task picks
+    its block of outputs: the query vector and the popularity weight in the same layout, then the
+    weights of the other features (:meth:`_fuse_heads`). A candidate's score is then one product of
+    its row with ``query + w_anchor * anchor + w_history * history + w_category * category``: the
+    head's dot product, both similarities, popularity and the category match at once. Lexical
+    overlap reads a multi-hot query as in training; the three co-engagement rows over the catalogue
+    become one scatter whose values already carry the head's weights.
+    """
+
+    item_columns: torch.Tensor
+    item_rows: torch.Tensor
+    anchor_rows: torch.Tensor | None
+    category_columns: torch.Tensor | None
+    item_categories: torch.Tensor | None
+    token_rows: torch.Tensor
+    title_rows: torch.Tensor
+    title_tokens: torch.Tensor
+    token_real: torch.Tensor
+    token_zeros: torch.Tensor
+    item_zeros: torch.Tensor
+    user_rows: torch.Tensor
+    category_rows: torch.Tensor
+    task_rows: torch.Tensor
+    head_select: torch.Tensor
+    head_weight: torch.Tensor
+    head_bias: torch.Tensor
+    neighbours: torch.Tensor
+    anchor_neighbour_values: torch.Tensor
+    history_neighbour_weights: torch.Tensor
+    padding_score: torch.Tensor
+
+    def __init__(self, model: UniRankModel, category_columns_max: int = CATEGORY_COLUMNS_MAX) -> None:
+        super().__init__()
+        cfg = self.config = model.config
+        d = cfg.dim
+        self.n_category_columns = cfg.n_categories - 1 if cfg.n_categories - 1 <= category_columns_max else 0
+        width = self.width = d + 2 + self.n_category_columns
+        self.n_heads = len(model.heads)
+        device = model.item_emb.weight.device
+        with torch.no_grad():
+            self._item_tables(model, device)
+            self._token_tables(model, device)
+            self._neighbour_tables(model, device)
+            self.register_buffer("user_rows", model.user_emb.weight.clone())
+            self.register_buffer("category_rows", model.category_emb.weight.clone())
+            tasks = torch.arange(cfg.n_tasks + 1, device=device)
+            task_in = tasks if cfg.use_task_type else torch.zeros_like(tasks)
+            self.register_buffer("task_rows", model.task_emb(task_in))
+            head_index = (task_in - HEAD_OFFSET).clamp(min=0, max=self.n_heads - 1)
+            select = nn.functional.one_hot(head_index, self.n_heads).to(torch.float32).unsqueeze(1)
+            self.register_buffer("head_select", select)  # [tasks + 1, 1, heads]
+            self.register_buffer("padding_score", torch.tensor(-1e9, device=device))
+            # The context is [user | history row | query sum | anchor row | category | task].
+            widths = (d, width, d + 1, width, d, d)
+            self.shared = (
+                _ServingBottom(model.shared, d, widths)
+                if cfg.architecture != "mmoe"
+                else _ServingMixture(model.shared, d, widths)
+            )
+            self._fuse_heads(model)
+
+    def _item_tables(self, model: UniRankModel, device: torch.device) -> None:
+        cfg, d, width = self.config, self.config.dim, self.width
+        table = model.item_table()
+        real = (torch.arange(cfg.n_items, device=device) > 0).to(table.dtype)
+        rows = torch.zeros(cfg.n_items, width, device=device)
+        rows[:, :d] = table * real[:, None]  # the history mean skips padding
+        rows[:, d + 1] = real
+        self.register_buffer("item_rows", rows)
+        anchor_rows = None
+        if bool(table[0].any()):  # anchor 0 reads the padding item's vector, zero unless trained otherwise
+            anchor_rows = rows.clone()
+            anchor_rows[0, :d] = table[0]
+        self.register_buffer("anchor_rows", anchor_rows)
+        columns = torch.zeros(cfg.n_items, width, device=device)
+        columns[:, :d] = table
+        columns[:, d] = model.item_log_pop
+        if self.n_category_columns:
+            hot = torch.zeros(cfg.n_items, cfg.n_categories, device=device).scatter_(
+                1, model.item_categories, 1.0
+            )
+            columns[:, d + 2 :] = hot[:, 1:]
+            category_columns = torch.zeros(cfg.n_categories, width, device=device)
+            category_columns[1:, d + 2 :] = torch.eye(self.n_category_columns, device=device)
+            self.register_buffer("category_columns", category_columns)
+            self.register_buffer("item_categories", None)
+        else:
+            self.register_buffer("category_columns", None)
+            # Padding becomes -1, which no request category equals (category 0 matches nothing).
+            categories = model.item_categories.masked_fill(model.item_categories == 0, -1)
+            self.register_buffer("item_categories", categories)
+        self.register_buffer("item_columns", columns)
+
+    def _token_tables(self, model: UniRankModel, device: torch.device) -> None:
+        cfg = self.config
+        real = model.real_token[0]
+        rows = (
+            torch.cat([model.token_emb.weight, torch.ones(cfg.n_tokens, 1, device=device)], 1) * real[:, None]
+        )
+        self.register_buffer("token_rows", rows)  # [tokens, d + 1]: embedding and 1, zero for padding
+        self.register_buffer("title_rows", rows[model.title_tokens].sum(1))  # their sums over each title
+        self.register_buffer("title_tokens", model.title_tokens.clone())
+        self.register_buffer("token_real", real.clone())
+        self.register_buffer("token_zeros", torch.zeros(1, cfg.n_tokens, device=device))
+
+    def _neighbour_tables(self, model: UniRankModel, device: torch.device) -> None:
+        real = (torch.arange(self.config.n_items, device=device) > 0).to(torch.float32)[:, None]
+        self.register_buffer("neighbours", model.item_neighbours.clone())
+        values = (
+            torch.stack([model.item_neighbour_weights, model.item_neighbour_shares], 1) * real[:, :, None]
+        )
+        self.register_buffer("anchor_neighbour_values", values)  # [items, 2, K]
+        self.register_buffer("history_neighbour_weights", model.item_neighbour_weights * real)
+        self.register_buffer("item_zeros", torch.zeros(1, self.config.n_items, device=device))
+
+    def _fuse_heads(self, model: UniRankModel) -> None:
+        """One linear layer for every head; each head's block of ``width + 8`` outputs is
+        [query vector, popularity weight, zeros (width) | 1, anchor, history, category weights |
+        overlap, co-anchor, co-share, co-history weights]."""
+        d, width = self.config.dim, self.width
+        self.head_width = width + 8
+        cross_at = {
+            d: 2,
+            width + 1: 3,
+            width + 2: 4,
+            width + 3: 1,
+            width + 4: 0,
+            width + 5: 5,
+            width + 6: 6,
+            width + 7: 7,
+        }
+        weights, biases = [], []
+        for head in model.heads:
+            assert isinstance(head, TaskHead)
+            weight = head.query.weight.new_zeros(self.head_width, head.query.in_features)
+            bias = head.query.bias.new_zeros(self.head_width)
+            weight[:d], bias[:d] = head.query.weight, head.query.bias
+            for out, feature in cross_at.items():
+                weight[out], bias[out] = head.cross.weight[feature], head.cross.bias[feature]
+            bias[width] = 1.0
+            weights.append(weight)
+            biases.append(bias)
+        self.register_buffer("head_weight", torch.cat(weights))
+        self.register_buffer("head_bias", torch.cat(biases))
+
+    def forward(
+        self,
+        task: torch.Tensor,
+        user: torch.Tensor,
+        history: torch.Tensor,
+        query_tokens: torch.Tensor,
+        anchor_item: torch.Tensor,
+        category: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores [B, N], as :meth:`UniRankModel.forward`."""
+        d, width = self.config.dim, self.width
+        history_sum = self.item_rows[history].sum(1)  # [B, width]
+        history_count = history_sum[:, d + 1 : d + 2]
+        history_row = history_sum / history_count.clamp(min=1.0)
+        query_sum = self.token_rows[query_tokens].sum(1)  # [B, d + 1]: embeddings, count
+        if self.config.impute_context:
+            # No anchor: the latest history item (history is left-aligned, latest last).
+            latest = history.gather(1, (history_count - 1.0).clamp(min=0.0).long()).squeeze(1)
+            anchor_item = torch.where(anchor_item > 0, anchor_item, latest)
+            # No query: the anchor's title words.
+            no_query = query_sum[:, d:] == 0
+            query_sum = query_sum + torch.where(no_query, self.title_rows[anchor_item], 0.0)
+            title = torch.where(no_query, self.title_tokens[anchor_item], 0)
+            query_tokens = torch.cat([query_tokens, title], 1)
+        anchor_row = (self.item_rows if self.anchor_rows is None else self.anchor_rows)[anchor_item]
+        context = torch.cat(
+            [
+                self.user_rows[user],
+                history_row,
+                query_sum / query_sum[:, d:].clamp(min=1.0),
+                anchor_row,
+                self.category_rows[category],
+                self.task_rows[task],
+            ],
+            dim=1,
+        )
+        select = self.head_select[task]  # [B, 1, heads]
+        heads = nn.functional.linear(self.shared(context, select), self.head_weight, self.head_bias)
+        head = torch.matmul(select, heads.view(-1, self.n_heads, self.head_width))  # [B, 1, head_width]
+        weight = head.flatten(1)  # [B, head_width], for the weights applied to [B, ...] features
+
+        rows = [head[:, :, :width], anchor_row.unsqueeze(1), history_row.unsqueeze(1)]
+        if self.category_columns is not None:
+            rows.append(self.category_columns[category].unsqueeze(1))
+        row = torch.matmul(head[:, :, width : width + len(rows)], torch.cat(rows, 1))  # [B, 1, width]
+        scores = (self.item_columns[candidates] * row).sum(-1)
+        if self.item_categories is not None:
+            match = (self.item_categories[candidates] == category.view(-1, 1, 1)).any(-1)
+            scores = scores + match.to(scores.dtype) * weight[:, width + 3 : width + 4]
+
+        # Share of the distinct query tokens in each title: the multi-hot query, scaled by the
+        # overlap weight over its size, read at the candidates' (distinct) title tokens.
+        hot = (self.token_zeros * history_count).scatter(1, query_tokens, self.token_real[query_tokens])
+        hot = hot * (weight[:, width + 4 : width + 5] / hot.sum(1, keepdim=True).clamp(min=1.0))
+        cand_tokens = self.title_tokens[candidates]
+        scores = scores + hot.gather(1, cand_tokens.flatten(1)).view_as(cand_tokens).sum(-1)
+
+        # Co-engagement with the anchor (weight and share) and the history (mean weight), weighted.
+        anchor_values = torch.matmul(
+            head[:, :, width + 5 : width + 7], self.anchor_neighbour_values[anchor_item]
+        )
+        history_values = self.history_neighbour_weights[history].flatten(1) * (
+            weight[:, width + 7 :] / history_count.clamp(min=1.0)
+        )
+        index = torch.cat([self.neighbours[anchor_item], self.neighbours[history].flatten(1)], 1)
+        values = torch.cat([anchor_values.flatten(1), history_values], 1)
+        co = (self.item_zeros * history_count).scatter_add(1, index, values)
+        scores = scores + co.gather(1, candidates)
+        return torch.where(candidates > 0, scores, self.padding_score)
+
+
+def _bottom_layers(bottom: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The two linear layers of a :func:`_bottom`."""
+    assert isinstance(bottom, nn.Sequential)
+    first, second = bottom[0], bottom[3]
+    assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
+    return first, second
+
+
+class _ServingBottom(nn.Module):
+    """The shared-bottom MLP on the serving context (dropout is off at inference)."""
+
+    first_weight: torch.Tensor
+    first_bias: torch.Tensor
+    second_weight: torch.Tensor
+    second_bias: torch.Tensor
+
+    def __init__(self, bottom: nn.Module, dim: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        first, second = _bottom_layers(bottom)
+        self.register_buffer("first_weight", _context_weight(first.weight, dim, widths))
+        self.register_buffer("first_bias", first.bias.clone())
+        self.register_buffer("second_weight", second.weight.clone())
+        self.register_buffer("second_bias", second.bias.clone())
+
+    def forward(self, context: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        hidden = torch.relu(nn.functional.linear(context, self.first_weight, self.first_bias))
+        return torch.relu(nn.functional.linear(hidden, self.second_weight, self.second_bias))
+
+
+class _ServingMixture(nn.Module):
+    """:class:`MixtureOfExperts` with the experts' layers fused: one linear layer for every expert's
+    first, one batched product for their second, the row's gate picked by ``select`` [B, 1, gates]."""
+
+    first_weight: torch.Tensor
+    first_bias: torch.Tensor
+    second_weight: torch.Tensor
+    second_bias: torch.Tensor
+    gate_weight: torch.Tensor
+    gate_bias: torch.Tensor
+
+    def __init__(self, mixture: nn.Module, dim: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        assert isinstance(mixture, MixtureOfExperts)
+        layers = [_bottom_layers(expert) for expert in mixture.experts]
+        self.n_experts, self.n_gates = mixture.n_experts, mixture.n_gates
+        self.hidden = layers[0][1].out_features
+        first = torch.cat([_context_weight(a.weight, dim, widths) for a, _ in layers])
+        self.register_buffer("first_weight", first)  # [experts * hidden, context]
+        self.register_buffer("first_bias", torch.cat([a.bias for a, _ in layers]))
+        self.register_buffer("second_weight", torch.stack([b.weight.t() for _, b in layers]))
+        self.register_buffer("second_bias", torch.stack([b.bias for _, b in layers]).unsqueeze(1))
+        self.register_buffer("gate_weight", _context_weight(mixture.gates.weight, dim, widths))
+        self.register_buffer("gate_bias", mixture.gates.bias.clone())
+
+    def forward(self, context: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        first = torch.relu(nn.functional.linear(context, self.first_weight, self.first_bias))
+        first = first.view(-1, self.n_experts, self.hidden).transpose(0, 1)  # [E, B, hidden]
+        experts = torch.relu(torch.matmul(first, self.second_weight) + self.second_bias)
+        logits = nn.functional.linear(context, self.gate_weight, self.gate_bias)
+        gate = torch.softmax(torch.matmul(select, logits.view(-1, self.n_gates, self.n_experts)), dim=-1)
+        return (gate.permute(2, 0, 1) * experts).sum(0)  # gate [B, 1, E] -> [E, B, 1]
