@@ -8,6 +8,7 @@ import asyncio
 from unirank.client.monitor import decode_stats, format_views, summarize
 from unirank.server import codec
 from unirank.server.impressions import Impression, InMemoryImpressionStore
+from unirank.server.telemetry.kpi import KpiCounters
 from unirank.server.telemetry.stats import ServingStats
 from unirank.server.telemetry.workers import merge_stats
 
@@ -74,3 +75,12 @@ def test_the_monitor_shows_ctr_play_rate_and_engagement() -> None:
     assert row.split()[-3:] == ["50.0%", "25.0%", "16.5"]
     assert "unattributed events: duplicate=1" in text
     assert summarize(now, before) == []  # no answers in the interval: a quiet row, left out
+
+
+def test_counters_of_old_model_versions_are_dropped() -> None:
+    kpis = KpiCounters(max_versions=2)
+    for version in ("v1", "v2", "v3"):
+        kpis.impression("search", version, "stable")
+        kpis.impression("category", version, "stable")
+    assert sorted({version for (_, version, _), _ in kpis.items()}) == ["v2", "v3"]
+    assert [version for version, _, _ in kpis.for_task("category")] == ["v2", "v3"]

@@ -183,19 +183,20 @@ def _kpi_alerts(task: str, config: AlertsConfig) -> Iterator[dict[str, Any]]:
 
 
 def render_rules(profile: Profile) -> dict[str, Any]:
-    """The rule file of ``profile``: a recording and an alerting group per served use-case."""
+    """The rule file of ``profile``: one group per served use-case, its recording rules first.
+
+    One group, not a recording and an alerting one: rules of a group are evaluated in order, so an
+    alert reads the ratios recorded at the same evaluation; groups run independently, and an alert
+    evaluated before its recording group would read the previous evaluation's samples (gone past
+    the 5 min lookback when the evaluation interval is longer).
+    """
     groups = []
     for task, config in sorted(profile.tasks.items()):
-        groups.append(
-            {
-                "name": f"unirank-{profile.name}-{task}-recording",
-                "rules": list(_recording_rules(task, config.alerts)),
-            }
-        )
         alerts = [*_burn_alerts(task, config.alerts), *_kpi_alerts(task, config.alerts)]
         for alert in alerts:
             alert["labels"]["unirank_profile"] = profile.name
-        groups.append({"name": f"unirank-{profile.name}-{task}-alerts", "rules": alerts})
+        rules = [*_recording_rules(task, config.alerts), *alerts]
+        groups.append({"name": f"unirank-{profile.name}-{task}", "rules": rules})
     return {"groups": groups}
 
 

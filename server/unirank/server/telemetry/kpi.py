@@ -18,6 +18,11 @@ from unirank.server.telemetry import semconv
 STABLE_ARM = "stable"
 """The arm of every answer until canary releases split traffic."""
 
+MAX_MODEL_VERSIONS = 3
+"""Model versions whose counters are kept: the serving one and the last two before it (feedback on
+their answers still arrives after a reload). Older ones are dropped, so hourly refits over months
+never grow the label set."""
+
 CLICK_POSITIONS = 20
 """Click positions counted one by one; clicks further down share one overflow bucket."""
 
@@ -79,14 +84,23 @@ class KpiCounters:
     """KPI counters of one process since it started; single-threaded (the event loop), read by
     exporter threads through copies."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_versions: int = MAX_MODEL_VERSIONS) -> None:
         self._stats: dict[Key, KpiStats] = {}
+        self._versions: dict[str, None] = {}
+        """Model versions with counters, oldest first."""
+        self._max_versions = max_versions
         self.unattributed: dict[str, int] = {}
 
     def of(self, task: str, model_version: str, arm: str) -> KpiStats:
         key = (task, model_version, arm)
         stats = self._stats.get(key)
         if stats is None:
+            if model_version not in self._versions:
+                self._versions[model_version] = None
+                while len(self._versions) > self._max_versions:
+                    oldest = next(iter(self._versions))
+                    del self._versions[oldest]
+                    self._stats = {k: v for k, v in self._stats.items() if k[1] != oldest}
             stats = self._stats[key] = KpiStats()
         return stats
 
