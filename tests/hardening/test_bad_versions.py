@@ -15,6 +15,7 @@ import unirank.server.app as app_module
 from unirank.artifact import ArtifactError, load_artifact, store
 from unirank.artifact.store import init_repository
 from unirank.client import AsyncRecommenderClient
+from unirank.server.profile_io import derive_profile
 
 from ..conftest import PROFILES, relaxed_profile, running_server
 from .badversions import (
@@ -112,8 +113,11 @@ async def test_a_non_finite_score_at_serve_time_answers_with_the_fallback(
     """A graph right at warm-up (no user) but NaN for known users: no NaN reaches a caller, and
     the broken model is logged once, not once per request."""
     version = publish(artifact_dir, tmp_path / "v001", "v001", bad_graph("nan_for_known_users"))
+    # The offline drift reference: a served one scores known users at load and would refuse this
+    # graph there (test_scoring_the_drift_reference_refuses_a_graph_wrong_for_known_users).
+    offline = derive_profile(relaxed_profile("cpu-realtime"), {"telemetry": {"drift_reference": "offline"}})
     async with (
-        running_server("cpu-realtime", version) as server,
+        running_server(offline, version) as server,
         AsyncRecommenderClient(server.address) as client,
     ):
         artifact = server.pipeline.runtime.artifact  # type: ignore[union-attr]
@@ -128,6 +132,19 @@ async def test_a_non_finite_score_at_serve_time_answers_with_the_fallback(
     assert not anonymous.fallback and anonymous.items  # the model still answers where it can
     assert server.telemetry.stats.task("notification").fallbacks == {"backend_error": 20}
     assert sum("backend error on notification" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_scoring_the_drift_reference_refuses_a_graph_wrong_for_known_users(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    """The served drift reference scores requests like real traffic at load (known users with
+    their histories): a graph that passes warm-up but answers them NaN never serves."""
+    version = publish(artifact_dir, tmp_path / "v001", "v001", bad_graph("nan_for_known_users"))
+    code, output = await run_serve(
+        ["--profile", str(PROFILES / "cpu-realtime.toml"), "--artifact", str(version), "--port", "0"]
+    )
+    assert code == 3, output
+    assert "non-finite" in output and "Traceback" not in output, output
 
 
 @pytest.mark.parametrize("kind", ["fails_to_run", "nan"])

@@ -131,11 +131,11 @@ class UniRankServer:
             raise ArtifactError(f"{version_dir}: {exc}") from exc
         runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
         self._check_fits(runtime, None)
-        self._announce(runtime, ScoreReference.from_metrics(runtime.artifact.metrics))
         self._loaded = stamp
         if self.features is None:
             self.features = make_feature_store(self.profile.features)
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
+        self._announce(runtime, await self._references(runtime))
         limits = self.profile.server
         self.first_message = FirstMessageGuard(limits.connections.first_message_timeout_ms / 1000.0)
         server = grpc.aio.server(
@@ -271,10 +271,10 @@ class UniRankServer:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
                 try:
                     self._check_fits(runtime, self.pipeline.runtime)
-                except ArtifactError:
-                    await runtime.close()
+                    references = await self._references(runtime)
+                except Exception:
+                    await runtime.close()  # refused after loading: its backend must not linger
                     raise
-                references = ScoreReference.from_metrics(runtime.artifact.metrics)
             except Exception as exc:
                 raise self._refuse(target, stamp, exc) from exc
             self._incomplete_since.clear()  # the newest version loaded: none older is waited for
@@ -286,6 +286,15 @@ class UniRankServer:
             log.info("reloaded: %s -> %s", old.version, runtime.version)
             self._spawn(self._retire(old))
             return runtime.version
+
+    async def _references(self, runtime: ModelRuntime) -> dict[str, ScoreReference]:
+        """The drift references of ``runtime`` (``[telemetry] drift_reference``): measured on this
+        profile's served candidate sets, the artifact's offline ones where that is off or impossible."""
+        offline = ScoreReference.from_metrics(runtime.artifact.metrics)
+        if self.profile.telemetry.drift_reference == "offline":
+            return offline
+        assert self.pipeline is not None
+        return {**offline, **await self.pipeline.score_references(runtime)}
 
     def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
         """Refuse a version this profile cannot serve as configured, or (on a reload, unless the

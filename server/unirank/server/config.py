@@ -341,8 +341,14 @@ class TelemetrySection(_Strict):
     """``json``: one JSON object per log line; either way, lines written while handling a request
     carry its task type, request id and trace id (``unirank serve --log-format``)."""
     drift_window: int = Field(2000, ge=10, le=1_000_000)
-    """Most recent model-scored requests per task whose top score is compared with the artifact's
-    offline reference distribution (PSI)."""
+    """Most recent model-scored requests per task whose top score is compared with the reference
+    distribution (PSI)."""
+    drift_reference: Literal["served", "offline"] = "served"
+    """What live top scores are compared with: ``served``, the top scores of candidate sets this
+    profile's own retrieval and pre-rules give requests like its traffic, scored at load (200 per
+    use-case); ``offline``, the artifact's validation top scores over the whole catalogue, which
+    sit above any retrieved subset's (healthy traffic then reads as drift). ``served`` falls back to
+    ``offline`` for a use-case it cannot ask."""
     drift_min_samples: int = Field(200, ge=1, le=1_000_000)
     """PSI is reported once a task's window holds this many scores; fewer would be noise."""
 

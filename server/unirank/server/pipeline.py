@@ -46,10 +46,11 @@ from unirank.server.impressions import (
     InMemoryImpressionStore,
     make_impression_store,
 )
+from unirank.server.reference import REFERENCE_REQUESTS, reference_contexts
 from unirank.server.retrieval import ReleaseWindow
 from unirank.server.rules import BoundRule, bind_rules
 from unirank.server.runtime import ModelRuntime
-from unirank.server.telemetry import RequestTrace, Telemetry
+from unirank.server.telemetry import RequestTrace, ScoreReference, Telemetry
 from unirank.server.telemetry.kpi import VIEW_EVENT_TYPE
 from unirank.server.telemetry.logs import ThrottledLog
 
@@ -314,15 +315,9 @@ class RankingPipeline:
             raise _Fallback(FallbackReason.COLD_START, cold)
         rule_ctx = self._rule_context(runtime, encoded)
         with trace.stage("retrieval"):
-            if request.options.candidate_item_ids:
-                known = runtime.encoder.catalog.items.known_indices(request.options.candidate_item_ids)
-                candidates = runtime.retriever.caller_candidates(known, config.retrieval.max_candidates)
-            else:
-                candidates = runtime.retriever.retrieve(encoded, config.retrieval, window)
+            candidates = self._retrieve(request, task, runtime, encoded, window)
         with trace.stage("pre_rules"):
-            candidates = self._exclude_requested(request, runtime, candidates)
-            for rule in task.pre_rules:
-                candidates = rule(candidates, rule_ctx)
+            candidates = self._pre_rules(request, task, runtime, candidates, rule_ctx)
         if not len(candidates):
             raise _Fallback(FallbackReason.NO_CANDIDATES, "no candidate survived retrieval and pre-rules")
         failure: BackendError | BatchingError | None = None
@@ -351,6 +346,61 @@ class RankingPipeline:
             for rule in task.post_rules:
                 ranked = rule(ranked, rule_ctx)
         return self._respond(request, task, runtime, ranked, trace)
+
+    @staticmethod
+    def _retrieve(
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        encoded: EncodedContext,
+        window: ReleaseWindow | None,
+    ) -> Candidates:
+        """The caller's candidates, else what the task's retrieval finds."""
+        retrieval = task.config.retrieval
+        if request.options.candidate_item_ids:
+            known = runtime.encoder.catalog.items.known_indices(request.options.candidate_item_ids)
+            return runtime.retriever.caller_candidates(known, retrieval.max_candidates)
+        return runtime.retriever.retrieve(encoded, retrieval, window)
+
+    def _pre_rules(
+        self,
+        request: RankRequest,
+        task: TaskRuntime,
+        runtime: ModelRuntime,
+        candidates: Candidates,
+        rule_ctx: RuleContext,
+    ) -> Candidates:
+        candidates = self._exclude_requested(request, runtime, candidates)
+        for rule in task.pre_rules:
+            candidates = rule(candidates, rule_ctx)
+        return candidates
+
+    async def score_references(
+        self, runtime: ModelRuntime, requests_per_task: int = REFERENCE_REQUESTS
+    ) -> dict[str, ScoreReference]:
+        """Per served task, the distribution of ``runtime``'s top score over the candidates this
+        profile's retrieval and pre-rules give requests like its traffic (:mod:`reference`): the
+        reference live top scores are compared with (drift, PSI). Tasks it cannot ask are left out."""
+        references: dict[str, ScoreReference] = {}
+        for task_type, task in self.tasks.items():
+            if not runtime.has_head(task_by_type(task_type)):
+                continue
+            window = runtime.retriever.release_window(0, 0) if task.uses_release_window else None
+            tops = []
+            for context in reference_contexts(runtime.artifact, task_type, requests_per_task):
+                request = RankRequest(context=context)
+                encoded = runtime.encoder.encode(context)
+                if _cold_start(task_type, encoded):
+                    continue
+                rule_ctx = self._rule_context(runtime, encoded)
+                candidates = self._retrieve(request, task, runtime, encoded, window)
+                candidates = self._pre_rules(request, task, runtime, candidates, rule_ctx)
+                if len(candidates):
+                    inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
+                    tops.append(float((await runtime.backend.score(inputs))[0].max()))
+            if len(tops) >= 20:  # fewer would make quantile bins of one or two scores
+                references[task.name] = ScoreReference.from_scores(tops)
+        return references
 
     def _rule_context(self, runtime: ModelRuntime, encoded: EncodedContext) -> RuleContext:
         return RuleContext(

@@ -17,6 +17,7 @@ import torch
 
 from unirank.artifact import TASKS, Catalog, ModelInputs, TaskType
 from unirank.artifact.catalog import is_new_release
+from unirank.artifact.histogram import REFERENCE_BINS, quantile_histogram
 from unirank.model.net import UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
@@ -227,7 +228,12 @@ def evaluate_scorers(
 
 
 def score_reference(
-    scorer: ModelScorer, dataset: Dataset, catalog: Catalog, rows_per_task: int, seed: int, bins: int = 10
+    scorer: ModelScorer,
+    dataset: Dataset,
+    catalog: Catalog,
+    rows_per_task: int,
+    seed: int,
+    bins: int = REFERENCE_BINS,
 ) -> dict[str, dict[str, list[float]]]:
     """Per task, a quantile histogram of the model's top score on validation rows (for drift / PSI).
 
@@ -241,17 +247,10 @@ def score_reference(
         if not len(rows):
             continue
         best = rank_rows(scorer, dataset, rows, candidates).best
-        best = best[np.isfinite(best)]
-        if not len(best):
+        if not np.isfinite(best).any():
             continue
-        edges = np.quantile(best, np.linspace(0.0, 1.0, bins + 1))
-        # Equal quantiles (a constant score) would make empty bins of zero width; keep edges increasing.
-        edges = np.maximum.accumulate(edges + np.arange(bins + 1) * 1e-9)
-        counts, _ = np.histogram(best, bins=edges)
-        out[spec.name] = {
-            "edges": [float(e) for e in edges],
-            "fractions": [float(c) / len(best) for c in counts],
-        }
+        edges, fractions = quantile_histogram(best, bins)
+        out[spec.name] = {"edges": edges, "fractions": fractions}
     return out
 
 

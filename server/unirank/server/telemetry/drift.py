@@ -8,6 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from unirank.artifact.histogram import REFERENCE_BINS, quantile_histogram
+
 PSI_EPSILON = 1e-4
 """Floor of a bin's fraction in the PSI sum, so an empty bin costs a large but finite amount."""
 
@@ -42,6 +46,12 @@ class ScoreReference:
     @property
     def bins(self) -> int:
         return len(self.fractions)
+
+    @classmethod
+    def from_scores(cls, scores: Sequence[float], bins: int = REFERENCE_BINS) -> ScoreReference:
+        """The quantile histogram of ``scores`` (at least one finite), binned as training bins."""
+        edges, fractions = quantile_histogram(np.asarray(scores, dtype=np.float64), bins)
+        return cls(tuple(edges), tuple(fractions))
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> dict[str, ScoreReference]:
