@@ -205,3 +205,28 @@ async def test_every_batch_member_is_an_impression_of_its_task(artifact_dir: Pat
         stats = await _stats(server)
         assert (stats.tasks["notification"].impressions, stats.tasks["search"].impressions) == (1, 2)
         assert stats.tasks["search"].clicks == 1
+
+
+async def test_a_lost_redis_store_degrades_without_errors(
+    artifact_dir: Path,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    profile = _profile(store="redis", redis_url=redis_server.url, timeout_ms=200)
+    async with (
+        running_server(profile, artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        before = await client.notification("u1")
+        redis_server.stop()
+        answer = await client.notification("u2")  # answered, though its impression is not stored
+        assert answer.items and answer.impression_id
+        events = [
+            Event("u1", before.items[0].item_id, "click", impression_id=before.impression_id),
+            Event("u2", answer.items[0].item_id, "click", impression_id=answer.impression_id),
+        ]
+        recorded = await client.record_events(events)
+        assert (recorded.attributed, recorded.unattributed) == (0, 2)
+        stats = await _stats(server)
+        assert stats.unattributed_by_reason == {"store_unavailable": 2}
+        assert stats.tasks["notification"].impressions == 2
+        assert server.pipeline is not None and server.pipeline.impressions.store_errors == 2
