@@ -74,15 +74,14 @@ def version_name() -> str:
 
 
 def write_demo_profile(path: Path, event_log: Path) -> None:
-    """cpu-realtime with an event log and a repository poll interval on every use-case."""
+    """cpu-realtime with an event log and a repository poll interval."""
     from unirank.server.config import load_profile
     from unirank.server.profile_io import derive_profile, write_profile
 
     base = load_profile(BASE_PROFILE)
-    poll = {"freshness": {"artifact_poll_interval_s": POLL_INTERVAL_S}}
     overrides = {
         "features": {"store": "memory", "event_log": str(event_log)},
-        "tasks": {name: poll for name in base.tasks},
+        "model": {"artifact_poll_interval_s": POLL_INTERVAL_S},
     }
     write_profile(derive_profile(base, overrides), path)
 

@@ -33,15 +33,12 @@ POLL_S = 0.05
 
 def polling_profile(incomplete_timeout_s: float = 60.0, **model: object):  # type: ignore[no-untyped-def]
     """cpu-realtime with relaxed timeouts, polling the repository every ``POLL_S``."""
-    profile = relaxed_profile("cpu-realtime")
-    tasks = {
-        name: task.model_copy(
-            update={"freshness": task.freshness.model_copy(update={"artifact_poll_interval_s": POLL_S})}
-        )
-        for name, task in profile.tasks.items()
+    section = {
+        "artifact_poll_interval_s": POLL_S,
+        "incomplete_version_timeout_s": incomplete_timeout_s,
+        **model,
     }
-    section = profile.model.model_copy(update={"incomplete_version_timeout_s": incomplete_timeout_s, **model})
-    return profile.model_copy(update={"tasks": tasks, "model": section})
+    return derive_profile(relaxed_profile("cpu-realtime"), {"model": section})
 
 
 async def wait_for(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]

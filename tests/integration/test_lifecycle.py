@@ -108,7 +108,7 @@ async def test_new_version_is_picked_up_by_polling(artifact_dir: Path, tmp_path:
     repo = tmp_path / "repo"
     init_repository(repo)
     clone_version(artifact_dir, repo / "v001", "v001")
-    profile = profile_with(tasks={"search": {"freshness": {"artifact_poll_interval_s": 0.05}}})
+    profile = profile_with(model={"artifact_poll_interval_s": 0.05})
     async with running_server(profile, repo) as server, AsyncRecommenderClient(server.address) as client:
         clone_version(artifact_dir, repo / "v002", "v002")
         for _ in range(200):

@@ -59,3 +59,11 @@ def test_bad_profile_fails_naming_file_and_key(tmp_path: Path, body: str, expect
 def test_missing_profile_file(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match="no such profile file"):
         load_profile(tmp_path / "absent.toml")
+
+
+def test_the_poll_interval_moved_to_the_model_section(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'name="x"\n[tasks.search]\nfreshness={artifact_poll_interval_s=5}\n')
+    with pytest.raises(ProfileError, match=r"moved to \[model\] artifact_poll_interval_s"):
+        load_profile(path)
+    moved = _write(tmp_path, 'name="x"\n[model]\nartifact_poll_interval_s=5\n[tasks.search]\n')
+    assert load_profile(moved).model.artifact_poll_interval_s == 5

@@ -212,9 +212,7 @@ class UniRankServer:
             await self._set_serving(ready)
 
     def _poll_interval(self) -> float:
-        intervals = [t.freshness.artifact_poll_interval_s for t in self.profile.tasks.values()]
-        active = [i for i in intervals if i > 0]
-        return min(active) if active else 0.0
+        return self.profile.model.artifact_poll_interval_s
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -58,6 +58,9 @@ class ModelSection(_Strict):
     incomplete_version_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)
     """How long a new version whose manifest lists a file that is not there yet (a copy still in
     progress) is retried, at each poll or SIGHUP, before it is refused. 0 refuses it at once."""
+    artifact_poll_interval_s: float = Field(0.0, ge=0.0)
+    """How often to look for a new artifact version in the repository (0 = never; reload on demand
+    only: SIGHUP or ``UniRankServer.reload``)."""
     allow_catalog_change: bool = False
     """Whether a reload may switch to a version of another model family (architecture) or another
     catalogue (fewer than half of the serving version's item ids); false refuses such a version,
@@ -169,8 +172,16 @@ class FreshnessConfig(_Strict):
 
     max_feature_age_s: float = Field(300.0, ge=0.0)
     """Oldest online user features (recent history) the use-case may read."""
-    artifact_poll_interval_s: float = Field(0.0, ge=0.0)
-    """How often to look for a new artifact version (0 = never; reload on demand only)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "artifact_poll_interval_s" in data:
+            raise ValueError(
+                "artifact_poll_interval_s governs the whole server's reload: it moved to "
+                "[model] artifact_poll_interval_s"
+            )
+        return data
 
 
 FallbackStrategy = Literal["popular", "popular_in_category", "popular_new_releases", "empty", "error"]
