@@ -36,6 +36,9 @@ SETTINGS = {
     "in_batch_negatives": True,
     "pool_negatives": 8,
     "eval_rows_per_task": 200,
+    # Head calibration compares validation NDCG step by step: a last-digit difference between the
+    # two runs' weights could flip a step, which is not what this test is about.
+    "calibrate_heads": False,
 }
 REPO = Path(__file__).resolve().parents[2]
 
