@@ -150,7 +150,6 @@ class UniRankServer:
         )
         servicer = RecommenderServicer(
             self.pipeline,
-            limits.max_batch_requests,
             telemetry,
             self.admission,
             peers=self.group.stats_exchange() if self.group is not None else None,

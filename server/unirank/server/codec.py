@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from unirank.artifact import TASKS, Context, TaskType
 from unirank.artifact.eventtime import EVENT_TIME_RANGE, MAX_EVENT_TIME_MS, is_valid_event_time_ms
 from unirank.server.config import ServerSection
-from unirank.server.domain import RankedItem, RankOptions, RankRequest, RankResponse
-from unirank.server.errors import FieldViolation, InvalidArgument
+from unirank.server.domain import ModelInfo, RankedItem, RankOptions, RankRequest, RankResponse
+from unirank.server.errors import FieldViolation, InvalidArgument, ServingError, code_of
 from unirank.server.features import RecentEvent
 from unirank.server.impressions import Feedback
 from unirank.server.telemetry.kpi import KpiCounters
@@ -360,3 +360,51 @@ def feedback_from_pb(message: pb.RecordEventsRequest) -> list[Feedback]:
         for e in message.events
         if e.impression_id
     ]
+
+
+def model_info_to_pb(info: ModelInfo) -> pb.GetModelInfoResponse:
+    """The domain model info as ``GetModelInfo`` answers it."""
+    return pb.GetModelInfoResponse(
+        model_version=info.model_version,
+        schema_version=info.schema_version,
+        profile=info.profile,
+        backend=info.backend,
+        device=info.device,
+        tasks=[
+            pb.TaskInfo(
+                task_type=int(task.task),  # type: ignore[arg-type]
+                served=task.served,
+                offline_metrics=task.offline_metrics,
+            )
+            for task in info.tasks
+        ],
+        created_unix_ms=info.created_unix_ms,
+        catalog_size=info.catalog_size,
+    )
+
+
+def batch_response_to_pb(
+    requests: Sequence[RankRequest], outcomes: Sequence[RankResponse | ServingError]
+) -> pb.RecommendBatchResponse:
+    """Members' answers in order; ``statuses`` (one per member) only when a member failed, so an
+    all-answered batch reads as it did before per-member statuses existed."""
+    answer = pb.RecommendBatchResponse()
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if isinstance(outcome, ServingError):
+            answer.responses.add()
+        else:
+            answer.responses.append(response_to_pb(outcome, request.options.debug))
+    if any(isinstance(outcome, ServingError) for outcome in outcomes):
+        answer.statuses.extend(_member_status(outcome) for outcome in outcomes)
+    return answer
+
+
+def _member_status(outcome: RankResponse | ServingError) -> pb.MemberStatus:
+    """OK for an answered member, else the status its error would give a call of its own."""
+    if not isinstance(outcome, ServingError):
+        return pb.MemberStatus()
+    status = pb.MemberStatus(code=code_of(outcome).value[0], message=outcome.message, reason=outcome.reason)
+    retry_after_s = getattr(outcome, "retry_after_s", None)
+    if retry_after_s is not None:
+        status.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+    return status

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -122,3 +122,38 @@ class RuleContext:
     release_year: np.ndarray
     primary_category: np.ndarray  # per item index, category index
     title_keys: np.ndarray  # per item index, an id of the normalised title
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """One use-case of the registry as this server serves it (GetModelInfo)."""
+
+    task: TaskType
+    served: bool
+    """The profile serves it and the model has a trained head for it."""
+    offline_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The serving model version and what it serves (GetModelInfo)."""
+
+    model_version: str
+    schema_version: str
+    profile: str
+    backend: str
+    device: str
+    tasks: list[TaskInfo]
+    created_unix_ms: int
+    catalog_size: int
+
+
+class AdmissionGate(Protocol):
+    """Execution slots a RecommendBatch member waits for, like a call of its own
+    (``unirank.server.interceptors.Admission``)."""
+
+    async def enter(self, task: str = "", remaining_s: float | None = None) -> None: ...
+
+    def exit(self) -> None: ...
+
+    def served(self, task: str, seconds: float) -> None: ...

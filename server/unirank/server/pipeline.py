@@ -15,20 +15,23 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from unirank.artifact import Catalog, Context, EncodedContext, TaskType
-from unirank.artifact.tasks import task_by_name, task_by_type
+from unirank.artifact.tasks import TASKS, TaskSpec, task_by_name, task_by_type
 from unirank.server.backends.base import BackendError
 from unirank.server.batching import BatchingError, DeadlineDropped, QueueFull
 from unirank.server.cache import TTLCache
 from unirank.server.config import Profile, TaskConfig
 from unirank.server.domain import (
     SOURCES,
+    AdmissionGate,
     Candidates,
     FallbackReason,
+    ModelInfo,
     RankedItem,
     RankRequest,
     RankResponse,
     RuleContext,
     Source,
+    TaskInfo,
 )
 from unirank.server.errors import (
     DeadlineExceeded,
@@ -36,6 +39,7 @@ from unirank.server.errors import (
     InvalidArgument,
     ModelUnavailable,
     Overloaded,
+    ServingError,
     TaskNotServed,
     UnknownEntity,
 )
@@ -146,6 +150,77 @@ class RankingPipeline:
                 f"it serves {sorted(t.name for t in self.tasks.values())}"
             )
         return runtime
+
+    def serves(self, spec: TaskSpec) -> bool:
+        """The profile serves ``spec`` and the model has a trained head for it."""
+        return spec.task_type in self.tasks and self._runtime.has_head(spec)
+
+    def model_info(self) -> ModelInfo:
+        """The serving version, and per use-case of the registry whether it is served and its
+        offline metrics (GetModelInfo)."""
+        runtime, artifact = self._runtime, self._runtime.artifact
+        task_metrics = artifact.metrics.get("tasks", {})
+        return ModelInfo(
+            model_version=artifact.model_version,
+            schema_version=artifact.schema_version,
+            profile=self.profile.name,
+            backend=runtime.backend.name,
+            device=runtime.backend.device,
+            tasks=[
+                TaskInfo(
+                    task=spec.task_type,
+                    served=self.serves(spec),
+                    offline_metrics={
+                        k: float(v) for k, v in task_metrics.get(spec.name, {}).get("model", {}).items()
+                    },
+                )
+                for spec in TASKS
+            ],
+            created_unix_ms=int(artifact.manifest.get("created_unix_ms", 0)),
+            catalog_size=artifact.catalog.n_items,
+        )
+
+    def check_batch_size(self, size: int) -> None:
+        """A RecommendBatch of ``size`` members is within the profile's limit (before any member
+        is read)."""
+        limit = self.profile.server.max_batch_requests
+        if size > limit:
+            raise InvalidArgument.single("requests", f"{size} requests, at most {limit} per batch")
+
+    async def recommend_batch(
+        self, requests: list[RankRequest], deadline: float | None, gate: AdmissionGate
+    ) -> list[RankResponse | ServingError]:
+        """Every member validated first (a bad one fails the call, by name), then each admitted
+        through ``gate`` and ranked on its own: a member's error is its outcome, not the call's."""
+        self.check_batch_size(len(requests))
+        tasks = [self.check(r, f"requests[{i}].").name for i, r in enumerate(requests)]
+        # Only a bug (not a ServingError) fails the call; the task group then cancels the others.
+        async with asyncio.TaskGroup() as group:
+            members = [
+                group.create_task(self._batch_member(r, task, deadline, gate))
+                for r, task in zip(requests, tasks, strict=True)
+            ]
+        return [member.result() for member in members]
+
+    async def _batch_member(
+        self, request: RankRequest, task: str, deadline: float | None, gate: AdmissionGate
+    ) -> RankResponse | ServingError:
+        """One member: admitted on its own slot (deadline-aware, like a call of its own), ranked,
+        and its error returned rather than raised so the others are still answered."""
+        loop = asyncio.get_running_loop()
+        try:
+            await gate.enter(task, None if deadline is None else deadline - loop.time())
+        except ServingError as error:
+            return error
+        admitted_at = loop.time()
+        try:
+            response = await self.recommend(request, deadline)
+        except ServingError as error:
+            return error
+        finally:
+            gate.exit()
+        gate.served(task, loop.time() - admitted_at)
+        return response
 
     def check(self, request: RankRequest, field_prefix: str = "") -> TaskRuntime:
         """Profile- and model-dependent validation (served task, result limit)."""

@@ -8,10 +8,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from unirank.artifact.tasks import TASKS
 from unirank.server import codec
-from unirank.server.domain import RankRequest, RankResponse
-from unirank.server.errors import InvalidArgument, ServingError, code_of
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.telemetry import Telemetry
 from unirank.server.telemetry.workers import StatsExchange, merge_stats
@@ -29,28 +26,15 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return asyncio.get_running_loop().time() + remaining
 
 
-def _member_status(outcome: RankResponse | ServingError) -> pb.MemberStatus:
-    """OK for an answered member, else the status its error would give a call of its own."""
-    if not isinstance(outcome, ServingError):
-        return pb.MemberStatus()
-    status = pb.MemberStatus(code=code_of(outcome).value[0], message=outcome.message, reason=outcome.reason)
-    retry_after_s = getattr(outcome, "retry_after_s", None)
-    if retry_after_s is not None:
-        status.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
-    return status
-
-
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     def __init__(
         self,
         pipeline: RankingPipeline,
-        max_batch_requests: int,
         telemetry: Telemetry,
         admission: Admission,
         peers: StatsExchange | None = None,
     ) -> None:
         self._pipeline = pipeline
-        self._max_batch_requests = max_batch_requests
         self._telemetry = telemetry
         self._admission = admission
         self._peers = peers
@@ -66,52 +50,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendBatchResponse:
-        if len(request.requests) > self._max_batch_requests:
-            raise InvalidArgument.single(
-                "requests", f"{len(request.requests)} requests, at most {self._max_batch_requests} per batch"
-            )
-        # Validate everything before doing any work, so a bad member fails fast and by name.
+        self._pipeline.check_batch_size(len(request.requests))  # before reading any member
         rank_requests = [codec.request_from_pb(r, f"requests[{i}].") for i, r in enumerate(request.requests)]
-        tasks = [self._pipeline.check(r, f"requests[{i}].").name for i, r in enumerate(rank_requests)]
-        deadline = _deadline(context)
-        # A failing member answers for itself; only a bug (not a ServingError) fails the call,
-        # and the task group then cancels the other members instead of letting them run on.
-        async with asyncio.TaskGroup() as group:
-            members = [
-                group.create_task(self._member(r, task, deadline))
-                for r, task in zip(rank_requests, tasks, strict=True)
-            ]
-        outcomes = [member.result() for member in members]
-        answer = pb.RecommendBatchResponse()
-        for req, outcome in zip(rank_requests, outcomes, strict=True):
-            if isinstance(outcome, ServingError):
-                answer.responses.add()
-            else:
-                answer.responses.append(codec.response_to_pb(outcome, req.options.debug))
-        if any(isinstance(outcome, ServingError) for outcome in outcomes):
-            answer.statuses.extend(_member_status(outcome) for outcome in outcomes)
-        return answer
-
-    async def _member(
-        self, request: RankRequest, task: str, deadline: float | None
-    ) -> RankResponse | ServingError:
-        """One RecommendBatch member: admitted on its own slot (deadline-aware, like a call of its
-        own), ranked, and its error returned rather than raised so the others are still answered."""
-        admission = self._admission
-        loop = asyncio.get_running_loop()
-        try:
-            await admission.enter(task, None if deadline is None else deadline - loop.time())
-        except ServingError as error:
-            return error
-        admitted_at = loop.time()
-        try:
-            response = await self._pipeline.recommend(request, deadline)
-        except ServingError as error:
-            return error
-        finally:
-            admission.exit()
-        admission.served(task, loop.time() - admitted_at)
-        return response
+        outcomes = await self._pipeline.recommend_batch(rank_requests, _deadline(context), self._admission)
+        return codec.batch_response_to_pb(rank_requests, outcomes)
 
     async def RecordEvents(
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
@@ -127,31 +69,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        pipeline = self._pipeline
-        runtime = pipeline.runtime
-        artifact = runtime.artifact
-        served = {t.task_type for t in TASKS if t.task_type in pipeline.tasks and runtime.has_head(t)}
-        task_metrics = artifact.metrics.get("tasks", {})
-        tasks = []
-        for spec in TASKS:
-            model_metrics = task_metrics.get(spec.name, {}).get("model", {})
-            tasks.append(
-                pb.TaskInfo(
-                    task_type=int(spec.task_type),  # type: ignore[arg-type]
-                    served=spec.task_type in served,
-                    offline_metrics={k: float(v) for k, v in model_metrics.items()},
-                )
-            )
-        return pb.GetModelInfoResponse(
-            model_version=artifact.model_version,
-            schema_version=artifact.schema_version,
-            profile=pipeline.profile.name,
-            backend=runtime.backend.name,
-            device=runtime.backend.device,
-            tasks=tasks,
-            created_unix_ms=int(artifact.manifest.get("created_unix_ms", 0)),
-            catalog_size=artifact.catalog.n_items,
-        )
+        return codec.model_info_to_pb(self._pipeline.model_info())
 
     async def GetServingStats(
         self, request: pb.GetServingStatsRequest, context: grpc.aio.ServicerContext
