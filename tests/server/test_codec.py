@@ -9,7 +9,7 @@ from unirank.artifact import Context, TaskType
 from unirank.server.codec import _all_plain_ascii_ids, _id_problem, request_from_pb
 from unirank.server.domain import RankOptions, RankRequest
 from unirank.server.errors import InvalidArgument
-from unirank.server.pipeline import _cache_key
+from unirank.server.request_context import cache_key as _cache_key
 from unirank.v1 import recommender_pb2 as pb
 
 

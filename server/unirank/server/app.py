@@ -18,6 +18,7 @@ from unirank.server.config import Profile
 from unirank.server.features import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.interceptors import Admission, ErrorInterceptor
 from unirank.server.pipeline import RankingPipeline
+from unirank.server.reference import score_references
 from unirank.server.repository import Fingerprint, check_same_family, fingerprint, resolve_artifact
 from unirank.server.retrieval import check_item_index
 from unirank.server.runtime import ModelRuntime
@@ -291,7 +292,7 @@ class UniRankServer:
         if self.profile.telemetry.drift_reference == "offline":
             return offline
         assert self.pipeline is not None
-        return {**offline, **await self.pipeline.score_references(runtime)}
+        return {**offline, **await score_references(self.pipeline, runtime)}
 
     def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
         """Refuse a version this profile cannot serve as configured, or (on a reload, unless the

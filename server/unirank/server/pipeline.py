@@ -5,32 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
 import logging
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 
-from unirank.artifact import Catalog, Context, EncodedContext, TaskType
+from unirank.artifact import EncodedContext, TaskType
 from unirank.artifact.tasks import TASKS, TaskSpec, task_by_name, task_by_type
+from unirank.server.answers import answer, fallback_ranking
 from unirank.server.backends.base import BackendError
 from unirank.server.batching import BatchingError, DeadlineDropped, QueueFull
 from unirank.server.cache import TTLCache
-from unirank.server.config import Profile, TaskConfig
+from unirank.server.config import Profile
 from unirank.server.domain import (
-    SOURCES,
     AdmissionGate,
     Candidates,
     FallbackReason,
     ModelInfo,
-    RankedItem,
     RankRequest,
     RankResponse,
     RuleContext,
-    Source,
     TaskInfo,
 )
 from unirank.server.errors import (
@@ -50,34 +46,23 @@ from unirank.server.impressions import (
     InMemoryImpressionStore,
     make_impression_store,
 )
-from unirank.server.reference import REFERENCE_REQUESTS, reference_contexts
+from unirank.server.request_context import (
+    cache_key,
+    cold_start,
+    did_you_mean,
+    exclude_requested,
+    rule_context,
+    with_stored_history,
+)
 from unirank.server.retrieval import ReleaseWindow
-from unirank.server.rules import BoundRule, bind_rules
+from unirank.server.rules import bind_rules
 from unirank.server.runtime import ModelRuntime
-from unirank.server.telemetry import RequestTrace, ScoreReference, Telemetry
+from unirank.server.task_runtime import TaskRuntime
+from unirank.server.telemetry import RequestTrace, Telemetry
 from unirank.server.telemetry.kpi import VIEW_EVENT_TYPE
 from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskRuntime:
-    """A use-case's configuration made executable."""
-
-    name: str
-    head_index: int
-    config: TaskConfig
-    pre_rules: tuple[BoundRule, ...]
-    post_rules: tuple[BoundRule, ...]
-    cache: TTLCache[RankResponse] | None
-
-    @functools.cached_property
-    def uses_release_window(self) -> bool:
-        """Retrieval or fallback depends on the request's new-release window (its time)."""
-        return self.config.fallback.strategy == "popular_new_releases" or any(
-            source.source == "new_releases" for source in self.config.retrieval.sources
-        )
 
 
 class _Fallback(Exception):
@@ -271,7 +256,7 @@ class RankingPipeline:
     ) -> RankResponse:
         stored_history = False
         if request.context.user_id and not request.context.history_item_ids:
-            request, stored_history = _with_stored_history(request, runtime)
+            request, stored_history = with_stored_history(request, runtime)
         if self._features is not None and request.context.user_id:
             with trace.stage("features"):
                 request = await self._with_recent_history(request, task)
@@ -284,7 +269,7 @@ class RankingPipeline:
         # Caller-supplied candidates make a request unique: caching it would only fill memory.
         if task.cache is not None and not request.options.candidate_item_ids:
             with trace.stage("cache"):
-                key = (runtime.version, self.config_epoch, window, _cache_key(request))
+                key = (runtime.version, self.config_epoch, window, cache_key(request))
                 cached = task.cache.get(key)
             trace.cache_lookup(cached is not None)
             if cached is not None:
@@ -383,12 +368,12 @@ class RankingPipeline:
         config = task.config
         with trace.stage("encode"):
             encoded = runtime.encoder.encode(request.context)
-            cold = _cold_start(request.task, encoded)
+            cold = cold_start(request.task, encoded)
             if cold:
-                cold += _did_you_mean(request.context, encoded, runtime.encoder.catalog)
+                cold += did_you_mean(request.context, encoded, runtime.encoder.catalog)
         if cold and config.fallback.on_cold_start:
             raise _Fallback(FallbackReason.COLD_START, cold)
-        rule_ctx = self._rule_context(runtime, encoded)
+        rule_ctx = rule_context(runtime, encoded)
         with trace.stage("retrieval"):
             candidates = self._retrieve(request, task, runtime, encoded, window)
         with trace.stage("pre_rules"):
@@ -420,7 +405,7 @@ class RankingPipeline:
             trace.scored(len(scores), float(scores[order[0]]))
             for rule in task.post_rules:
                 ranked = rule(ranked, rule_ctx)
-        return self._respond(request, task, runtime, ranked, trace)
+        return answer(request, task, runtime, ranked, self.profile.name, trace.stages)
 
     @staticmethod
     def _retrieve(
@@ -445,54 +430,21 @@ class RankingPipeline:
         candidates: Candidates,
         rule_ctx: RuleContext,
     ) -> Candidates:
-        candidates = self._exclude_requested(request, runtime, candidates)
+        candidates = exclude_requested(request, runtime, candidates)
         for rule in task.pre_rules:
             candidates = rule(candidates, rule_ctx)
         return candidates
 
-    async def score_references(
-        self, runtime: ModelRuntime, requests_per_task: int = REFERENCE_REQUESTS
-    ) -> dict[str, ScoreReference]:
-        """Per served task, the distribution of ``runtime``'s top score over the candidates this
-        profile's retrieval and pre-rules give requests like its traffic (:mod:`reference`): the
-        reference live top scores are compared with (drift, PSI). Tasks it cannot ask are left out."""
-        references: dict[str, ScoreReference] = {}
-        for task_type, task in self.tasks.items():
-            if not runtime.has_head(task_by_type(task_type)):
-                continue
-            window = runtime.retriever.release_window(0, 0) if task.uses_release_window else None
-            tops = []
-            for context in reference_contexts(runtime.artifact, task_type, requests_per_task):
-                request = RankRequest(context=context)
-                encoded = runtime.encoder.encode(context)
-                if _cold_start(task_type, encoded):
-                    continue
-                rule_ctx = self._rule_context(runtime, encoded)
-                candidates = self._retrieve(request, task, runtime, encoded, window)
-                candidates = self._pre_rules(request, task, runtime, candidates, rule_ctx)
-                if len(candidates):
-                    inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
-                    tops.append(float((await runtime.backend.score(inputs))[0].max()))
-            if len(tops) >= 20:  # fewer would make quantile bins of one or two scores
-                references[task.name] = ScoreReference.from_scores(tops)
-        return references
-
-    def _rule_context(self, runtime: ModelRuntime, encoded: EncodedContext) -> RuleContext:
-        return RuleContext(
-            history_items=encoded.history[encoded.history > 0],
-            anchor_item=encoded.anchor_item,
-            maturity=runtime.maturity,
-            release_year=runtime.release_year,
-            primary_category=runtime.primary_category,
-            title_keys=runtime.title_keys,
-        )
-
-    @staticmethod
-    def _exclude_requested(request: RankRequest, runtime: ModelRuntime, c: Candidates) -> Candidates:
-        excluded = request.options.excluded_item_ids
-        if not excluded:
-            return c
-        return c.keep(~np.isin(c.items, runtime.encoder.catalog.items.indices(excluded)))
+    def candidates_for(
+        self, request: RankRequest, task: TaskRuntime, runtime: ModelRuntime, window: ReleaseWindow | None
+    ) -> tuple[EncodedContext, Candidates] | None:
+        """What ``runtime`` would score for ``request`` of ``task``: its encoded context and the
+        candidates retrieval and pre-rules leave; None where the request is a cold start."""
+        encoded = runtime.encoder.encode(request.context)
+        if cold_start(request.task, encoded):
+            return None
+        candidates = self._retrieve(request, task, runtime, encoded, window)
+        return encoded, self._pre_rules(request, task, runtime, candidates, rule_context(runtime, encoded))
 
     def _fallback(
         self,
@@ -513,128 +465,8 @@ class RankingPipeline:
                 raise DeadlineExceeded(detail)
             raise ModelUnavailable(detail)
         with trace.stage("fallback"):
-            if strategy == "empty":
-                ranked = Candidates(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.float32))
-            else:
-                encoded = runtime.encoder.encode(request.context)
-                category = encoded.category if strategy == "popular_in_category" else 0
-                limit = self._max_results(request, task) + task.config.retrieval.max_candidates
-                items = runtime.retriever.popular(
-                    limit, category, window if strategy == "popular_new_releases" else None
-                )
-                ranked = Candidates(
-                    items, np.full(len(items), Source.POPULAR, np.int8), np.zeros(len(items), np.float32)
-                )
-                rule_ctx = self._rule_context(runtime, encoded)
-                ranked = self._exclude_requested(request, runtime, ranked)
-                for rule in (*task.pre_rules, *task.post_rules):
-                    ranked = rule(ranked, rule_ctx)
-        response = self._respond(request, task, runtime, ranked, trace)
+            ranked = fallback_ranking(request, task, runtime, window)
+        response = answer(request, task, runtime, ranked, self.profile.name, trace.stages)
         response.fallback_reason = reason
         response.fallback_detail = detail
         return response
-
-    @staticmethod
-    def _max_results(request: RankRequest, task: TaskRuntime) -> int:
-        return request.options.max_results or task.config.default_max_results
-
-    def _respond(
-        self,
-        request: RankRequest,
-        task: TaskRuntime,
-        runtime: ModelRuntime,
-        ranked: Candidates,
-        trace: RequestTrace,
-    ) -> RankResponse:
-        n = min(self._max_results(request, task), len(ranked))
-        catalog = runtime.encoder.catalog
-        keys, titles, category_keys = catalog.items.keys, catalog.titles, catalog.categories.keys
-        top = ranked.items[:n]
-        scores = ranked.scores[:n].tolist() if ranked.scores is not None else [0.0] * len(top)
-        items = [
-            RankedItem(keys[index], score, titles[index], category_keys[category], SOURCES[source])
-            for index, score, category, source in zip(
-                top.tolist(),
-                scores,
-                runtime.primary_category[top].tolist(),
-                ranked.sources[:n].tolist(),
-                strict=True,
-            )
-        ]
-        return RankResponse(
-            request_id=request.request_id,
-            task=request.task,
-            items=items,
-            model_version=runtime.version,
-            profile=self.profile.name,
-            timings=trace.stages,
-        )
-
-
-def _cold_start(task: TaskType, encoded: EncodedContext) -> str:
-    """Why the request lacks the signal its use-case needs (empty string when it has it)."""
-    if (
-        task in (TaskType.NOTIFICATION, TaskType.NEW_RELEASES)
-        and not encoded.user
-        and not encoded.history.any()
-    ):
-        return "unknown user_id and no known history_item_ids"
-    if task is TaskType.RELATED_ITEMS and not encoded.anchor_item:
-        return "unknown anchor_item_id"
-    if task is TaskType.SEARCH and not encoded.query_tokens.any():
-        return "no query token is in the catalogue vocabulary"
-    if task is TaskType.CATEGORY and not encoded.category:
-        return "unknown category_id"
-    return ""
-
-
-def _with_stored_history(request: RankRequest, runtime: ModelRuntime) -> tuple[RankRequest, bool]:
-    """The request with the known user's history from the artifact when it sent none; the caller's
-    history, when sent, always wins. Returns (request, whether the stored history was used)."""
-    catalog = runtime.encoder.catalog
-    items = runtime.retriever.stored_history(catalog.users.index(request.context.user_id))
-    if not len(items):
-        return request, False
-    keys = catalog.items.keys
-    history = tuple(keys[i] for i in items.tolist())
-    return replace(request, context=replace(request.context, history_item_ids=history)), True
-
-
-def _did_you_mean(context: Context, encoded: EncodedContext, catalog: Catalog) -> str:
-    """A hint for a caller whose id is unknown: the close category ids, or what known ids look
-    like (a newcomer's ``u42`` for the catalogue's ``u00042``). Cold path only."""
-    if context.category_id and not encoded.category:
-        close = catalog.categories.closest(context.category_id)
-        if close:
-            return f"; did you mean {' or '.join(repr(c) for c in close)}?"
-        return (
-            f"; known category ids look like {catalog.categories.key(1)!r}"
-            if len(catalog.categories) > 1
-            else ""
-        )
-    for given, vocab, known in (
-        (context.anchor_item_id, catalog.items, encoded.anchor_item),
-        (context.user_id, catalog.users, encoded.user),
-    ):
-        if given and not known and len(vocab) > 1:
-            return f"; {given!r} is not in the catalogue, whose ids look like {vocab.key(1)!r}"
-    return ""
-
-
-def _cache_key(request: RankRequest) -> Hashable:
-    """A 16-byte digest of everything that changes the answer (never the request id).
-
-    A digest, not the fields: a history of hundreds of ids would make each entry kilobytes.
-    """
-    ctx, opts = request.context, request.options
-    parts = (
-        str(int(ctx.task)),
-        ctx.user_id,
-        "\x1f".join(ctx.history_item_ids),
-        " ".join(ctx.query.lower().split()),
-        ctx.anchor_item_id,
-        ctx.category_id,
-        str(opts.max_results),
-        "\x1f".join(opts.excluded_item_ids),
-    )
-    return hashlib.blake2b("\x1e".join(parts).encode(), digest_size=16).digest()

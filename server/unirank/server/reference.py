@@ -12,10 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from unirank.artifact import Artifact, Context, TaskType
+from unirank.artifact.tasks import task_by_type
 from unirank.artifact.text import tokenize
+from unirank.server.domain import RankRequest
+from unirank.server.pipeline import RankingPipeline
+from unirank.server.runtime import ModelRuntime
+from unirank.server.telemetry import ScoreReference
 
 REFERENCE_REQUESTS = 200
 """Requests per use-case the server scores at load to measure its reference."""
+MIN_REFERENCE_SCORES = 20
+"""Fewer top scores than this would make quantile bins of one or two scores: the use-case keeps its
+offline reference."""
 
 
 def reference_contexts(artifact: Artifact, task: TaskType, count: int, seed: int = 0) -> list[Context]:
@@ -60,3 +68,26 @@ def reference_contexts(artifact: Artifact, task: TaskType, count: int, seed: int
     if task is TaskType.CATEGORY:
         return [Context(task=task, category_id=catalog.primary_category(int(item))) for item in picks]
     return []
+
+
+async def score_references(
+    pipeline: RankingPipeline, runtime: ModelRuntime, requests_per_task: int = REFERENCE_REQUESTS
+) -> dict[str, ScoreReference]:
+    """Per served task, the distribution of ``runtime``'s top score over the candidates the
+    pipeline's retrieval and pre-rules give requests like its traffic (:func:`reference_contexts`):
+    the reference live top scores are compared with (drift, PSI). Tasks it cannot ask are left out."""
+    references: dict[str, ScoreReference] = {}
+    for task_type, task in pipeline.tasks.items():
+        if not runtime.has_head(task_by_type(task_type)):
+            continue
+        window = runtime.retriever.release_window(0, 0) if task.uses_release_window else None
+        tops = []
+        for context in reference_contexts(runtime.artifact, task_type, requests_per_task):
+            found = pipeline.candidates_for(RankRequest(context=context), task, runtime, window)
+            if found is not None and len(found[1]):
+                encoded, candidates = found
+                inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
+                tops.append(float((await runtime.backend.score(inputs))[0].max()))
+        if len(tops) >= MIN_REFERENCE_SCORES:
+            references[task.name] = ScoreReference.from_scores(tops)
+    return references
