@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
+from unirank.server.admission import Admission
 from unirank.server.errors import Draining, Overloaded
-from unirank.server.interceptors import Admission
 
 
 async def _settle() -> None:

@@ -150,7 +150,7 @@ class ModelInfo:
 
 class AdmissionGate(Protocol):
     """Execution slots a RecommendBatch member waits for, like a call of its own
-    (``unirank.server.interceptors.Admission``)."""
+    (``unirank.server.admission.Admission``)."""
 
     async def enter(self, task: str = "", remaining_s: float | None = None) -> None: ...
 

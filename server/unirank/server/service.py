@@ -16,7 +16,7 @@ from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from unirank.server.interceptors import Admission
+    from unirank.server.admission import Admission
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
