@@ -14,7 +14,7 @@ from unirank.artifact import TaskType, load_artifact
 from unirank.client import AsyncRecommenderClient
 from unirank.server.cache import TTLCache
 from unirank.server.domain import RankedItem, RankResponse, Source
-from unirank.server.features import InMemoryFeatureStore, RecentEvent
+from unirank.server.online_store import InMemoryFeatureStore, RecentEvent
 
 from ..conftest import known_query, profile_with
 from ..telemetry.conftest import traced_server

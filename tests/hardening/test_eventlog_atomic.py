@@ -21,8 +21,8 @@ from unirank.client import AsyncRecommenderClient, Event, UniRankError
 from unirank.server.app import UniRankServer
 from unirank.server.codec import events_from_pb
 from unirank.server.errors import InvalidArgument
-from unirank.server.features import EventLog, InMemoryFeatureStore, LoggedFeatureStore, RecentEvent
-from unirank.server.features.eventlog import COLUMNS, format_rows
+from unirank.server.online_store import EventLog, InMemoryFeatureStore, LoggedFeatureStore, RecentEvent
+from unirank.server.online_store.eventlog import COLUMNS, format_rows
 from unirank.training.logformat import LogReport, _timestamp
 from unirank.v1 import recommender_pb2 as pb
 

@@ -14,7 +14,7 @@ from unirank.artifact import ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient, Event, UniRankError
 from unirank.server.backends.base import BackendError
 from unirank.server.errors import ERROR_TABLE, ServingError
-from unirank.server.features import FeatureStoreError
+from unirank.server.online_store import FeatureStoreError
 
 from ..conftest import known_query, profile_with, running_server
 

@@ -13,8 +13,8 @@ import pytest
 from unirank.artifact import load_artifact
 from unirank.client import AsyncRecommenderClient, Event, UniRankError
 from unirank.server.config import ProfileError
-from unirank.server.features import EventLog, RecentEvent
-from unirank.server.features.eventlog import COLUMNS
+from unirank.server.online_store import EventLog, RecentEvent
+from unirank.server.online_store.eventlog import COLUMNS
 from unirank.training.eventlogs import merge_event_logs
 from unirank.training.logformat import REQUIRED_COLUMNS, parse_timestamp_ms, read_logs
 from unirank.training.sources import load_logs

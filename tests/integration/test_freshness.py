@@ -15,7 +15,7 @@ import pytest
 
 from unirank.artifact import load_artifact
 from unirank.client import AsyncRecommenderClient, Event, UniRankError
-from unirank.server.features import FeatureStoreError, RecentEvent
+from unirank.server.online_store import FeatureStoreError, RecentEvent
 
 from ..conftest import profile_with, running_server
 

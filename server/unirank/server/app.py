@@ -16,8 +16,8 @@ from unirank.artifact.store import ArtifactError, IncompleteArtifact
 from unirank.server.admission import Admission
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
-from unirank.server.features import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.interceptors import ErrorInterceptor
+from unirank.server.online_store import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.reference import score_references
 from unirank.server.repository import Fingerprint, check_same_family, fingerprint, resolve_artifact

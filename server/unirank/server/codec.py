@@ -11,8 +11,8 @@ from unirank.artifact.eventtime import EVENT_TIME_RANGE, MAX_EVENT_TIME_MS, is_v
 from unirank.server.config import ServerSection
 from unirank.server.domain import ModelInfo, RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument, ServingError, code_of
-from unirank.server.features import RecentEvent
 from unirank.server.impressions import Feedback
+from unirank.server.online_store import RecentEvent
 from unirank.server.telemetry.kpi import KpiCounters
 from unirank.server.telemetry.stats import LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb

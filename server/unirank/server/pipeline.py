@@ -39,13 +39,13 @@ from unirank.server.errors import (
     TaskNotServed,
     UnknownEntity,
 )
-from unirank.server.features import FeatureStore, FeatureStoreError, RecentEvent, memory_usage
 from unirank.server.impressions import (
     Feedback,
     ImpressionTracker,
     InMemoryImpressionStore,
     make_impression_store,
 )
+from unirank.server.online_store import FeatureStore, FeatureStoreError, RecentEvent, memory_usage
 from unirank.server.request_context import (
     cache_key,
     cold_start,

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from unirank.server.cache import MemoryUsage
-from unirank.server.features.base import RecentEvent
+from unirank.server.online_store.base import RecentEvent
 
 USER_OVERHEAD_BYTES = 330
 """A user's cost beyond its id and items: its slot in the LRU order, its record and its item table."""

@@ -5,9 +5,9 @@ from collections.abc import Callable
 
 from unirank.server.cache import MemoryUsage
 from unirank.server.config import FeaturesSection
-from unirank.server.features.base import FeatureStore, FeatureStoreError, RecentEvent
-from unirank.server.features.eventlog import EventLog, LoggedFeatureStore
-from unirank.server.features.memory import InMemoryFeatureStore
+from unirank.server.online_store.base import FeatureStore, FeatureStoreError, RecentEvent
+from unirank.server.online_store.eventlog import EventLog, LoggedFeatureStore
+from unirank.server.online_store.memory import InMemoryFeatureStore
 
 __all__ = [
     "EventLog",
@@ -43,7 +43,7 @@ def _make_store(section: FeaturesSection) -> FeatureStore | None:
         return InMemoryFeatureStore(
             section.max_items_per_user, max_bytes=section.max_bytes, ttl_s=section.ttl_s
         )
-    from unirank.server.features.redis_store import RedisFeatureStore
+    from unirank.server.online_store.redis_store import RedisFeatureStore
 
     url = os.environ.get("UNIRANK_REDIS_URL", section.redis_url)
     return RedisFeatureStore(

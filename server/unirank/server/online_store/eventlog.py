@@ -20,7 +20,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from unirank.server.features.base import FeatureStore, FeatureStoreError, RecentEvent, RecentIds
+from unirank.server.online_store.base import FeatureStore, FeatureStoreError, RecentEvent, RecentIds
 from unirank.v1 import recommender_pb2 as pb
 
 log = logging.getLogger(__name__)

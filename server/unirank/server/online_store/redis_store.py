@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from unirank.server.features.base import FeatureStoreError, RecentEvent
+from unirank.server.online_store.base import FeatureStoreError, RecentEvent
 
 try:
     import redis.asyncio as aioredis
