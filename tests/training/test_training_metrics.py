@@ -16,8 +16,9 @@ from unirank.training.baselines import (
     popularity_order,
 )
 from unirank.training.dataset import Dataset
-from unirank.training.evaluate import Batch, CandidateSets, rank_rows
+from unirank.training.evaluate import CandidateSets, rank_rows
 from unirank.training.logs import EventTable, EventType, ItemTable, LogData
+from unirank.training.scoring import Batch
 
 
 def test_positive_ranks_count_better_items_and_split_ties() -> None:

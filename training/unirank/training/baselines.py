@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unirank.artifact import Catalog, TaskType
 from unirank.training.logs import EventType, LogData
-
-if TYPE_CHECKING:  # evaluate imports this module; the scorers only need the type
-    from unirank.training.evaluate import Batch
+from unirank.training.scoring import Batch
 
 
 def popularity_order(popularity: np.ndarray) -> np.ndarray:

@@ -38,7 +38,8 @@ from unirank.training.baselines import TaskAwarePopularityScorer
 from unirank.training.config import TrainConfig
 from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import Dataset
-from unirank.training.evaluate import METRIC_ORDER, Scorer, evaluate_scorers, evaluation_rows
+from unirank.training.evaluate import METRIC_ORDER, evaluate_scorers, evaluation_rows
+from unirank.training.scoring import Scorer
 
 Progress = Callable[[str], None]
 

@@ -8,7 +8,7 @@ already played) are excluded before ranking.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,27 +22,7 @@ from unirank.model.net import UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
 from unirank.training.dataset import Dataset
-
-
-@dataclass
-class Batch:
-    """Rows to rank: their model inputs (history capped as served) and, for scorers that want it,
-    each row's full play history from the dataset."""
-
-    inputs: ModelInputs
-    dataset: Dataset
-    rows: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def history(self, i: int) -> np.ndarray:
-        """Every item index the user of the batch's i-th row played before the row's time."""
-        return self.dataset.history(int(self.rows[i]))
-
-
-Scorer = Callable[[Batch], np.ndarray]
-"""A batch of B rows (candidates ignored) -> scores [B, n_items]; column j is item index j+1."""
+from unirank.training.scoring import Batch, Scorer
 
 
 class CandidateSets:

@@ -29,9 +29,9 @@ import numpy as np
 from unirank.artifact import Catalog, TaskType
 from unirank.artifact.text import tokenize
 from unirank.training.baselines import CoEngagement, popularity_score
-from unirank.training.evaluate import Batch, Scorer
 from unirank.training.labels import TRAIN, PlayHistory, UserSplit, events_split
 from unirank.training.logs import LogData
+from unirank.training.scoring import Batch, Scorer
 
 TIE_BREAK = 1e-6
 """Weight of popularity added to every peer's score: only decides between otherwise equal items."""
