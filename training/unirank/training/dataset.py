@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -19,9 +20,18 @@ from unirank.training.labels import (
     events_split,
     take_csr,
 )
-from unirank.training.logs import EventType, LogData
+from unirank.training.logs import NONE, EventTable, EventType, ItemTable, LogData, TextTable
 
-__all__ = ["SPLITS", "Dataset", "StratifiedTaskSampler", "UserSplit", "catalog_from_logs", "encode_examples"]
+__all__ = [
+    "SPLITS",
+    "Dataset",
+    "LogMapping",
+    "StratifiedTaskSampler",
+    "UserSplit",
+    "catalog_from_logs",
+    "encode_examples",
+    "map_onto_catalog",
+]
 
 
 def catalog_from_logs(log: LogData, split: UserSplit) -> Catalog:
@@ -46,6 +56,123 @@ def catalog_from_logs(log: LogData, split: UserSplit) -> Catalog:
         # Query-only words ("scary", tags) need embeddings too, or the encoder would drop them.
         extra_tokens=query_tokens,
     )
+
+
+@dataclass
+class LogMapping:
+    """How the new logs map onto the parent's catalogue (printed, and stored in the manifest)."""
+
+    interactions: int = 0
+    kept: int = 0
+    unknown_item: int = 0
+    """Interactions with an item the parent's catalogue lacks: dropped."""
+    unknown_anchor: int = 0
+    """Related clicks on the page of an item the parent lacks: dropped."""
+    unknown_category: int = 0
+    """Category clicks in a category the parent lacks: dropped."""
+    texts_dropped: int = 0
+    """User texts about items the parent lacks: dropped."""
+    new_items: int = 0
+    """Items of the new logs the parent lacks (served only after a full training)."""
+    users: int = 0
+    unknown_users: int = 0
+    """Users the parent's vocabulary lacks: kept, ranked from their history (user id input 0)."""
+    unknown_user_interactions: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def format(self) -> str:
+        dropped = self.interactions - self.kept
+        return (
+            f"mapped onto the parent's catalogue: {self.kept}/{self.interactions} interactions kept, "
+            f"{dropped} dropped ({self.unknown_item} unknown item, {self.unknown_anchor} unknown "
+            f"anchor, {self.unknown_category} unknown category), {self.texts_dropped} texts dropped; "
+            f"{self.new_items} items new to the parent (not servable before a full training); "
+            f"{self.unknown_users}/{self.users} users new to the parent, kept "
+            f"({self.unknown_user_interactions} interactions; ranked from their history)"
+        )
+
+
+def _lookup(mapping: np.ndarray, values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``mapping[values]`` where ``where`` holds, NONE elsewhere (values there may be NONE)."""
+    out = np.full(len(values), NONE, dtype=np.int64)
+    out[where] = mapping[values[where]]
+    return out
+
+
+def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMapping]:
+    """``log`` re-expressed in ``catalog``'s items and categories (same order), with the counts.
+
+    Users keep their ids (the encoder looks them up by name); users left without any event or text
+    are dropped from the user table.
+    """
+    item_map = catalog.items.indices(log.items.item_ids) - 1  # -1: unknown to the catalogue
+    category_map = catalog.categories.indices(log.category_ids) - 1
+    events = log.events
+    item = item_map[events.item]
+    related = events.event_type == EventType.RELATED_CLICK
+    in_category = events.event_type == EventType.CATEGORY_CLICK
+    anchor = _lookup(item_map, events.anchor_item, related)
+    category = _lookup(category_map, events.category, in_category)
+    known_item = item >= 0
+    bad_anchor = known_item & related & (anchor < 0)
+    bad_category = known_item & in_category & (category < 0)
+    keep = known_item & ~bad_anchor & ~bad_category
+    texts = log.texts
+    keep_text = item_map[texts.item] >= 0 if len(texts) else np.zeros(0, dtype=bool)
+
+    used, inverse = np.unique(np.concatenate([events.user[keep], texts.user[keep_text]]), return_inverse=True)
+    user_ids = [log.user_ids[u] for u in used.tolist()]
+    n_kept = int(keep.sum())
+    kept_events = EventTable(
+        user=inverse[:n_kept].astype(np.int64),
+        item=item[keep],
+        timestamp_ms=events.timestamp_ms[keep],
+        event_type=events.event_type[keep],
+        anchor_item=anchor[keep],
+        category=category[keep],
+        query=[events.query[i] for i in np.flatnonzero(keep).tolist()],
+        rating=events.rating[keep],
+        weight=events.weight[keep],
+    )
+    kept_texts = TextTable(
+        user=inverse[n_kept:].astype(np.int64),
+        item=item_map[texts.item[keep_text]] if len(texts) else np.zeros(0, dtype=np.int64),
+        text=[texts.text[i] for i in np.flatnonzero(keep_text).tolist()],
+        timestamp_ms=texts.timestamp_ms[keep_text],
+    )
+    items = ItemTable(
+        item_ids=catalog.items.keys[1:],
+        titles=catalog.titles[1:],
+        categories=[list(c) for c in catalog.item_categories[1:]],
+        maturity=np.asarray(catalog.maturity[1:], dtype=np.int64),
+        release_year=np.asarray(catalog.release_year[1:], dtype=np.int64),
+    )
+    mapped = LogData(
+        items=items,
+        user_ids=user_ids,
+        category_ids=catalog.categories.keys[1:],
+        events=kept_events,
+        source=log.source,
+        provenance=dict(log.provenance),
+        texts=kept_texts,
+    )
+    mapped.validate()
+    new_user = ~catalog.users.indices(user_ids).astype(bool)
+    report = LogMapping(
+        interactions=len(events),
+        kept=n_kept,
+        unknown_item=int((~known_item).sum()),
+        unknown_anchor=int(bad_anchor.sum()),
+        unknown_category=int(bad_category.sum()),
+        texts_dropped=int(len(texts) - keep_text.sum()),
+        new_items=int((item_map < 0).sum()),
+        users=len(user_ids),
+        unknown_users=int(new_user.sum()),
+        unknown_user_interactions=int(new_user[kept_events.user].sum()),
+    )
+    return mapped, report
 
 
 @dataclass

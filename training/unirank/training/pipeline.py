@@ -18,7 +18,7 @@ from unirank.model.net import build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
 from unirank.training.config import TrainConfig
 from unirank.training.coverage import plan_tasks, task_coverage
-from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples
+from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples, map_onto_catalog
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import offline_metrics
 from unirank.training.export import write_artifact
@@ -261,8 +261,6 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
         raise ValueError(f"{path} was trained on --data {recorded['data']}, not {spec}")
     log = load_logs(spec, size=recorded["size"], seed=int(recorded["seed"]))
     if "warm_started_from" in artifact.manifest:  # a refit: its logs were mapped onto the parent's catalogue
-        from unirank.training.warmstart import map_onto_catalog
-
         log, _ = map_onto_catalog(log, artifact.catalog)
     if log.items.item_ids != artifact.catalog.items.keys[1:]:
         raise ValueError(
