@@ -16,6 +16,7 @@ from unirank.artifact.store import ArtifactError, IncompleteArtifact
 from unirank.server.admission import Admission
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
+from unirank.server.gate import GateDecision, judge
 from unirank.server.interceptors import ErrorInterceptor
 from unirank.server.online_store import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.pipeline import RankingPipeline
@@ -76,6 +77,8 @@ class UniRankServer:
         )
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
+        self.last_gate: GateDecision | None = None
+        """The offline gate's last decision (``[gate] enabled``), for operators and tests."""
         self._server: grpc.aio.Server | None = None
         self._loaded: Fingerprint | None = None
         self._rejected: Fingerprint | None = None
@@ -270,6 +273,7 @@ class UniRankServer:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
                 try:
                     self._check_fits(runtime, self.pipeline.runtime)
+                    self._check_gate(runtime, self.pipeline.runtime)
                     references = await self._references(runtime)
                 except Exception:
                     await runtime.close()  # refused after loading: its backend must not linger
@@ -294,6 +298,27 @@ class UniRankServer:
             return offline
         assert self.pipeline is not None
         return {**offline, **await score_references(self.pipeline, runtime)}
+
+    def _check_gate(self, runtime: ModelRuntime, serving: ModelRuntime) -> None:
+        """The offline promotion gate (``[gate] enabled``): refuse a version no better than the one
+        serving on a served use-case (ArtifactError with the per-task reasons). Logged either way."""
+        if not self.profile.gate.enabled:
+            return
+        rules = {name: task.gate for name, task in self.profile.tasks.items()}
+        decision = judge(serving.artifact, runtime.artifact, rules)
+        self.last_gate = decision
+        verdict = "passes" if decision.accepted else "is refused by"
+        log.info(
+            "version %s %s the offline gate against %s:\n%s",
+            runtime.version,
+            verdict,
+            serving.version,
+            decision.table(),
+        )
+        if not decision.accepted:
+            raise ArtifactError(
+                f"version {runtime.version} is refused by the offline gate: {decision.refusals()}"
+            )
 
     def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
         """Refuse a version this profile cannot serve as configured, or (on a reload, unless the

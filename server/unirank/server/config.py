@@ -286,6 +286,31 @@ class AlertsConfig(_Strict):
     fallback over 10 minutes (for 10 minutes)."""
 
 
+class GateRule(_Strict):
+    """How the offline promotion gate judges a new version on this use-case (``[gate] enabled``)."""
+
+    metric: str = "ndcg@10"
+    """The per-task offline metric compared (a key of ``metrics.json``'s ``tasks.NAME.model``)."""
+    min_value: float = Field(0.0, ge=0.0)
+    """The new version's value must be at least this."""
+    max_relative_drop: float = Field(0.05, ge=0.0, le=1.0)
+    """Largest drop against the serving version allowed, as a share of its value (0.05: 5 %)."""
+    min_rows: int = Field(100, ge=0)
+    """Fewest evaluation rows the new version's value may rest on."""
+    max_relative_gain: float = Field(1.0, gt=0.0)
+    """A larger gain than this share is refused as a likely leak between training and test."""
+    allow_large_gain: bool = False
+    """Accept gains above ``max_relative_gain``."""
+
+
+class GateSection(_Strict):
+    """The offline promotion gate (docs/profiles.md, "Lifecycle")."""
+
+    enabled: bool = False
+    """Judge every new version against the serving one, per served use-case (``[tasks.NAME.gate]``),
+    before it serves; a version that fails is refused like a broken one."""
+
+
 class TaskConfig(_Strict):
     """Per use-case behaviour."""
 
@@ -305,6 +330,8 @@ class TaskConfig(_Strict):
     """Candidate sources (``[tasks.NAME.retrieval]``)."""
     rules: RulesConfig = RulesConfig()
     """Business rules (``[tasks.NAME.rules]``)."""
+    gate: GateRule = GateRule()
+    """How the offline promotion gate judges a new version on this use-case."""
     kpi: KpiConfig = KpiConfig()
     """Online KPIs: the attribution window (``[tasks.NAME.kpi]``)."""
     alerts: AlertsConfig = AlertsConfig()
@@ -533,6 +560,8 @@ class Profile(_Strict):
     """The impression store behind KPI attribution (``[impressions]``)."""
     security: SecuritySection = SecuritySection()
     """TLS, mutual TLS and authentication (``[security]``)."""
+    gate: GateSection = GateSection()
+    """The offline promotion gate of new versions (``[gate]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
     """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
 

@@ -1,0 +1,98 @@
+"""The offline promotion gate: a new version serves only if, on every use-case this profile serves,
+its offline metric is no worse than the serving version's (issue 16, part 1).
+
+Each served task is judged by its ``[tasks.NAME.gate]`` rule on the per-task test metrics the
+artifacts carry (``metrics.json``). A version is refused when a served task is missing from its
+metrics, was evaluated on too few rows, falls below the rule's floor, drops by more than the rule
+allows, or gains implausibly much (likely a leak between training and test) unless allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from unirank.artifact import Artifact
+from unirank.server.config import GateRule
+
+
+@dataclass(frozen=True)
+class GateRow:
+    """The verdict on one served use-case."""
+
+    task: str
+    metric: str
+    serving: float | None
+    candidate: float | None
+    rows: int
+    passed: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Every served use-case's verdict; the version passes only if all of them do."""
+
+    version: str
+    rows: tuple[GateRow, ...]
+
+    @property
+    def accepted(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    def table(self) -> str:
+        """One line per use-case, for the log."""
+        lines = []
+        for row in self.rows:
+            before = "-" if row.serving is None else f"{row.serving:.4f}"
+            after = "-" if row.candidate is None else f"{row.candidate:.4f}"
+            verdict = "pass" if row.passed else "REFUSE"
+            lines.append(
+                f"  {row.task} {row.metric}: {before} -> {after} ({row.rows} rows) {verdict}: {row.reason}"
+            )
+        return "\n".join(lines)
+
+    def refusals(self) -> str:
+        return "; ".join(f"{row.task}: {row.reason}" for row in self.rows if not row.passed)
+
+
+def _metric(metrics: Mapping[str, Any], task: str, name: str) -> float | None:
+    value = metrics.get("tasks", {}).get(task, {}).get("model", {}).get(name)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _rows(metrics: Mapping[str, Any], task: str) -> int:
+    rows = metrics.get("evaluation", {}).get("rows", {}).get(task, 0)
+    return int(rows) if isinstance(rows, int) and not isinstance(rows, bool) else 0
+
+
+def judge(serving: Artifact, candidate: Artifact, rules: Mapping[str, GateRule]) -> GateDecision:
+    """The gate's verdict on ``candidate`` replacing ``serving``, for the served tasks ``rules``."""
+    rows = []
+    for task, rule in sorted(rules.items()):
+        before = _metric(serving.metrics, task, rule.metric)
+        after = _metric(candidate.metrics, task, rule.metric)
+        count = _rows(candidate.metrics, task)
+        rows.append(GateRow(task, rule.metric, before, after, count, *_verdict(rule, before, after, count)))
+    return GateDecision(candidate.model_version, tuple(rows))
+
+
+def _verdict(rule: GateRule, before: float | None, after: float | None, count: int) -> tuple[bool, str]:
+    if after is None:
+        return False, f"no offline {rule.metric} for it in the new version's metrics"
+    if count < rule.min_rows:
+        return False, f"evaluated on {count} rows, fewer than min_rows {rule.min_rows}"
+    if after < rule.min_value:
+        return False, f"{after:.4f} is below min_value {rule.min_value:g}"
+    if before is None or before <= 0:
+        return True, "no serving value to compare with"
+    change = (after - before) / before
+    if change < -rule.max_relative_drop:
+        return False, f"drops {-change:.1%}, more than max_relative_drop {rule.max_relative_drop:.1%}"
+    if change > rule.max_relative_gain and not rule.allow_large_gain:
+        return False, (
+            f"gains {change:.1%}, more than max_relative_gain {rule.max_relative_gain:.1%}: "
+            "likely a leak between training and test (allow_large_gain to accept)"
+        )
+    return True, f"{change:+.1%}"
