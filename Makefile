@@ -34,7 +34,7 @@ buf-lint:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core/unirank client/unirank/client server/unirank training/unirank
+	$(BIN)/mypy core/unirank cli/unirank client/unirank/client server/unirank training/unirank
 
 test: setup
 	$(BIN)/pytest -q

@@ -64,7 +64,7 @@ PACKAGES = {  # source folder -> the import path of its top package
     "client/unirank/client": "unirank.client",
     "core/unirank/artifact": "unirank.artifact",
     "core/unirank/model": "unirank.model",
-    "core/unirank/cli": "unirank.cli",
+    "cli/unirank/cli": "unirank.cli",
     "server/unirank/server": "unirank.server",
     "training/unirank/training": "unirank.training",
     "bench/unirank_bench": "unirank_bench",
@@ -145,3 +145,14 @@ def test_no_import_circle() -> None:
 def test_the_circle_finder_finds_a_circle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert circles(graph) == [["a", "b", "c"]]
+
+
+def test_nothing_imports_the_command_at_the_top() -> None:
+    """``unirank.cli`` dispatches to every layer, so no layer may import it back."""
+    graph = import_graph()
+    assert [
+        name
+        for name, targets in graph.items()
+        if not name.startswith("unirank.cli")
+        and any(t == "unirank.cli" or t.startswith("unirank.cli.") for t in targets)
+    ] == []
