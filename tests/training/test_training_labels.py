@@ -9,17 +9,9 @@ import pytest
 
 from unirank.artifact import TASKS, FeatureEncoder, TaskType
 from unirank.training.dataset import SPLITS, catalog_from_logs
-from unirank.training.labels import (
-    LABEL_FUNCTIONS,
-    TEST,
-    TRAIN,
-    VALIDATION,
-    Examples,
-    LabelConfig,
-    PlayHistory,
-    UserSplit,
-    make_examples,
-)
+from unirank.training.examples import TEST, TRAIN, VALIDATION, Examples, PlayHistory, UserSplit
+from unirank.training.label_rows import LabelConfig
+from unirank.training.labels import LABEL_FUNCTIONS, make_examples
 from unirank.training.logs import EventTable, EventType, ItemTable, LogData, TextTable
 from unirank.training.pipeline import PreparedData, prepare_data
 from unirank.training.synthetic import SyntheticConfig, generate

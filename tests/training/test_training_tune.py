@@ -11,7 +11,7 @@ import pytest
 from unirank.artifact import load_artifact
 from unirank.training import train as train_module
 from unirank.training.cli import main as cli_main
-from unirank.training.labels import SPLITS
+from unirank.training.examples import SPLITS
 
 QUICK = [
     "--size",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from unirank.training.dataset import catalog_from_logs
-from unirank.training.labels import TRAIN, UserSplit
+from unirank.training.examples import TRAIN, UserSplit
 from unirank.training.logs import EventType
 from unirank.training.pipeline import TrainConfig
 from unirank.training.retrieval import user_histories

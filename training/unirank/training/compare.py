@@ -411,7 +411,7 @@ def run_compare(
     peers: dict[str, dict[str, list[dict[str, float]]]] = {}
     peer_params: dict[str, Any] = {}
     if with_peers:
-        from unirank.training.labels import UserSplit
+        from unirank.training.examples import UserSplit
         from unirank.training.peers import PeerData
 
         _limit_blas_threads()

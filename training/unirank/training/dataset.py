@@ -11,7 +11,7 @@ import numpy as np
 
 from unirank.artifact import TASKS, Catalog, FeatureEncoder, ModelInputs
 from unirank.artifact.text import tokenize
-from unirank.training.labels import (
+from unirank.training.examples import (
     SPLITS,
     TRAIN,
     Examples,

@@ -29,7 +29,7 @@ import numpy as np
 from unirank.artifact import Catalog, TaskType
 from unirank.artifact.text import tokenize
 from unirank.training.baselines import CoEngagement, popularity_score
-from unirank.training.labels import TRAIN, PlayHistory, UserSplit, events_split
+from unirank.training.examples import TRAIN, PlayHistory, UserSplit, events_split
 from unirank.training.logs import LogData
 from unirank.training.scoring import Batch, Scorer
 

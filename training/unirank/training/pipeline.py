@@ -21,8 +21,10 @@ from unirank.training.coverage import plan_tasks, task_coverage
 from unirank.training.dataset import Dataset, catalog_from_logs, encode_examples, map_onto_catalog
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import offline_metrics
+from unirank.training.examples import TRAIN, UserSplit, events_split
 from unirank.training.export import write_artifact
-from unirank.training.labels import TRAIN, LabelConfig, UserSplit, events_split, make_examples
+from unirank.training.label_rows import LabelConfig
+from unirank.training.labels import make_examples
 from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
 from unirank.training.retrieval import build_retrieval, user_histories

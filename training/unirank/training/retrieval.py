@@ -9,7 +9,7 @@ from unirank.artifact import Catalog
 from unirank.artifact.store import Retrieval
 from unirank.model.net import UniRankModel
 from unirank.training.baselines import CoEngagement, popularity_order
-from unirank.training.labels import TRAIN, UserSplit
+from unirank.training.examples import TRAIN, UserSplit
 from unirank.training.logs import EventType, LogData
 
 RELATED_K = 50

@@ -46,7 +46,7 @@ from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import catalog_from_logs, map_onto_catalog
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import MODEL, ModelScorer, evaluate_scorers
-from unirank.training.labels import UserSplit
+from unirank.training.examples import UserSplit
 from unirank.training.pipeline import (
     check_out_dir,
     describe_counts,
