@@ -124,7 +124,7 @@ def test_a_training_step_allocates_nothing_on_the_cpu(artifact_dir: Path) -> Non
     any tensor the model or the loss creates on the CPU mid-step makes this fail."""
     from unirank.model.net import build_model_from_checkpoint
     from unirank.training.export import random_inputs
-    from unirank.training.train import multitask_loss
+    from unirank.training.loss import multitask_loss
 
     model = build_model_from_checkpoint(torch.load(artifact_dir / MODEL_TORCH, weights_only=True))
     inputs = {

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from unirank.artifact import TASKS, TaskType, task_by_name
 from unirank.model.net import ModelConfig, UniRankModel
 from unirank.training.config import TrainConfig
-from unirank.training.train import NegativeSampler, multitask_loss, task_weight_vector
+from unirank.training.loss import multitask_loss, task_weight_vector
+from unirank.training.sampling import NegativeSampler
 
 N_ITEMS = 30
 
@@ -172,7 +173,7 @@ def test_a_task_retires_after_task_patience_epochs_without_its_own_gain() -> Non
 
 def test_new_release_rows_draw_negatives_from_what_was_new_at_their_time(artifact_dir: Path) -> None:
     from unirank.artifact import load_artifact
-    from unirank.training.train import CandidatePoolNegatives
+    from unirank.training.sampling import CandidatePoolNegatives
 
     catalog = load_artifact(artifact_dir).catalog
     pool = CandidatePoolNegatives(catalog, seed=0)

@@ -16,7 +16,8 @@ from unirank.model.config import ModelConfig
 from unirank.model.net import UniRankModel, build_model_from_checkpoint, model_checkpoint
 from unirank.model.serving import CATEGORY_COLUMNS_MAX, serving_model
 from unirank.training.export import export_onnx, random_inputs, torch_scores
-from unirank.training.train import in_batch_candidates, multitask_loss
+from unirank.training.loss import multitask_loss
+from unirank.training.sampling import in_batch_candidates
 
 N_ITEMS = 40
 
@@ -199,7 +200,7 @@ def test_in_batch_candidates_hide_the_rows_own_item() -> None:
 
 def test_pool_negatives_come_from_the_rows_candidate_pool() -> None:
     from unirank.artifact import Catalog, TaskType
-    from unirank.training.train import CandidatePoolNegatives
+    from unirank.training.sampling import CandidatePoolNegatives
 
     catalog = Catalog.build(
         item_ids=["a", "b", "c", "d"],

@@ -68,7 +68,7 @@ def test_bad_ratios_are_rejected() -> None:
 def test_batch_shares_follow_the_square_root_of_each_tasks_rows_by_default() -> None:
     from unirank.artifact import TASKS
     from unirank.training.config import TrainConfig
-    from unirank.training.train import task_ratios
+    from unirank.training.sampling import task_ratios
 
     tasks = np.repeat([1, 2, 5], [10_000, 2_500, 100])
     config = TrainConfig.tiny()
