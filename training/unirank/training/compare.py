@@ -39,6 +39,7 @@ from unirank.training.config import TrainConfig
 from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import Dataset
 from unirank.training.evaluate import METRIC_ORDER, evaluate_scorers, evaluation_rows
+from unirank.training.progress import progress_bar
 from unirank.training.scoring import Scorer
 
 Progress = Callable[[str], None]
@@ -466,7 +467,12 @@ def _run_jobs(jobs: Sequence[Job], prepared: Prepared, workers: int, say: Progre
     if workers == 1:
         _WORKER_STATE["prepared"] = prepared
         try:
-            return [_run_job(job, say) for job in jobs]
+            results = []
+            with progress_bar(len(jobs), "compare", unit="model") as bar:
+                for job in jobs:
+                    results.append(_run_job(job, say))
+                    bar.update(1)
+            return results
         finally:
             _WORKER_STATE.pop("prepared", None)
     with tempfile.TemporaryDirectory(prefix="unirank-compare-") as tmp:
@@ -478,6 +484,10 @@ def _run_jobs(jobs: Sequence[Job], prepared: Prepared, workers: int, say: Progre
             max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(str(path),)
         ) as pool:
             futures = [pool.submit(_run_job, job) for job in jobs]
+            with progress_bar(len(jobs), "compare", unit="model") as bar:
+                for future in concurrent.futures.as_completed(futures):
+                    future.result()  # a failed job fails the comparison now, not at the end
+                    bar.update(1)
             return [future.result() for future in futures]
 
 

@@ -22,6 +22,7 @@ from unirank.model.net import UniRankModel
 from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
 from unirank.training.dataset import Dataset
+from unirank.training.progress import progress_bar
 from unirank.training.scoring import Batch, Scorer
 
 
@@ -199,11 +200,12 @@ def evaluate_scorers(
     candidates = CandidateSets(catalog)
     rows_by_task = tasks if tasks is not None else evaluation_rows(dataset, split, rows_per_task, seed)
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for task, rows in rows_by_task.items():
-        out[task] = {
-            name: rank_rows(scorer, dataset, rows, candidates, k).metrics(catalog.n_items, k)
-            for name, scorer in scorers.items()
-        }
+    with progress_bar(len(rows_by_task) * len(scorers), f"evaluate ({split})", unit="ranking") as bar:
+        for task, rows in rows_by_task.items():
+            out[task] = {}
+            for name, scorer in scorers.items():
+                out[task][name] = rank_rows(scorer, dataset, rows, candidates, k).metrics(catalog.n_items, k)
+                bar.update(1)
     return out
 
 
