@@ -11,6 +11,7 @@ from unirank.model.net import UniRankModel
 from unirank.training.baselines import CoEngagement, popularity_order
 from unirank.training.examples import TRAIN, UserSplit
 from unirank.training.logs import EventType, LogData
+from unirank.training.progress import progress
 
 RELATED_K = 50
 
@@ -38,7 +39,7 @@ def related_items(
     out = np.zeros((n, max(k, 0)), dtype=np.int64)
     if k <= 0:
         return out
-    for start in range(1, n, chunk):
+    for start in progress(range(1, n, chunk), -(-(n - 1) // chunk), "related items", unit="chunk"):
         rows = np.arange(start, min(start + chunk, n))
         sims = embeddings[rows] @ embeddings.T
         sims[:, 0] = -np.inf
