@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from unirank.artifact import TASKS
+from unirank.training.calibration import CALIBRATED_FEATURES, calibrate_heads
 from unirank.training.config import TrainConfig
-from unirank.training.evaluate import sample_rows
+from unirank.training.evaluate import sample_rows, validation_ndcg
 from unirank.training.pipeline import PreparedData, prepare_data
 from unirank.training.sources import load_logs
-from unirank.training.train import CALIBRATED_FEATURES, build_model, calibrate_heads, validation_ndcg
+from unirank.training.train import build_model
 
 NAMES = {int(spec.task_type): spec.name for spec in TASKS if spec.name in ("notification", "new_releases")}
 

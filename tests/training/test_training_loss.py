@@ -191,7 +191,7 @@ def test_new_release_rows_draw_negatives_from_what_was_new_at_their_time(artifac
 
 
 def test_a_retired_task_is_held_at_its_best_snapshot_by_distillation() -> None:
-    from unirank.training.train import RetiredTeachers
+    from unirank.training.loss import RetiredTeachers
 
     model = _model()
     batch = _batch([int(TaskType.SEARCH)] * 4 + [int(TaskType.CATEGORY)] * 4)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from unirank.artifact import load_artifact
-from unirank.training import train as train_module
+from unirank.training import evaluate as evaluate_module
 from unirank.training.cli import main as cli_main
 from unirank.training.examples import SPLITS
 
@@ -31,14 +31,14 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("optuna")
     out = tmp_path_factory.mktemp("tune") / "tuned.json"
     ranked: set[str] = set()
-    rank_rows = train_module.rank_rows
+    rank_rows = evaluate_module.rank_rows
 
     def spy(scorer, dataset, rows, *args, **kwargs):  # type: ignore[no-untyped-def]
         ranked.update(SPLITS[int(s)] for s in np.unique(dataset.split[rows]))
         return rank_rows(scorer, dataset, rows, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "rank_rows", spy)
+        patch.setattr(evaluate_module, "rank_rows", spy)
         args = ["tune", "--data", "synthetic", "--budget-minutes", "5", "--trials", "2", "--single-task"]
         assert cli_main([*args, "--out", str(out), *QUICK]) == 0
     assert ranked == {"validation"}  # every trial is scored on validation; test is never ranked

@@ -73,7 +73,7 @@ class TrainConfig:
     the others). Distributed training always drops."""
     calibrate_heads: bool = True
     """After training, raise a task head's weight on popularity and co-engagement where that
-    raises the task's validation NDCG (``unirank.training.train.calibrate_heads``)."""
+    raises the task's validation NDCG (``unirank.training.calibration.calibrate_heads``)."""
     steps_per_epoch: int | None = 100
     """Steps between validations (an "epoch" here); None: one pass over the training rows.
 

@@ -171,6 +171,19 @@ def rank_rows(
     return Ranked(np.concatenate(ranks), indptr, np.concatenate(tops), np.concatenate(best))
 
 
+def validation_ndcg(
+    model: UniRankModel, dataset: Dataset, rows_by_task: dict[int, np.ndarray], catalog: Catalog
+) -> dict[int, float]:
+    """NDCG@10 per task id on fixed validation rows, full ranking over each task's candidate set."""
+    scorer = ModelScorer(model)
+    candidates = CandidateSets(catalog)
+    out = {}
+    for task, rows in rows_by_task.items():
+        ranked = rank_rows(scorer, dataset, rows, candidates)
+        out[task] = metrics.ndcg_at_k(ranked.ranks, indptr=ranked.indptr)
+    return out
+
+
 def evaluation_rows(dataset: Dataset, split: str, rows_per_task: int, seed: int) -> dict[str, np.ndarray]:
     """Per task name, the rows of ``split`` to rank: all, or a seeded subset of ``rows_per_task``."""
     out = {}

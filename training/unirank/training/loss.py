@@ -1,12 +1,16 @@
 """The multi-task loss: sum_t w_t * L_t over per-task mean cross-entropies (sampled softmax, the
-positive at column 0), with static task weights or learned uncertainty weighting."""
+positive at column 0), with static task weights or learned uncertainty weighting, and the
+distillation loss that holds retired tasks at their best snapshot."""
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 
 from unirank.artifact import TASKS
+from unirank.model.net import UniRankModel
 from unirank.training.config import TrainConfig
 
 
@@ -51,3 +55,49 @@ def multitask_loss(
     present = (counts > 0).to(per_row.dtype)
     terms = torch.exp(-log_variance) * per_task + 0.5 * log_variance / shards
     return (weights * present * terms).sum(), per_task, counts
+
+
+class RetiredTeachers:
+    """Frozen best snapshots of retired tasks, and the distillation loss that holds them there.
+
+    A retired task's rows stay in the batches; their loss is the KL divergence from the
+    snapshot's softmax over the row's candidates (log-q corrected alike) to the model's, weighted
+    by w_t: the head and the shared layers may change, the task's ranking may not drift.
+    """
+
+    def __init__(self) -> None:
+        self.teachers: dict[int, tuple[UniRankModel, torch.Tensor]] = {}
+
+    @property
+    def tasks(self) -> list[int]:
+        return list(self.teachers)
+
+    def add(self, task: int, model: UniRankModel, state: dict[str, torch.Tensor]) -> None:
+        teacher = copy.deepcopy(model)
+        teacher.load_state_dict(state)
+        teacher.eval()
+        teacher.requires_grad_(False)
+        with torch.no_grad():
+            self.teachers[task] = (teacher, teacher.item_table())
+
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        candidates: torch.Tensor,
+        correction: torch.Tensor,
+        scores: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> torch.Tensor:
+        total = scores.new_zeros(())
+        for task, (teacher, item_table) in self.teachers.items():
+            rows = torch.nonzero(batch["task"] == task).flatten()
+            if not len(rows):
+                continue
+            with torch.no_grad():
+                inputs = {name: value[rows] for name, value in batch.items()}
+                target = teacher(**inputs, candidates=candidates[rows], item_table=item_table)
+                target = F.log_softmax(target - correction[rows], dim=1)
+            student = F.log_softmax(scores[rows], dim=1)
+            kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+            total = total + weights[task] * kl
+        return total

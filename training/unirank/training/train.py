@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from unirank.artifact import TASKS, Catalog
-from unirank.model.net import ModelConfig, TaskHead, UniRankModel
-from unirank.training import metrics
+from unirank.model.net import ModelConfig, UniRankModel
 from unirank.training.baselines import CoEngagement
+from unirank.training.calibration import calibrate_heads
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, StratifiedTaskSampler
 from unirank.training.distributed import Distributed
-from unirank.training.evaluate import CandidateSets, ModelScorer, rank_rows, sample_rows
-from unirank.training.loss import multitask_loss, task_weight_vector
+from unirank.training.evaluate import sample_rows, validation_ndcg
+from unirank.training.loss import RetiredTeachers, multitask_loss, task_weight_vector
 from unirank.training.sampling import BatchMaker, task_ratios
 
 Progress = Callable[[str], None]
@@ -117,19 +116,6 @@ def build_model(
         item_neighbour_weights=weights,
         item_neighbour_shares=shares,
     )
-
-
-def validation_ndcg(
-    model: UniRankModel, dataset: Dataset, rows_by_task: dict[int, np.ndarray], catalog: Catalog
-) -> dict[int, float]:
-    """NDCG@10 per task id on fixed validation rows, full ranking over each task's candidate set."""
-    scorer = ModelScorer(model)
-    candidates = CandidateSets(catalog)
-    out = {}
-    for task, rows in rows_by_task.items():
-        ranked = rank_rows(scorer, dataset, rows, candidates)
-        out[task] = metrics.ndcg_at_k(ranked.ranks, indptr=ranked.indptr)
-    return out
 
 
 @contextlib.contextmanager
@@ -401,127 +387,6 @@ def _train(
             )
     result.seconds = time.perf_counter() - run_started
     return result
-
-
-CALIBRATED_FEATURES: tuple[tuple[str, int, tuple[float, ...]], ...] = (
-    ("popularity", 2, (1.0, 2.0, 4.0, 8.0)),
-    ("co_history", 7, (1.0, 2.0)),
-    ("co_anchor", 5, (1.0, 2.0)),
-)
-"""(name, index among the cross features, steps as multiples of the task's score spread): the
-classic peers' signals (popularity, item-to-history and item-to-anchor co-engagement) whose weight
-:func:`calibrate_heads` may raise per task."""
-
-
-def calibrate_heads(
-    model: UniRankModel,
-    dataset: Dataset,
-    rows_by_task: dict[int, np.ndarray],
-    catalog: Catalog,
-    names: dict[int, str],
-) -> dict[str, dict[str, float]]:
-    """Raise each task head's weight on the classic peers' signals where validation says so.
-
-    The heads learn how much popularity and co-engagement count from sampled negatives and a few
-    thousand rows; on a small or sparse task that weight can stay below what the plain signal
-    earns (popularity among new items beat the new-releases head on MovieLens). Per task, one
-    feature at a time, the bias of the head's weight for it is raised by a few multiples of the
-    spread of the task's scores, and a step is kept only if it raises the task's validation
-    NDCG@10. The result is still one model with the same graph: only head biases change, so
-    serving computes exactly what was selected. A model without task heads (the no-task-type
-    ablation) is left as it is.
-    """
-    if len(model.heads) < 2:
-        return {}
-    out: dict[str, dict[str, float]] = {}
-    scorer = ModelScorer(model)  # item vectors do not depend on the heads: computed once
-    candidates = CandidateSets(catalog)
-
-    def ndcg(rows: np.ndarray) -> float:
-        ranked = rank_rows(scorer, dataset, rows, candidates)
-        return metrics.ndcg_at_k(ranked.ranks, indptr=ranked.indptr)
-
-    with torch.no_grad():
-        for task, rows in rows_by_task.items():
-            head = model.heads[task - 1]
-            assert isinstance(head, TaskHead)
-            spread = _score_spread(model, dataset, rows[:64])
-            best = ndcg(rows)
-            added: dict[str, float] = {}
-            for feature, index, steps in CALIBRATED_FEATURES:
-                start = float(head.cross.bias[index])
-                keep = 0.0
-                for step in steps:
-                    head.cross.bias[index] = start + step * spread
-                    value = ndcg(rows)
-                    if value > best:
-                        best, keep = value, step * spread
-                head.cross.bias[index] = start + keep
-                if keep:
-                    added[feature] = keep
-            out[names[task]] = added
-    return out
-
-
-def _score_spread(model: UniRankModel, dataset: Dataset, rows: np.ndarray) -> float:
-    """Mean over rows of the standard deviation of the model's scores over the catalogue."""
-    inputs = dataset.inputs
-    with torch.no_grad():
-        scores = model.score_all_items(
-            torch.from_numpy(inputs.task[rows]),
-            torch.from_numpy(inputs.user[rows]),
-            torch.from_numpy(np.ascontiguousarray(inputs.history[rows])),
-            torch.from_numpy(np.ascontiguousarray(inputs.query_tokens[rows])),
-            torch.from_numpy(inputs.anchor_item[rows]),
-            torch.from_numpy(inputs.category[rows]),
-        )
-    return float(scores.std(dim=1).mean()) if len(rows) else 1.0
-
-
-class RetiredTeachers:
-    """Frozen best snapshots of retired tasks, and the distillation loss that holds them there.
-
-    A retired task's rows stay in the batches; their loss is the KL divergence from the
-    snapshot's softmax over the row's candidates (log-q corrected alike) to the model's, weighted
-    by w_t: the head and the shared layers may change, the task's ranking may not drift.
-    """
-
-    def __init__(self) -> None:
-        self.teachers: dict[int, tuple[UniRankModel, torch.Tensor]] = {}
-
-    @property
-    def tasks(self) -> list[int]:
-        return list(self.teachers)
-
-    def add(self, task: int, model: UniRankModel, state: dict[str, torch.Tensor]) -> None:
-        teacher = copy.deepcopy(model)
-        teacher.load_state_dict(state)
-        teacher.eval()
-        teacher.requires_grad_(False)
-        with torch.no_grad():
-            self.teachers[task] = (teacher, teacher.item_table())
-
-    def loss(
-        self,
-        batch: dict[str, torch.Tensor],
-        candidates: torch.Tensor,
-        correction: torch.Tensor,
-        scores: torch.Tensor,
-        weights: torch.Tensor,
-    ) -> torch.Tensor:
-        total = scores.new_zeros(())
-        for task, (teacher, item_table) in self.teachers.items():
-            rows = torch.nonzero(batch["task"] == task).flatten()
-            if not len(rows):
-                continue
-            with torch.no_grad():
-                inputs = {name: value[rows] for name, value in batch.items()}
-                target = teacher(**inputs, candidates=candidates[rows], item_table=item_table)
-                target = F.log_softmax(target - correction[rows], dim=1)
-            student = F.log_softmax(scores[rows], dim=1)
-            kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
-            total = total + weights[task] * kl
-        return total
 
 
 def _improved_tasks(result: TrainResult, names: dict[int, str], active: list[int]) -> list[int]:
