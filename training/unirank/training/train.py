@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -133,8 +134,8 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 class ProgressBar:
     """One epoch's progress with running per-task losses.
 
-    Redrawn in place on a terminal; elsewhere (logs, CI, a parent process reading stderr) a line
-    every ``every_s`` seconds, so long runs show they are alive and short ones stay quiet.
+    A tqdm bar on a terminal; elsewhere (logs, CI, a parent process reading stderr) a line every
+    ``every_s`` seconds, so long runs show they are alive and short ones stay quiet.
     """
 
     WIDTH = 24
@@ -144,27 +145,31 @@ class ProgressBar:
         self.started = time.perf_counter()
         self.every_s = every_s
         self._last_line = self.started
+        self._bar: Any = None
+        if live:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, desc=label, unit="step", file=sys.stderr, leave=False)
 
     def update(self, step: int, losses: dict[str, float]) -> None:
-        done = step / self.total
-        now = time.perf_counter()
-        if not self.live and (now - self._last_line < self.every_s or step == self.total):
+        text = " ".join(f"{name}={value:.3f}" for name, value in losses.items())
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix_str(f"loss {text}", refresh=False)
             return
-        filled = round(done * self.WIDTH)
-        line = (
+        now = time.perf_counter()
+        if now - self._last_line < self.every_s or step == self.total:
+            return
+        filled = round(step / self.total * self.WIDTH)
+        self._last_line = now
+        self.say(
             f"{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {step}/{self.total} "
-            f"{time.perf_counter() - self.started:5.1f}s loss "
-            + " ".join(f"{name}={value:.3f}" for name, value in losses.items())
+            f"{now - self.started:5.1f}s loss {text}"
         )
-        if self.live:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        else:
-            self._last_line = now
-            self.say(line)
 
     def close(self) -> None:
-        if self.live:
-            print("\r" + " " * 120 + "\r", end="", file=sys.stderr, flush=True)
+        if self._bar is not None:
+            self._bar.close()
 
 
 def train_model(
