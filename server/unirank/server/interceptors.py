@@ -19,8 +19,7 @@ from unirank.server.admission import Admission
 from unirank.server.codec import RequestLimits, limit_violations
 from unirank.server.errors import Draining, InvalidArgument, Overloaded, ServingError, to_rpc_status
 from unirank.server.security import Authenticator, Principal
-from unirank.server.telemetry import Telemetry
-from unirank.server.telemetry.core import MethodInfo
+from unirank.server.telemetry import MethodInfo, Telemetry
 from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from unirank.server.telemetry.core import current_request
+from unirank.server.telemetry.trace import current_request
 
 REQUEST_FIELDS = ("task_type", "request_id", "trace_id", "span_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(request_context)s"
