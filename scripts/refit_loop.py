@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     phase = time.perf_counter()
-    from unirank.training.logformat import write_logs
+    from unirank.training.logwriter import write_logs
     from unirank.training.sources import load_logs
 
     write_logs(load_logs("synthetic", size=args.size, seed=0), base_logs)

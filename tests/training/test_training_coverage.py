@@ -12,7 +12,7 @@ from unirank.artifact import TASKS, load_artifact
 from unirank.training.cli import main as cli_main
 from unirank.training.config import TrainConfig
 from unirank.training.coverage import task_coverage
-from unirank.training.logformat import write_logs
+from unirank.training.logwriter import write_logs
 from unirank.training.synthetic import SyntheticConfig, generate
 
 TASK_NAMES = [spec.name for spec in TASKS]

@@ -15,9 +15,9 @@ from unirank.training.logformat import (
     parse_timestamp_ms,
     read_logs,
     validate_logs,
-    write_logs,
 )
 from unirank.training.logs import EventType, LogData
+from unirank.training.logwriter import write_logs
 from unirank.training.sources import DataSpecError, load_logs
 from unirank.training.synthetic import SyntheticConfig, generate
 

@@ -11,8 +11,8 @@ import pytest
 from unirank.artifact import TASKS, load_artifact
 from unirank.training.cli import main as cli_main
 from unirank.training.config import TrainConfig
-from unirank.training.logformat import write_logs
 from unirank.training.logs import EventType
+from unirank.training.logwriter import write_logs
 from unirank.training.pipeline import evaluate_artifact, train_artifact
 from unirank.training.synthetic import SyntheticConfig, generate
 

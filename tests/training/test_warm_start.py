@@ -20,7 +20,7 @@ from unirank.artifact import TASKS, load_artifact
 from unirank.artifact.store import CATALOG, MANIFEST, MODEL_ONNX, MODEL_TORCH
 from unirank.training.cli import main as cli_main
 from unirank.training.config import WARM_START_LR_SCALE
-from unirank.training.logformat import write_logs
+from unirank.training.logwriter import write_logs
 from unirank.training.pipeline import evaluate_artifact
 from unirank.training.sources import load_logs
 from unirank.training.warmstart import load_parent, refit_config

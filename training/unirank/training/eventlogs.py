@@ -31,9 +31,9 @@ from unirank.training.logformat import (
     LogFormatError,
     LogReport,
     validate_logs,
-    write_logs,
 )
 from unirank.training.logs import LogData
+from unirank.training.logwriter import write_logs
 from unirank.training.sources import USAGE, DataSpecError, load_logs, parse_data_spec
 
 INTERACTIONS = "interactions.csv"
