@@ -10,6 +10,7 @@ row, is never in the index).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ DEFAULT_EF_SEARCH = 512
 def _faiss(threads: int = 1) -> Any:
     """faiss with ``threads`` OpenMP threads: one to answer a request (the server runs many at
     once), every core to build."""
+    # faiss's loader logs every CPU-specific build it tries (AVX512, AVX2) at INFO: noise at start.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         import faiss
     except ImportError as exc:  # pragma: no cover - faiss-cpu is a dependency of the project

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,22 @@ INCOMPLETE_RETRY_S = 1.0
 DRAIN_QUIET_TURNS = 5
 """On stop, this many 10 ms turns of the event loop in a row without an RPC reaching admission
 means no more are on their way."""
+
+
+def _can_listen(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (SO_REUSEADDR, as gRPC binds)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError:
+            return False
+    return True
 
 
 class BindError(OSError):
@@ -171,6 +188,9 @@ class UniRankServer:
                 server,
             )
         bind = f"{self.host}:{self.requested_port}"
+        if self.group is None and self.requested_port and not _can_listen(self.host, self.requested_port):
+            # Asked first, so the caller reads one line instead of gRPC core's log of the failure.
+            raise BindError(f"cannot listen on {bind}: the port is in use or the address is not this host's")
         try:
             self.port = (
                 server.add_insecure_port(bind)
