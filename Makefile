@@ -78,6 +78,13 @@ kpi-demo: setup
 bench: setup
 	PYTHONPATH=bench $(PYTHON) -m unirank_bench $(BENCH_ARGS)
 
+.PHONY: bench-impressions
+# What writing each answer to the impression store costs a ranked request (none / memory / redis;
+# docs/observability.md, "Online KPIs"); IMPRESSIONS_ARGS=--rounds 6.
+bench-impressions: setup
+	@test -f $(ARTIFACT)/manifest.json || $(MAKE) train
+	PYTHONPATH=bench $(PYTHON) -m unirank_bench.impressions --artifact $(ARTIFACT) $(IMPRESSIONS_ARGS)
+
 .PHONY: stress
 # The long hardening runs (13,000 fuzzed RPCs, overload at 4x measured capacity, SIGTERM under load,
 # every fault and attack) against real servers; writes docs/reliability.md. Not part of `make test`.
