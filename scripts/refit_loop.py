@@ -220,7 +220,7 @@ def split_of_events(logs: Path, events_csv: Path) -> dict[str, int]:
 
     import numpy as np
 
-    from unirank.training.labels import SPLITS, UserSplit
+    from unirank.training.examples import SPLITS, UserSplit
     from unirank.training.logformat import parse_timestamp_ms, read_logs
 
     log = read_logs(logs)

@@ -77,7 +77,8 @@ def _task_context(task: TaskType, context: Any) -> Task:
 def held_out_visits(artifact_dir: Path, per_task: int, seed: int) -> list[Visit]:
     """Up to ``per_task`` test-split examples per use-case, regenerated from the artifact's manifest
     (training code: this script is a tool, not part of the client)."""
-    from unirank.training.labels import TEST, UserSplit, make_examples
+    from unirank.training.examples import TEST, UserSplit
+    from unirank.training.labels import make_examples
     from unirank.training.sources import load_logs, parse_data_spec
 
     artifact = load_artifact(artifact_dir)
