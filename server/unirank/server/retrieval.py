@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -45,9 +46,7 @@ class Retriever:
     def __init__(self, artifact: Artifact) -> None:
         self._data = artifact.retrieval
         self._embeddings = np.ascontiguousarray(self._data.item_embeddings, dtype=np.float32)
-        index_path = artifact.item_index_path
-        self.item_index = ItemIndex.load(index_path) if index_path is not None else None
-        """The artifact's approximate nearest-neighbour index (None: it ships none)."""
+        self._index_path = artifact.item_index_path
         catalog = artifact.catalog
         self._newest_year = catalog.newest_release_year
         self._by_popularity = 1 + np.argsort(-np.asarray(catalog.popularity[1:]), kind="stable")
@@ -112,6 +111,12 @@ class Retriever:
         if not items:
             return Candidates(_EMPTY, np.zeros(0, dtype=np.int8))
         return Candidates(np.concatenate(items), np.concatenate(sources))
+
+    @functools.cached_property
+    def item_index(self) -> ItemIndex | None:
+        """The artifact's approximate nearest-neighbour index (None: it ships none), read on first
+        use: a profile that searches exactly never pays for it."""
+        return ItemIndex.load(self._index_path) if self._index_path is not None else None
 
     def stored_history(self, user_index: int) -> np.ndarray:
         """The user's history shipped in the artifact (training plays, oldest first), for a
@@ -200,7 +205,8 @@ class Retriever:
 
 
 def check_item_index(configs: Iterable[RetrievalConfig], retriever: Retriever, version: str) -> None:
-    """Refuse a version that cannot serve the profile's approximate embedding retrieval."""
+    """Refuse a version that cannot serve the profile's approximate embedding retrieval; where the
+    profile uses it, the index is read here, while the version loads, not by its first request."""
     wanted = any(
         config.embedding_search == "approximate" and any(s.source == "embedding" for s in config.sources)
         for config in configs

@@ -260,9 +260,6 @@ class Telemetry:
             profile_name=self.profile_name,
         )
 
-    def record_stages(self, task: str, stages: Iterable[tuple[str, float]]) -> None:
-        self._instruments.record_stages(task, stages)
-
     # -- batches (the batcher's observer)
 
     def batch_observer(self, model_version: str) -> Callable[[Any], None] | None:
