@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TypedDict
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.message import Message
 
 from unirank.client import codec
@@ -310,7 +310,9 @@ class HealthCodec:
         )
 
     def request(self, service: str) -> Message:
-        return self.request_class(service=service)
+        # Through the generic text form: the message class is built at run time, so a typed
+        # keyword argument is unknown to the type checker.
+        return json_format.ParseDict({"service": service}, self.request_class())
 
     def status_name(self, response: Message) -> str:
         """``"SERVING"``, ``"NOT_SERVING"``, ...; a number this client does not know as text."""
