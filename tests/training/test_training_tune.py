@@ -12,6 +12,10 @@ from unirank.artifact import load_artifact
 from unirank.training import evaluate as evaluate_module
 from unirank.training.cli import main as cli_main
 from unirank.training.examples import SPLITS
+from unirank.training.sources import parse_data_spec
+from unirank.training.tune import load_config_file, tuned_on
+
+CONFIGS = Path(__file__).resolve().parents[2] / "training" / "configs"
 
 QUICK = [
     "--size",
@@ -58,6 +62,29 @@ def test_tune_searches_every_model_on_validation_and_writes_a_config(tuned: Path
     }
     assert 0.0 < document["validation"]["unified"] <= 1.0
     assert document["unified"]["steps_per_epoch"] == 2  # the flags given stay part of the config
+    assert document["tuned_on"] == "synthetic --size tiny" and "data" not in document
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")), ids=lambda p: p.name)
+def test_the_shipped_configs_load_and_hold_no_data_path(path: Path) -> None:
+    document = load_config_file(path)
+    assert "data" not in document  # the data always comes from --data
+    for text in _strings(document):
+        assert not text.startswith(("/", "~")) and "../" not in text, text
+
+
+def test_a_config_records_what_it_was_tuned_on_without_its_path() -> None:
+    spec = parse_data_spec("movielens:/somewhere/else/movielens-small/")
+    assert tuned_on(spec, "default") == "movielens (movielens-small)"
+    assert tuned_on(parse_data_spec("synthetic"), "sparse") == "synthetic --size sparse"
 
 
 def test_train_and_compare_accept_the_tuned_config(

@@ -19,12 +19,15 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unirank.artifact import TASKS
 from unirank.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from unirank.training.sources import DataSpec
 
 Progress = Callable[[str], None]
 
@@ -76,6 +79,15 @@ def _fields(values: Any, where: str) -> dict[str, Any]:
     if "split_fractions" in out:
         out["split_fractions"] = tuple(out["split_fractions"])
     return out
+
+
+def tuned_on(spec: DataSpec, size: str) -> str:
+    """What a search ran on, for a reader: the data's kind and its directory's name (or the
+    synthetic preset), never a path, so the file reads the same from any checkout. Nothing loads
+    data from it: ``--data`` on the command line always says what to train on."""
+    if spec.kind == "synthetic":
+        return f"synthetic --size {size}"
+    return f"{spec.kind} ({Path(spec.path).name or spec.path})"
 
 
 def suggest(trial: Any, base: TrainConfig, tasks: Sequence[str]) -> dict[str, Any]:
@@ -159,8 +171,7 @@ def tune(
     out: dict[str, Any] = {
         "format": CONFIG_FORMAT,
         "version": CONFIG_VERSION,
-        "data": str(spec),
-        "size": base.size,
+        "tuned_on": tuned_on(spec, base.size),
         "selection": "mean validation NDCG@10 of the trained use-cases at the selected epoch; "
         "the test split is never read",
         "skipped_tasks": coverage.skipped,
