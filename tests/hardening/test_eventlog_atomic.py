@@ -23,7 +23,7 @@ from unirank.server.codec import events_from_pb
 from unirank.server.errors import InvalidArgument
 from unirank.server.online_store import EventLog, InMemoryFeatureStore, LoggedFeatureStore, RecentEvent
 from unirank.server.online_store.eventlog import COLUMNS, format_rows
-from unirank.training.logformat import LogReport, _timestamp
+from unirank.training.logreader import LogReport, _timestamp
 from unirank.v1 import recommender_pb2 as pb
 
 from ..conftest import relaxed_profile

@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unirank.training.logformat import (
-    MANIFEST_FILE,
-    LogFormatError,
-    main,
-    parse_timestamp_ms,
-    read_logs,
-    validate_logs,
-)
+from unirank.training.logformat import MANIFEST_FILE, LogFormatError, parse_timestamp_ms
+from unirank.training.logreader import main, read_logs, validate_logs
 from unirank.training.logs import EventType, LogData
 from unirank.training.logwriter import write_logs
 from unirank.training.sources import DataSpecError, load_logs

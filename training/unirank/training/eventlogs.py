@@ -25,13 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unirank.training.logformat import (
-    OPTIONAL_COLUMNS,
-    REQUIRED_COLUMNS,
-    LogFormatError,
-    LogReport,
-    validate_logs,
-)
+from unirank.training.logformat import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, LogFormatError
+from unirank.training.logreader import LogReport, validate_logs
 from unirank.training.logs import LogData
 from unirank.training.logwriter import write_logs
 from unirank.training.sources import USAGE, DataSpecError, load_logs, parse_data_spec

@@ -1,5 +1,5 @@
 """Writes any :class:`LogData` (synthetic, MovieLens) as a UniRank log directory, so every source can
-be exported, inspected and read back through the one validator (:mod:`unirank.training.logformat`)."""
+be exported, inspected and read back through the one validator (:mod:`unirank.training.logreader`)."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def load_logs(spec: DataSpec | str, size: str = "default", seed: int = 0) -> Log
 
     A file that cannot be read raises :class:`DataSpecError` with the loader's message.
     """
-    from unirank.training.logformat import LogFormatError, read_logs
+    from unirank.training.logformat import LogFormatError
+    from unirank.training.logreader import read_logs
     from unirank.training.movielens import MovieLensFormatError, load_movielens
 
     parsed = parse_data_spec(spec) if isinstance(spec, str) else spec
