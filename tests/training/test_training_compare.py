@@ -9,7 +9,8 @@ import pytest
 
 from unirank.artifact import TASKS
 from unirank.training.cli import main as cli_main
-from unirank.training.compare import JobResult, model_jobs, summarise
+from unirank.training.compare import model_jobs
+from unirank.training.compare_report import JobResult, summarise
 from unirank.training.config import TrainConfig
 
 TASK_NAMES = [spec.name for spec in TASKS]

@@ -273,8 +273,8 @@ def _compare_parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from unirank.training.compare import format_table as compare_table
     from unirank.training.compare import run_compare
+    from unirank.training.compare_report import format_table as compare_table
 
     overrides: dict[str, object] = _config_overrides(args)
     if args.epochs is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from unirank.artifact import TASKS
-from unirank.training.compare import (
+from unirank.training.compare_report import (
     METRICS,
     NO_TASK_TYPE,
     PEERS,
