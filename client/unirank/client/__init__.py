@@ -4,13 +4,7 @@ May import: ``unirank.v1`` (the generated stubs), grpcio and protobuf; never num
 onnxruntime or any other ``unirank`` package (it ships alone as ``unirank-client``).
 """
 
-from unirank.client._common import (
-    DEFAULT_THROTTLE_K,
-    DEFAULT_TIMEOUT_S,
-    THROTTLED_LOCALLY,
-    AdaptiveThrottle,
-    RequestFields,
-)
+from unirank.client._common import DEFAULT_TIMEOUT_S, RequestFields
 from unirank.client.aio import AsyncRecommenderClient
 from unirank.client.domain import (
     Category,
@@ -28,12 +22,19 @@ from unirank.client.domain import (
     TaskInfo,
 )
 from unirank.client.errors import BatchMemberError, UniRankError
+from unirank.client.overload import (
+    DEFAULT_THROTTLE_K,
+    THROTTLED_LOCALLY,
+    AdaptiveConcurrencyLimit,
+    AdaptiveThrottle,
+)
 from unirank.client.sync import RecommenderClient
 
 __all__ = [
     "DEFAULT_THROTTLE_K",
     "DEFAULT_TIMEOUT_S",
     "THROTTLED_LOCALLY",
+    "AdaptiveConcurrencyLimit",
     "AdaptiveThrottle",
     "AsyncRecommenderClient",
     "BatchMemberError",

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import collections
-import random
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
@@ -21,119 +17,6 @@ from unirank.v1 import recommender_pb2 as pb
 
 DEFAULT_TIMEOUT_S = 2.0
 """Deadline of every call unless the client or the call says otherwise."""
-
-DEFAULT_THROTTLE_K = 2.0
-"""Adaptive throttling's K: a client sends up to K times what the server has been accepting."""
-
-THROTTLED_LOCALLY = "THROTTLED_LOCALLY"
-"""``UniRankError.reason`` of a call the client refused itself, without sending it."""
-
-_OVERLOAD_CODES = frozenset(
-    {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED}
-)
-"""Answers that mean the server did not serve the call in time: refused by admission or by gRPC's
-own limit, dropped from gRPC core's backlog (a blocking or aio call this client makes is never
-cancelled by the client itself with an RpcError), or still waiting when the deadline passed (an
-overloaded process holds calls in gRPC core's backlog, where nothing refuses them, until they
-time out: make stress measured 50 ms callers getting 3 % of the answers without this)."""
-
-
-class AdaptiveThrottle:
-    """Client-side adaptive throttling, as in the Google SRE book's "Handling Overload".
-
-    Over a sliding window (``window_s``, kept in ``buckets`` buckets) the client counts the calls
-    it was asked to make (``requests``) and those the server accepted (any answer but an overload
-    refusal or a deadline that passed). A new call is refused locally, without being sent, with probability
-    ``max(0, (requests - k * accepts) / (requests + 1))``: while the server accepts everything
-    nothing is refused; once it refuses, the client sends about ``k`` times what it accepts, so
-    the server spends little CPU refusing calls it could never answer. Thread-safe.
-    """
-
-    def __init__(
-        self,
-        k: float = DEFAULT_THROTTLE_K,
-        *,
-        window_s: float = 120.0,
-        buckets: int = 60,
-        clock: Callable[[], float] = time.monotonic,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not k > 0:
-            raise ValueError(f"k must be > 0, got {k}")
-        if not window_s > 0 or buckets < 1:
-            raise ValueError(f"window_s must be > 0 and buckets >= 1, got {window_s}, {buckets}")
-        self.k = k
-        self._bucket_s = window_s / buckets
-        self._buckets = buckets
-        self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
-        self._lock = threading.Lock()
-        self._window: collections.deque[list[int]] = collections.deque()  # [bucket, requests, accepts]
-        self.requests = 0
-        """Calls asked for within the window (sent or refused locally)."""
-        self.accepts = 0
-        """Calls the server accepted within the window."""
-        self.rejected_locally = 0
-        """Calls refused by this throttle since it was made (never reset)."""
-
-    def _bucket(self) -> list[int]:
-        index = int(self._clock() // self._bucket_s)
-        window = self._window
-        while window and window[0][0] <= index - self._buckets:
-            _, requests, accepts = window.popleft()
-            self.requests -= requests
-            self.accepts -= accepts
-        if not window or window[-1][0] != index:
-            window.append([index, 0, 0])
-        return window[-1]
-
-    def rejection_probability(self) -> float:
-        """The chance that the next call is refused locally."""
-        with self._lock:
-            self._bucket()
-            return max(0.0, (self.requests - self.k * self.accepts) / (self.requests + 1))
-
-    def admit(self) -> bool:
-        """Decide whether to send a call (False: it is refused locally, and counted as a request)."""
-        with self._lock:
-            bucket = self._bucket()
-            p = (self.requests - self.k * self.accepts) / (self.requests + 1)
-            if p > 0 and self._rng.random() < p:
-                bucket[1] += 1
-                self.requests += 1
-                self.rejected_locally += 1
-                return False
-            return True
-
-    def record(self, code: grpc.StatusCode | None) -> None:
-        """A sent call ended with ``code`` (None: OK); overload refusals and timeouts are not accepts.
-
-        A sent call is counted when its outcome is known, not when it leaves: calls still in
-        flight would otherwise count as refused, and a burst of concurrent first calls would be
-        throttled before the server ever said no.
-        """
-        accepted = code not in _OVERLOAD_CODES
-        with self._lock:
-            bucket = self._bucket()
-            bucket[1] += 1
-            self.requests += 1
-            if accepted:
-                bucket[2] += 1
-                self.accepts += 1
-
-    def refusal(self) -> UniRankError:
-        """The error of a call refused locally."""
-        return UniRankError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED.name,
-            f"throttled locally: the server accepted {self.accepts} of the last {self.requests} "
-            f"calls, and this client sends at most {self.k:g} times what it accepts",
-            reason=THROTTLED_LOCALLY,
-        )
-
-
-def make_throttle(throttle_k: float | None) -> AdaptiveThrottle | None:
-    """The client's throttle; None (no throttling) when ``throttle_k`` is None."""
-    return None if throttle_k is None else AdaptiveThrottle(throttle_k)
 
 
 def batch_outcomes(response: pb.RecommendBatchResponse) -> list[Ranking | UniRankError]:

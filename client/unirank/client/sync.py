@@ -10,10 +10,8 @@ import grpc
 
 from unirank.client import codec
 from unirank.client._common import (
-    DEFAULT_THROTTLE_K,
     DEFAULT_TIMEOUT_S,
     HEALTH_CHECK_METHOD,
-    AdaptiveThrottle,
     CallSettings,
     HealthCodec,
     RequestFields,
@@ -21,7 +19,6 @@ from unirank.client._common import (
     batch_rankings,
     build_request,
     channel_credentials,
-    make_throttle,
     to_message,
 )
 from unirank.client.domain import (
@@ -37,6 +34,13 @@ from unirank.client.domain import (
     Search,
 )
 from unirank.client.errors import UniRankError, error_from_rpc
+from unirank.client.overload import (
+    DEFAULT_THROTTLE_K,
+    AdaptiveConcurrencyLimit,
+    AdaptiveThrottle,
+    OverloadControl,
+    make_throttle,
+)
 from unirank.v1 import recommender_pb2 as pb
 from unirank.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -65,6 +69,7 @@ class RecommenderClient:
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Sequence[tuple[str, Any]] = (),
         throttle_k: float | None = DEFAULT_THROTTLE_K,
+        concurrency_limit: AdaptiveConcurrencyLimit | None = None,
     ) -> None:
         """Open a (lazy) channel to ``target`` ("host:port").
 
@@ -75,10 +80,17 @@ class RecommenderClient:
         once the server refuses calls for overload, this client sends about K times what it
         accepts and refuses the rest itself (RESOURCE_EXHAUSTED, reason ``THROTTLED_LOCALLY``,
         counted in ``throttle.rejected_locally``); None turns throttling off.
+        ``concurrency_limit`` (off by default) also bounds the calls in flight by the server's
+        latency (:class:`~unirank.client.AdaptiveConcurrencyLimit`): a latency-sensitive caller
+        keeps the server near its unloaded latency under any load, and calls over the limit are
+        refused here the same way (counted in ``concurrency_limit.rejected_locally``).
         """
         self.target = target
         self.throttle: AdaptiveThrottle | None = make_throttle(throttle_k)
         """The client-side adaptive throttle (None when off); its counters are the client's metrics."""
+        self.concurrency_limit = concurrency_limit
+        """The adaptive concurrency limit (None when off); its counters are the client's metrics."""
+        self._overload = OverloadControl(self.throttle, concurrency_limit)
         self._settings = CallSettings.create(timeout=timeout, bearer_token=bearer_token, metadata=metadata)
         secure = channel_credentials(credentials, root_certificates, tls)
         options = list(channel_options)
@@ -108,19 +120,24 @@ class RecommenderClient:
     def _call(
         self, method: Callable[..., _Response], request: Any, timeout: float | None, *, throttled: bool = True
     ) -> _Response:
-        throttle = self.throttle if throttled else None
-        if throttle is not None and not throttle.admit():
-            raise throttle.refusal()
+        control = self._overload if throttled else None
+        started = control.admit() if control is not None else 0.0
+        answered = False
         try:
             response = method(
                 request, timeout=self._settings.timeout(timeout), metadata=self._settings.call_metadata()
             )
+            answered = True
         except grpc.RpcError as error:
-            if throttle is not None:
-                throttle.record(getattr(error, "code", lambda: None)())
+            answered = True
+            if control is not None:
+                control.done(request, started, getattr(error, "code", lambda: None)())
             raise error_from_rpc(error) from error
-        if throttle is not None:
-            throttle.record(None)
+        finally:
+            if control is not None and not answered:
+                control.done(request, started, None, answered=False)
+        if control is not None:
+            control.done(request, started, None)
         return response
 
     # One method per use-case -------------------------------------------------------------
