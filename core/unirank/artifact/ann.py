@@ -40,16 +40,21 @@ def _faiss(threads: int = 1) -> Any:
     return faiss
 
 
-def build_item_index(embeddings: np.ndarray, path: Path) -> None:
-    """Write the HNSW index of ``embeddings[1:]`` (row ``i`` is catalogue item ``i``) to ``path``."""
+def build_item_index(embeddings: np.ndarray, path: Path | None = None) -> ItemIndex:
+    """The HNSW index of ``embeddings[1:]`` (row ``i`` is catalogue item ``i``), built with every
+    core; written to ``path`` when given."""
     faiss = _faiss(os.cpu_count() or 1)
-    vectors = np.ascontiguousarray(embeddings[1:], dtype=np.float32)
-    index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-    if len(vectors):
-        index.add(vectors)
-    faiss.write_index(index, str(path))
-    faiss.omp_set_num_threads(1)
+    try:
+        vectors = np.ascontiguousarray(embeddings[1:], dtype=np.float32)
+        index = faiss.IndexHNSWFlat(vectors.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        if len(vectors):
+            index.add(vectors)
+        if path is not None:
+            faiss.write_index(index, str(path))
+    finally:
+        faiss.omp_set_num_threads(1)
+    return ItemIndex(index, int(index.ntotal))
 
 
 class ItemIndex:
@@ -74,3 +79,20 @@ class ItemIndex:
         _, ids = self._index.search(np.ascontiguousarray(query, dtype=np.float32)[None, :], k, params=params)
         found = ids[0]
         return found[found >= 0].astype(np.int64) + 1  # index row r is catalogue item r + 1
+
+    def save(self, path: Path) -> None:
+        _faiss().write_index(self._index, str(path))
+
+    def search_many(self, queries: np.ndarray, k: int, ef_search: int = DEFAULT_EF_SEARCH) -> np.ndarray:
+        """int64 [Q, k]: the ``k`` nearest catalogue items of each query row, nearest first, 0 where
+        fewer were found; searched with every core (an offline batch, not a request)."""
+        k = min(k, self.n_items)
+        if k <= 0 or not len(queries):
+            return np.zeros((len(queries), max(k, 0)), dtype=np.int64)
+        faiss = _faiss(os.cpu_count() or 1)
+        try:
+            params = self._params(efSearch=max(ef_search, k))
+            _, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        finally:
+            faiss.omp_set_num_threads(1)
+        return ids.astype(np.int64) + 1  # index row r is item r + 1; faiss's -1 (none found) becomes 0

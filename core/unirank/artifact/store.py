@@ -5,6 +5,8 @@ Layout (names are fixed; ``manifest.json`` lists each other file with its sha256
     manifest.json   schema version, model version, creation time, model config, encoder config,
                     training data summary, sha256 per file
     model.onnx      scoring graph with dynamic batch / history / query / candidate axes
+    model.onnx.data the graph's large tables as ONNX external data, when the graph would pass
+                    ``EXTERNAL_DATA_ABOVE_BYTES`` (large catalogues; protobuf stops at 2 GB)
     model.pt        the same weights for the torch backend (load with ``weights_only=True``)
     catalog.json    items, titles, categories, maturity, years, popularity, vocabularies
     retrieval.npz   item embeddings, related-item lists, popularity, lexical and category indexes
@@ -34,6 +36,9 @@ from unirank.artifact.features import FeatureEncoder
 SCHEMA_VERSION = "1"
 MANIFEST = "manifest.json"
 MODEL_ONNX = "model.onnx"
+MODEL_ONNX_DATA = "model.onnx.data"
+"""The graph's external data (ONNX Runtime finds it beside ``model.onnx``); listed in the manifest
+like any file, so a server verifies it before the graph is read."""
 MODEL_TORCH = "model.pt"
 CATALOG = "catalog.json"
 RETRIEVAL = "retrieval.npz"

@@ -37,6 +37,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--size", choices=SIZES, help="preset (default: default; with --warm-start the parent's)"
     )
+    parser.add_argument(
+        "--items", type=int, help="synthetic catalogue size in place of the preset's (scale benchmarks)"
+    )
     parser.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
     parser.add_argument(
         "--warm-start",
@@ -178,6 +181,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides[name] = getattr(args, flag)
     if args.size is not None:
         overrides["size"] = args.size
+    if args.items is not None:
+        overrides["synthetic_items"] = args.items
     if args.epochs is not None:
         if args.warm_start is not None:
             raise ValueError("--warm-start is bounded by --max-steps, not --epochs")

@@ -36,6 +36,9 @@ class TrainConfig:
     """Data spec: ``synthetic``, ``movielens:PATH`` or ``logs:PATH``."""
     size: str = "default"
     """Synthetic preset: ``tiny``, ``small`` or ``default``."""
+    synthetic_items: int | None = None
+    """Synthetic catalogue size in place of the preset's (``--items``; users and events stay the
+    preset's, so a larger catalogue has a longer tail); None: the preset's."""
     seed: int = 0
     """Seeds the data generator, parameter init, sampling and evaluation subsets."""
 
@@ -169,6 +172,8 @@ class TrainConfig:
             raise ValueError(f"task_weighting must be one of {TASK_WEIGHTINGS}, not {self.task_weighting!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError("max_steps must be >= 1 (or None)")
+        if self.synthetic_items is not None and self.synthetic_items < 10:
+            raise ValueError("synthetic_items must be >= 10 (or None)")
         if self.device.split(":", 1)[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', not {self.device!r}")
         if self.retired_tasks not in RETIRED_TASKS:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from unirank.artifact import TASKS, Catalog, FeatureEncoder, load_artifact
+from unirank.artifact.ann import build_item_index
 from unirank.artifact.store import MANIFEST
 from unirank.model.net import build_model_from_checkpoint
 from unirank.training.baselines import CoEngagement
@@ -27,7 +28,7 @@ from unirank.training.label_rows import LabelConfig
 from unirank.training.labels import make_examples
 from unirank.training.logs import LogData
 from unirank.training.plots import TASK_METRICS, TRAINING_CURVES, plot_task_metrics, plot_training_curves
-from unirank.training.retrieval import build_retrieval, user_histories
+from unirank.training.retrieval import build_retrieval, item_embeddings, user_histories
 from unirank.training.sources import load_logs, parse_data_spec
 from unirank.training.train import Progress, TrainResult, print_progress, torch_threads, train_model
 
@@ -120,7 +121,7 @@ def _train_artifact(
     check_out_dir(out_dir)
     started = time.perf_counter()
     spec = parse_data_spec(config.data)
-    log = load_logs(spec, size=config.size, seed=config.seed)
+    log = load_logs(spec, size=config.size, seed=config.seed, items=config.synthetic_items)
     data = prepare_data(
         log,
         config.max_history,
@@ -174,6 +175,7 @@ def write_version(
         "source": log.source,
         "data": spec,
         "size": config.size,
+        **({} if config.synthetic_items is None else {"synthetic_items": config.synthetic_items}),
         "seed": config.seed,
         "n_items": log.n_items,
         "n_users": log.n_users,
@@ -197,7 +199,8 @@ def write_version(
     )
     metrics["skipped_tasks"] = coverage.skipped
     histories = user_histories(data.log, data.split, data.catalog, config.max_history)
-    retrieval = build_retrieval(model, data.catalog, data.co_engagement, histories)
+    item_index = build_item_index(item_embeddings(model))
+    retrieval = build_retrieval(model, data.catalog, data.co_engagement, histories, item_index)
     say(f"evaluated and built retrieval in {time.perf_counter() - phase:.1f}s")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -236,6 +239,7 @@ def write_version(
                 "skipped_tasks": coverage.skipped,
             },
             extra_files=(TRAINING_CURVES, TASK_METRICS),
+            item_index=item_index,
         )
         load_artifact(staging)  # the reader's own check, before anyone can see the directory
         _swap_into_place(staging, out_dir)
@@ -261,7 +265,9 @@ def _evaluate_artifact(path: Path, data: str | None, progress: Progress | None) 
     trained_on = parse_data_spec(recorded["data"])
     if spec.kind != trained_on.kind:
         raise ValueError(f"{path} was trained on --data {recorded['data']}, not {spec}")
-    log = load_logs(spec, size=recorded["size"], seed=int(recorded["seed"]))
+    log = load_logs(
+        spec, size=recorded["size"], seed=int(recorded["seed"]), items=recorded.get("synthetic_items")
+    )
     if "warm_started_from" in artifact.manifest:  # a refit: its logs were mapped onto the parent's catalogue
         log, _ = map_onto_catalog(log, artifact.catalog)
     if log.items.item_ids != artifact.catalog.items.keys[1:]:

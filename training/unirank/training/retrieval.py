@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from unirank.artifact import Catalog
+from unirank.artifact.ann import ItemIndex
 from unirank.artifact.store import Retrieval
 from unirank.model.net import UniRankModel
 from unirank.training.baselines import CoEngagement, popularity_order
@@ -26,36 +27,65 @@ def item_embeddings(model: UniRankModel) -> np.ndarray:
     return table
 
 
+EXACT_RELATED_MAX_ITEMS = 50_000
+"""Up to this many items the related-items lists compare every pair (exact, seconds); beyond it
+they search the artifact's HNSW item index, whose cost grows with n log n instead of n²."""
+RELATED_EF_SEARCH = 128
+"""The HNSW search list for the related-items lists (recall of the top 2k, measured in
+docs/benchmarks.md; the server's own ``ann_ef_search`` is separate)."""
+
+
+def _exact_neighbours(embeddings: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """[len(rows), width] nearest items of each row by inner product, nearest first (blocked:
+    one chunk of rows against the whole catalogue, memory chunk x n)."""
+    sims = embeddings[rows] @ embeddings.T
+    sims[:, 0] = -np.inf
+    sims[np.arange(len(rows)), rows] = -np.inf
+    near = np.argpartition(-sims, width - 1, axis=1)[:, :width]
+    near_sims = np.take_along_axis(sims, near, axis=1)
+    return np.take_along_axis(near, np.argsort(-near_sims, axis=1, kind="stable"), axis=1)
+
+
 def related_items(
-    embeddings: np.ndarray, co_engagement: CoEngagement, k: int = RELATED_K, chunk: int = 1024
+    embeddings: np.ndarray,
+    co_engagement: CoEngagement,
+    k: int = RELATED_K,
+    chunk: int = 1024,
+    item_index: ItemIndex | None = None,
 ) -> np.ndarray:
     """int64 [n_items + 1, k]: co-engaged items first (by count), then nearest by embedding.
 
     Co-engagement is the evidence users gave; where it is thin (new or niche items) the
-    embedding neighbours fill the remaining slots, so every item has a full list.
+    embedding neighbours fill the remaining slots, so every item has a full list. The neighbours
+    are exact up to :data:`EXACT_RELATED_MAX_ITEMS` items, or always when no ``item_index`` is
+    given; otherwise the index's approximate ones (an item missing from a list is one the
+    index did not reach, never a wrong one).
     """
     n = embeddings.shape[0]
     k = min(k, n - 2) if n > 2 else 0
     out = np.zeros((n, max(k, 0)), dtype=np.int64)
     if k <= 0:
         return out
+    # Up to 2k nearest, enough to fill k slots after dropping co-engaged duplicates.
+    width = min(2 * k, n - 2)
+    approximate = item_index is not None and n - 1 > EXACT_RELATED_MAX_ITEMS
+    if approximate:
+        chunk = max(chunk, 16_384)  # faiss spreads one batch over every core
     for start in progress(range(1, n, chunk), -(-(n - 1) // chunk), "related items", unit="chunk"):
         rows = np.arange(start, min(start + chunk, n))
-        sims = embeddings[rows] @ embeddings.T
-        sims[:, 0] = -np.inf
-        sims[np.arange(len(rows)), rows] = -np.inf
-        # Up to 2k nearest, enough to fill k slots after dropping co-engaged duplicates.
-        width = min(2 * k, n - 2)
-        near = np.argpartition(-sims, width - 1, axis=1)[:, :width]
-        near_sims = np.take_along_axis(sims, near, axis=1)
-        near = np.take_along_axis(near, np.argsort(-near_sims, axis=1, kind="stable"), axis=1)
+        if item_index is not None and approximate:
+            near = item_index.search_many(embeddings[rows], width + 1, RELATED_EF_SEARCH)
+        else:
+            near = _exact_neighbours(embeddings, rows, width)
         for r, item in enumerate(rows.tolist()):
             co, _ = co_engagement.row(item)
             picked = list(co[:k].tolist())
             if len(picked) < k:
                 seen = set(picked)
+                seen.update((0, item))
                 picked.extend(x for x in near[r].tolist() if x not in seen)
-            out[item] = picked[:k]
+            picked = picked[:k]
+            out[item, : len(picked)] = picked
     return out
 
 
@@ -107,9 +137,11 @@ def build_retrieval(
     catalog: Catalog,
     co_engagement: CoEngagement,
     histories: tuple[np.ndarray, np.ndarray] | None = None,
+    item_index: ItemIndex | None = None,
 ) -> Retrieval:
     """Every array of ``retrieval.npz`` for one trained model and catalogue (``histories``: the
-    users' stored histories, from :func:`user_histories`)."""
+    users' stored histories, from :func:`user_histories`; ``item_index``: the HNSW index of
+    :func:`item_embeddings`, which large catalogues' related-items lists search)."""
     popularity = np.asarray(catalog.popularity, dtype=np.float64)
     popular = popularity_order(popularity).astype(np.int64)
     n = len(catalog.items)
@@ -125,7 +157,7 @@ def build_retrieval(
     category_indptr, category_items = _csr(cats.ravel(), item_of_cat, len(catalog.categories), pop_rank)
     return Retrieval(
         item_embeddings=embeddings,
-        related_items=related_items(embeddings, co_engagement),
+        related_items=related_items(embeddings, co_engagement, item_index=item_index),
         popular_items=popular,
         lexical_indptr=lexical_indptr,
         lexical_items=lexical_items,

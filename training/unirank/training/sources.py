@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,11 @@ def parse_data_spec(text: str) -> DataSpec:
     raise DataSpecError(f"unknown --data {text!r}; supported: {USAGE}")
 
 
-def load_logs(spec: DataSpec | str, size: str = "default", seed: int = 0) -> LogData:
-    """Canonical logs for a spec; ``size`` and ``seed`` drive the synthetic generator only.
+def load_logs(
+    spec: DataSpec | str, size: str = "default", seed: int = 0, items: int | None = None
+) -> LogData:
+    """Canonical logs for a spec; ``size``, ``seed`` and ``items`` (the catalogue size in place of
+    the preset's) drive the synthetic generator only.
 
     A file that cannot be read raises :class:`DataSpecError` with the loader's message.
     """
@@ -53,7 +57,13 @@ def load_logs(spec: DataSpec | str, size: str = "default", seed: int = 0) -> Log
 
     parsed = parse_data_spec(spec) if isinstance(spec, str) else spec
     if parsed.kind == "synthetic":
-        log = generate(SyntheticConfig.preset(size), seed)
+        config = SyntheticConfig.preset(size)
+        if items is not None:
+            config = dataclasses.replace(config, n_items=items)
+            log = generate(config, seed)
+            log.provenance["items"] = items
+        else:
+            log = generate(config, seed)
         log.provenance["size"] = size
         return log
     try:
