@@ -12,6 +12,7 @@ import pytest
 
 from unirank.artifact import ModelInputs, load_artifact
 from unirank.client import AsyncRecommenderClient, Event, UniRankError
+from unirank.client.rollout import RolloutClient
 from unirank.server.backends.base import BackendError
 from unirank.server.errors import ERROR_TABLE, ServingError
 from unirank.server.online_store import FeatureStoreError
@@ -98,6 +99,9 @@ async def test_every_row_of_the_error_table(artifact_dir: Path, monkeypatch: pyt
         seen["FeatureStoreUnavailable"] = await _expect(
             client, lambda c: c.record_events([Event(user, item)])
         )
+        with RolloutClient(server.address) as rollouts, pytest.raises(UniRankError) as refused:
+            await asyncio.to_thread(rollouts.promote)  # rollouts are off in this profile
+        seen["RolloutRefused"] = refused.value
     full, limited = "token-for-everything-0001", "token-for-recommend-0002"
     monkeypatch.setenv("UNIRANK_TEST_TOKENS", f"full:{full},limited:{limited}")
     security = {

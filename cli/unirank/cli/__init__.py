@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("unirank.client.cli", "print a running server's model info"),
     "health": ("unirank.client.cli", "check a running server's health"),
     "monitor": ("unirank.client.cli", "per-task traffic, latency, errors, fallbacks and drift of a server"),
+    "rollout": ("unirank.client.cli", "a server's canary rollout: status, start, promote, abort"),
     "alerts": ("unirank.server.alerts", "write a profile's Prometheus recording and alerting rules"),
 }
 

@@ -33,6 +33,7 @@ from unirank.client.domain import (
 )
 from unirank.client.errors import UniRankError
 from unirank.client.monitor import StatsClient, format_views, summarize, views_as_json
+from unirank.client.rollout import RolloutClient, add_rollout_parser, run_rollout
 from unirank.client.sync import RecommenderClient
 from unirank.v1 import recommender_pb2 as pb
 
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--count", type=_positive_int, default=None, metavar="N", help="with --watch: stop after N updates"
     )
+    add_rollout_parser(commands, lambda parser: _add_connection_flags(parser, nested=False))
     return parser
 
 
@@ -311,6 +313,8 @@ def format_ranking(ranking: Ranking) -> str:
     )
     if ranking.stored_history:
         header += "  history=stored"
+    if ranking.arm == "canary":
+        header += "  arm=canary"
     if ranking.request_id:
         header += f"  request_id={ranking.request_id}"
     lines = [header]
@@ -414,6 +418,8 @@ def _monitor(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "monitor":
         return _monitor(args)
+    if args.command == "rollout":
+        return run_rollout(args, RolloutClient(**_connection(args)), _output)
     with _client(args) as client:
         if args.command == "recommend":
             ranking = client.recommend(request_from_args(args))

@@ -180,6 +180,7 @@ def encode_ranking(ranking: Ranking) -> pb.RecommendResponse:
         fallback_reason=enum_value(pb.FallbackReason, _FALLBACK_PREFIX, ranking.fallback_reason),  # type: ignore[arg-type]
         fallback_detail=ranking.fallback_detail,
         stored_history=ranking.stored_history,
+        arm=ranking.arm,
         timings=[pb.StageTiming(stage=stage, duration_ms=ms) for stage, ms in ranking.timings.items()],
     )
 
@@ -203,6 +204,7 @@ def decode_ranking(message: pb.RecommendResponse) -> Ranking:
         timings=timings,
         stored_history=message.stored_history,
         impression_id=message.impression_id,
+        arm=message.arm,
     )
 
 

@@ -113,6 +113,9 @@ class Ranking:
     impression_id: str = ""
     """Server-issued id of this answer: send it back in ``Event.impression_id`` (with the item's
     1-based position in ``items``) so clicks and plays are attributed to it."""
+    arm: str = ""
+    """Which arm of a canary rollout answered: "stable", or "canary" where a new model version is
+    being judged on this use-case for this user."""
 
     @property
     def item_ids(self) -> list[str]:

@@ -104,8 +104,9 @@ def decode_stats(message: pb.GetServingStatsResponse) -> ServingStats:
     )
 
 
-class StatsClient:
-    """A channel to one server, for ``GetServingStats`` only (grpcio + protobuf, like the client)."""
+class OperatorChannel:
+    """A channel to one server for an operator's RPCs (stats, rollouts): grpcio + protobuf only,
+    like the client, with its connection settings."""
 
     def __init__(
         self,
@@ -124,17 +125,6 @@ class StatsClient:
         )
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
 
-    def fetch(self) -> ServingStats:
-        try:
-            response = self._stub.GetServingStats(
-                pb.GetServingStatsRequest(),
-                timeout=self._settings.timeout(None),
-                metadata=self._settings.call_metadata(),
-            )
-        except grpc.RpcError as error:
-            raise error_from_rpc(error) from error
-        return decode_stats(response)
-
     def close(self) -> None:
         self._channel.close()
 
@@ -148,6 +138,21 @@ class StatsClient:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class StatsClient(OperatorChannel):
+    """A channel to one server, for ``GetServingStats`` only."""
+
+    def fetch(self) -> ServingStats:
+        try:
+            response = self._stub.GetServingStats(
+                pb.GetServingStatsRequest(),
+                timeout=self._settings.timeout(None),
+                metadata=self._settings.call_metadata(),
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return decode_stats(response)
 
 
 # -- what the table shows ---------------------------------------------------------------------

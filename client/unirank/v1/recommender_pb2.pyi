@@ -177,7 +177,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., duration_ms: _Optional[float] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings", "stored_history", "impression_id")
+    __slots__ = ("request_id", "task_type", "items", "model_version", "profile", "served_from_cache", "fallback", "fallback_reason", "fallback_detail", "timings", "stored_history", "impression_id", "arm")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPE_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,7 @@ class RecommendResponse(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     STORED_HISTORY_FIELD_NUMBER: _ClassVar[int]
     IMPRESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     task_type: TaskType
     items: _containers.RepeatedCompositeFieldContainer[RankedItem]
@@ -202,7 +203,8 @@ class RecommendResponse(_message.Message):
     timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
     stored_history: bool
     impression_id: str
-    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., stored_history: _Optional[bool] = ..., impression_id: _Optional[str] = ...) -> None: ...
+    arm: str
+    def __init__(self, request_id: _Optional[str] = ..., task_type: _Optional[_Union[TaskType, str]] = ..., items: _Optional[_Iterable[_Union[RankedItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., profile: _Optional[str] = ..., served_from_cache: _Optional[bool] = ..., fallback: _Optional[bool] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., fallback_detail: _Optional[str] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., stored_history: _Optional[bool] = ..., impression_id: _Optional[str] = ..., arm: _Optional[str] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -417,3 +419,95 @@ class RecordEventsResponse(_message.Message):
     attributed: int
     unattributed: int
     def __init__(self, accepted: _Optional[int] = ..., ignored: _Optional[int] = ..., attributed: _Optional[int] = ..., unattributed: _Optional[int] = ...) -> None: ...
+
+class RolloutTask(_message.Message):
+    __slots__ = ("task", "status", "canary_percent", "step", "stable_version", "verdict", "reason", "e_value", "canary_impressions", "canary_clicks", "stable_impressions", "stable_clicks")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STABLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    E_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    STABLE_CLICKS_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    status: str
+    canary_percent: float
+    step: int
+    stable_version: str
+    verdict: str
+    reason: str
+    e_value: float
+    canary_impressions: int
+    canary_clicks: int
+    stable_impressions: int
+    stable_clicks: int
+    def __init__(self, task: _Optional[str] = ..., status: _Optional[str] = ..., canary_percent: _Optional[float] = ..., step: _Optional[int] = ..., stable_version: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., e_value: _Optional[float] = ..., canary_impressions: _Optional[int] = ..., canary_clicks: _Optional[int] = ..., stable_impressions: _Optional[int] = ..., stable_clicks: _Optional[int] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("rollout_id", "state", "canary_version", "steps_percent", "tasks", "started_unix_ms", "finished_unix_ms", "retrain_request")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRAIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    state: str
+    canary_version: str
+    steps_percent: _containers.RepeatedScalarFieldContainer[float]
+    tasks: _containers.RepeatedCompositeFieldContainer[RolloutTask]
+    started_unix_ms: int
+    finished_unix_ms: int
+    retrain_request: str
+    def __init__(self, rollout_id: _Optional[str] = ..., state: _Optional[str] = ..., canary_version: _Optional[str] = ..., steps_percent: _Optional[_Iterable[float]] = ..., tasks: _Optional[_Iterable[_Union[RolloutTask, _Mapping]]] = ..., started_unix_ms: _Optional[int] = ..., finished_unix_ms: _Optional[int] = ..., retrain_request: _Optional[str] = ...) -> None: ...
+
+class GetRolloutStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetRolloutStatusResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: RolloutStatus
+    def __init__(self, rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StartRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: RolloutStatus
+    def __init__(self, rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+
+class PromoteRolloutRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PromoteRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: RolloutStatus
+    def __init__(self, rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+
+class AbortRolloutRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tasks: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AbortRolloutResponse(_message.Message):
+    __slots__ = ("rollout",)
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    rollout: RolloutStatus
+    def __init__(self, rollout: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,26 @@ class RecommenderServiceStub:
                 request_serializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
                 response_deserializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
                 _registered_method=True)
+        self.GetRolloutStatus = channel.unary_unary(
+                '/unirank.v1.RecommenderService/GetRolloutStatus',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusResponse.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/unirank.v1.RecommenderService/StartRollout',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.StartRolloutResponse.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/unirank.v1.RecommenderService/PromoteRollout',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.PromoteRolloutRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.PromoteRolloutResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/unirank.v1.RecommenderService/AbortRollout',
+                request_serializer=unirank_dot_v1_dot_recommender__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=unirank_dot_v1_dot_recommender__pb2.AbortRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -101,6 +121,34 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRolloutStatus(self, request, context):
+        """The canary rollout and each use-case's part in it (`unirank rollout status`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Start a rollout of the repository's newest version (`unirank rollout start`). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Promote use-cases now (`unirank rollout promote`). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Roll use-cases back now (`unirank rollout abort`). Admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +176,26 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.RecordEvents,
                     request_deserializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.FromString,
                     response_serializer=unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.SerializeToString,
+            ),
+            'GetRolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRolloutStatus,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.StartRolloutRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.StartRolloutResponse.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.PromoteRolloutRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.PromoteRolloutResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=unirank_dot_v1_dot_recommender__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=unirank_dot_v1_dot_recommender__pb2.AbortRolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +333,114 @@ class RecommenderService:
             '/unirank.v1.RecommenderService/RecordEvents',
             unirank_dot_v1_dot_recommender__pb2.RecordEventsRequest.SerializeToString,
             unirank_dot_v1_dot_recommender__pb2.RecordEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/GetRolloutStatus',
+            unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.GetRolloutStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/StartRollout',
+            unirank_dot_v1_dot_recommender__pb2.StartRolloutRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.StartRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/PromoteRollout',
+            unirank_dot_v1_dot_recommender__pb2.PromoteRolloutRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.PromoteRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/unirank.v1.RecommenderService/AbortRollout',
+            unirank_dot_v1_dot_recommender__pb2.AbortRolloutRequest.SerializeToString,
+            unirank_dot_v1_dot_recommender__pb2.AbortRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from unirank.server.pipeline import RankingPipeline
 from unirank.server.reference import score_references
 from unirank.server.repository import Fingerprint, check_same_family, fingerprint, resolve_artifact
 from unirank.server.retrieval import check_item_index
+from unirank.server.rollout.controller import RolloutController
 from unirank.server.runtime import ModelRuntime
 from unirank.server.security import Authenticator, TlsCredentials
 from unirank.server.service import RecommenderServicer
@@ -96,6 +98,7 @@ class UniRankServer:
         self.pipeline: RankingPipeline | None = None
         self.last_gate: GateDecision | None = None
         """The offline gate's last decision (``[gate] enabled``), for operators and tests."""
+        self.rollout: RolloutController | None = None  # [rollout] enabled: canaries per use-case
         self._server: grpc.aio.Server | None = None
         self._loaded: Fingerprint | None = None
         self._rejected: Fingerprint | None = None
@@ -157,6 +160,16 @@ class UniRankServer:
         if self.features is None:
             self.features = make_feature_store(self.profile.features)
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
+        if self.profile.rollout.enabled:  # resumed: the versions its saved state serves are loaded
+            load = functools.partial(
+                ModelRuntime.load, section=self.profile.model, batch_observer=telemetry.batch_observer
+            )
+            rollout = self.rollout = await RolloutController.open(
+                self.artifact_path, self.pipeline, version_dir, telemetry.stats.kpis, load
+            )
+            rollout.on_finished, rollout.reload = self._rollout_finished, self.reload
+            self._loaded = stamp if runtime.version in rollout.runtimes else None  # else: it waits
+            runtime = rollout.default
         self._announce(runtime, await self._references(runtime))
         limits = self.profile.server
         self.first_message = FirstMessageGuard(limits.connections.first_message_timeout_ms / 1000.0)
@@ -175,6 +188,7 @@ class UniRankServer:
             telemetry,
             self.admission,
             peers=self.group.stats_exchange() if self.group is not None else None,
+            rollout=self.rollout,
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -218,6 +232,8 @@ class UniRankServer:
         interval = self._poll_interval()
         if interval > 0:
             self._spawn(self._poll_artifacts(interval))
+        if self.rollout is not None:
+            self._spawn(self.rollout.run(self.profile.rollout.judge_interval_s))
         log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
 
     async def _set_serving(self, serving: bool) -> None:
@@ -234,6 +250,15 @@ class UniRankServer:
             self.group.set_ready(ready)
         else:
             await self._set_serving(ready)
+
+    async def _rollout_finished(self, default: ModelRuntime, unused: list[ModelRuntime]) -> None:
+        """A rollout ended: the version most use-cases now keep serves by default, the others retire."""
+        assert self.pipeline is not None
+        if default is not self.pipeline.runtime:
+            self.pipeline.swap_runtime(default)
+            self._announce(default, await self._references(default))
+        for runtime in unused:
+            self._spawn(self._retire(runtime))
 
     def _poll_interval(self) -> float:
         return self.profile.model.artifact_poll_interval_s
@@ -289,6 +314,9 @@ class UniRankServer:
                 raise
             if stamp == self._loaded or stamp == self._rejected:
                 return self.pipeline.runtime.version
+            rollout = self.rollout
+            if rollout is not None and (rollout.active or rollout.is_last_canary(target)):
+                return self.pipeline.runtime.version  # one rollout at a time, each version once
             try:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
                 try:
@@ -301,9 +329,14 @@ class UniRankServer:
             except Exception as exc:
                 raise self._refuse(target, stamp, exc) from exc
             self._incomplete_since.clear()  # the newest version loaded: none older is waited for
+            self._loaded = stamp
+            if rollout is not None:
+                rollout.begin(runtime, target)
+                self.reloads += 1
+                self.telemetry.count_reload("canary")
+                return runtime.version
             old = self.pipeline.swap_runtime(runtime)
             self._announce(runtime, references)
-            self._loaded = stamp
             self.reloads += 1
             self.telemetry.count_reload("loaded")
             log.info("reloaded: %s -> %s", old.version, runtime.version)
@@ -453,6 +486,8 @@ class UniRankServer:
             await self._server.stop(max(0.0, until - loop.time()))
         if self.pipeline is not None:
             await self.pipeline.runtime.close()
+            if self.rollout is not None:
+                await self.rollout.close(keep=self.pipeline.runtime)
             await self.pipeline.impressions.close()
         if self.features is not None:
             await self.features.close()

@@ -96,6 +96,10 @@ def main(argv: list[str]) -> int:
     except ProfileError as exc:
         print(f"unirank serve: invalid profile\n{exc}", file=sys.stderr)
         return 2
+    if args.workers > 1 and profile.rollout.enabled:
+        # Each worker would judge a share of the traffic and write the one state file.
+        print("unirank serve: [rollout] enabled needs one process (leave out --workers)", file=sys.stderr)
+        return 2
     if args.workers > 1:
         configure_logging(args.log_level, "text")
         port = args.port if args.port is not None else profile.server.port

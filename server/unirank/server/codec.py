@@ -13,6 +13,7 @@ from unirank.server.domain import ModelInfo, RankedItem, RankOptions, RankReques
 from unirank.server.errors import FieldViolation, InvalidArgument, ServingError, code_of
 from unirank.server.impressions import Feedback
 from unirank.server.online_store import RecentEvent
+from unirank.server.rollout.state import Rollout
 from unirank.server.telemetry.kpi import KpiCounters
 from unirank.server.telemetry.stats import LATENCY_BUCKETS_S, ServingStats
 from unirank.v1 import recommender_pb2 as pb
@@ -225,6 +226,7 @@ def response_to_pb(response: RankResponse, debug: bool) -> pb.RecommendResponse:
         fallback_detail=response.fallback_detail,
         stored_history=response.stored_history,
         impression_id=response.impression_id,
+        arm=response.arm,
     )
     message.items.extend(_item_to_pb(item, debug) for item in response.items)
     if debug:
@@ -408,3 +410,34 @@ def _member_status(outcome: RankResponse | ServingError) -> pb.MemberStatus:
     if retry_after_s is not None:
         status.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
     return status
+
+
+def rollout_to_pb(rollout: Rollout | None) -> pb.RolloutStatus:
+    """A rollout as ``GetRolloutStatus`` and the rollout commands answer it (state "none" without)."""
+    if rollout is None:
+        return pb.RolloutStatus(state="none")
+    message = pb.RolloutStatus(
+        rollout_id=rollout.rollout_id,
+        state="active" if rollout.active else "finished",
+        canary_version=rollout.canary_version,
+        steps_percent=rollout.steps,
+        started_unix_ms=rollout.started_unix_ms,
+        finished_unix_ms=rollout.finished_unix_ms,
+        retrain_request=rollout.retrain_request,
+    )
+    for name, task in sorted(rollout.tasks.items()):
+        message.tasks.add(
+            task=name,
+            status=task.status,
+            canary_percent=rollout.share(name),
+            step=task.step,
+            stable_version=task.stable_version,
+            verdict=task.verdict,
+            reason=task.reason,
+            e_value=task.e_value,
+            canary_impressions=task.ctr.canary.impressions,
+            canary_clicks=task.ctr.canary.clicks,
+            stable_impressions=task.ctr.stable.impressions,
+            stable_clicks=task.ctr.stable.clicks,
+        )
+    return message

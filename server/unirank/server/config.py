@@ -315,6 +315,77 @@ class GateSection(_Strict):
     before it serves; a version that fails is refused like a broken one."""
 
 
+class RolloutGuards(_Strict):
+    """Operational guards of a canary, per use-case: the canary arm is rolled back when it is worse
+    than the stable arm of the same use-case by more than these, once both arms have
+    ``min_requests`` answers."""
+
+    min_requests: int = Field(200, ge=1)
+    """Answers each arm needs before its guards are checked."""
+    max_error_rate_increase: float = Field(0.01, ge=0.0, le=1.0)
+    """Largest excess of the canary's server-side error rate over stable's (0.01: one point)."""
+    max_fallback_rate_increase: float = Field(0.05, ge=0.0, le=1.0)
+    """Largest excess of the canary's fallback rate over stable's."""
+    max_p99_ratio: float = Field(2.0, ge=1.0)
+    """The canary's p99 latency may be at most this times stable's (plus ``p99_slack_ms``)."""
+    p99_slack_ms: float = Field(5.0, ge=0.0)
+    """Added to the allowed p99, so microsecond noise on a fast path never rolls back."""
+
+
+class RolloutSection(_Strict):
+    """Canary rollouts of new versions, judged and rolled back per use-case (docs/rollouts.md)."""
+
+    enabled: bool = False
+    """A new version (repository poll, SIGHUP, ``unirank rollout start``) that passes the offline
+    gate becomes the canary: it answers a growing share of each use-case's users while the serving
+    version stays stable, and is promoted or rolled back per use-case. Off: a new version replaces
+    the serving one at once."""
+    steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
+    """Canary shares of users, in percent, in order; the last must be 100."""
+    step_impressions: int = Field(2000, ge=1)
+    """Canary impressions each step gathers (with no rollback or hold) before the next step."""
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """Largest probability of rolling back, on CTR or engagement, a canary that is no worse."""
+    min_impressions: int = Field(1000, ge=0)
+    """Impressions each arm needs before any judgement."""
+    min_clicks: int = Field(30, ge=0)
+    """Clicks (plays, for the engagement judge) each arm needs before any judgement."""
+    tolerated_drop: float = Field(0.05, gt=0.0, lt=0.5)
+    """Smallest relative CTR drop the judge aims at (see the judge's mixture)."""
+    promote_impressions: int = Field(80_000, ge=1)
+    """Canary impressions after which a use-case without evidence against its canary is promoted
+    (at the last step): the budget within which a 10 % CTR drop is caught in >= 90 % of runs at a
+    5 % CTR (scale by 0.05 / CTR)."""
+    srm_p_value: float = Field(1e-3, gt=0.0, lt=1.0)
+    """A sample-ratio-mismatch p-value below this holds the use-case (not judged, not advanced)."""
+    judge_engagement: bool = True
+    """Also judge plays per impression (a second e-process; each gets ``alpha / 2``)."""
+    judge_interval_s: float = Field(10.0, gt=0.0, le=3600.0)
+    """How often every use-case of an active rollout is looked at."""
+    look_impressions: int = Field(500, ge=1)
+    """New impressions each arm needs before a look hands them to the judge as one batch (the
+    clicks of a batch's answers mostly arrive within it, so they are weighed by the right split)."""
+    state_file: str = ""
+    """The rollout state (JSON, written atomically; a restart resumes it). Empty:
+    ``.unirank-rollout.json`` in the artifact repository."""
+    retrain_request_file: str = ""
+    """Written when a use-case is rolled back: the failing use-cases and why. Empty:
+    ``.unirank-retrain-request.json`` beside the state file."""
+    guards: RolloutGuards = RolloutGuards()
+    """Operational guards per arm (``[rollout.guards]``)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RolloutSection:
+        steps = self.steps
+        if not steps or steps[-1] != 100.0:
+            raise ValueError("steps must end at 100 (percent)")
+        if any(not 0.0 < step <= 100.0 for step in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError("steps must rise strictly, each in (0, 100]")
+        if self.promote_impressions < self.min_impressions:
+            raise ValueError("promote_impressions must be >= min_impressions")
+        return self
+
+
 class TaskConfig(_Strict):
     """Per use-case behaviour."""
 
@@ -566,6 +637,8 @@ class Profile(_Strict):
     """TLS, mutual TLS and authentication (``[security]``)."""
     gate: GateSection = GateSection()
     """The offline promotion gate of new versions (``[gate]``)."""
+    rollout: RolloutSection = RolloutSection()
+    """Canary rollouts of new versions, per use-case (``[rollout]``)."""
     tasks: Annotated[dict[str, TaskConfig], Field(min_length=1)]
     """The use-cases this deployment serves, by task name; others get FAILED_PRECONDITION."""
 

@@ -89,6 +89,8 @@ class RankResponse:
     """The request sent no history and the known user's history from the artifact was used."""
     impression_id: str = ""
     """Server-issued id of this answer (a fresh one for every answer, cached ones too)."""
+    arm: str = "stable"
+    """The rollout arm that answered: ``stable``, or ``canary`` where a new version is judged."""
 
     @property
     def fallback(self) -> bool:

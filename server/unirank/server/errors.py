@@ -107,6 +107,14 @@ class DeadlineExceeded(ServingError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class RolloutRefused(ServingError):
+    """An operator's rollout command that cannot be carried out now (rollouts off, none active, a
+    use-case not in it or already decided, no new version, the gate refused it)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "ROLLOUT_REFUSED"
+
+
 class ModelUnavailable(ServingError):
     """The backend failed and the use-case's fallback is configured to fail the call."""
 

@@ -46,6 +46,7 @@ from unirank.server.impressions import (
     make_impression_store,
 )
 from unirank.server.online_store import FeatureStore, FeatureStoreError, RecentEvent, memory_usage
+from unirank.server.online_store.item_activity import fold_events
 from unirank.server.request_context import (
     cache_key,
     cold_start,
@@ -55,11 +56,12 @@ from unirank.server.request_context import (
     with_stored_history,
 )
 from unirank.server.retrieval import ReleaseWindow
+from unirank.server.rollout.router import ArmRouter
 from unirank.server.rules import bind_rules
 from unirank.server.runtime import ModelRuntime
 from unirank.server.task_runtime import TaskRuntime
 from unirank.server.telemetry import RequestTrace, Telemetry
-from unirank.server.telemetry.kpi import VIEW_EVENT_TYPE
+from unirank.server.telemetry.kpi import STABLE_ARM, VIEW_EVENT_TYPE
 from unirank.server.telemetry.logs import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ class RankingPipeline:
             telemetry if telemetry is not None else Telemetry.disabled(profile.name, profile.tasks)
         )
         self.config_epoch = 0
+        self.arms: ArmRouter | None = None
+        """Set while canary rollouts are on (``[rollout] enabled``); else every answer is stable's."""
         self.tasks: dict[TaskType, TaskRuntime] = {}
         for name, config in profile.tasks.items():
             spec = task_by_name(name)
@@ -232,18 +236,30 @@ class RankingPipeline:
     async def recommend(self, request: RankRequest, deadline: float | None = None) -> RankResponse:
         """Rank one request. ``deadline`` is the caller's absolute ``loop.time()`` deadline."""
         task = self.check(request)
-        runtime = self._runtime  # one version for the whole request, even across a reload
+        arms = self.arms
+        # One version for the whole request, even across a reload; a user keeps one arm.
+        runtime, arm = (
+            (self._runtime, STABLE_ARM)
+            if arms is None
+            else arms.route(task.name, request.context.user_id or request.request_id)
+        )
         runtime.in_flight += 1
         trace = self._telemetry.start_request(task.name, request.request_id, runtime.version)
+        started = time.perf_counter()
         try:
             response = await self._recommend(request, task, runtime, deadline, trace)
-            await self.impressions.issue(task.name, response, request.context.user_id)
+            response.arm = arm
+            await self.impressions.issue(task.name, response, request.context.user_id, arm)
         except BaseException as exc:
             trace.abandon(exc)
+            if arms is not None and isinstance(exc, ModelUnavailable | DeadlineExceeded):
+                arms.failed(task.name, arm)
             raise
         finally:
             runtime.in_flight -= 1
         trace.finish(response)
+        if arms is not None:
+            arms.answered(task.name, arm, response.fallback, time.perf_counter() - started)
         return response
 
     async def _recommend(
@@ -353,6 +369,9 @@ class RankingPipeline:
                 self._store_log.warning("write", "RecordEvents failed: %s", exc.detail)
                 # str(exc) names no address or path: the detail stays in the server's log.
                 raise FeatureStoreUnavailable(str(exc)) from exc
+            activity = self._runtime.encoder.activity
+            if activity is not None:  # the time features' recent popularity and item age
+                fold_events(activity, items, known)
         accepted = len(known) if self._features is not None else 0
         return accepted, unknown, attributed, unattributed
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
 
 from unirank.server import codec
+from unirank.server.errors import RolloutRefused
+from unirank.server.interceptors import abort_with
 from unirank.server.pipeline import RankingPipeline
+from unirank.server.rollout.controller import RolloutController, RolloutRefusedError
+from unirank.server.rollout.state import PROMOTED, ROLLED_BACK, Rollout
 from unirank.server.telemetry import Telemetry
 from unirank.server.telemetry.workers import StatsExchange, merge_stats
 from unirank.v1 import recommender_pb2 as pb
@@ -33,12 +38,14 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         telemetry: Telemetry,
         admission: Admission,
         peers: StatsExchange | None = None,
+        rollout: RolloutController | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._telemetry = telemetry
         self._admission = admission
         self._peers = peers
         """Under ``--workers``: where the other workers' counters are, to answer for the group."""
+        self._rollout = rollout
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -86,3 +93,45 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return codec.serving_stats_to_pb(
             self._telemetry.stats, self._pipeline.runtime.version, self._pipeline.profile.name
         )
+
+    # Rollout commands are not admission-controlled (an operator's abort must work under overload):
+    # the interceptor authenticates them, so errors are answered here.
+
+    async def GetRolloutStatus(
+        self, request: pb.GetRolloutStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRolloutStatusResponse:
+        rollout = self._rollout.rollout if self._rollout is not None else None
+        return pb.GetRolloutStatusResponse(rollout=codec.rollout_to_pb(rollout))
+
+    async def StartRollout(
+        self, request: pb.StartRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartRolloutResponse:
+        rollout = await self._command(context, lambda controller: controller.start())
+        return pb.StartRolloutResponse(rollout=codec.rollout_to_pb(rollout))
+
+    async def PromoteRollout(
+        self, request: pb.PromoteRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PromoteRolloutResponse:
+        rollout = await self._command(context, lambda controller: controller.command(PROMOTED, request.tasks))
+        return pb.PromoteRolloutResponse(rollout=codec.rollout_to_pb(rollout))
+
+    async def AbortRollout(
+        self, request: pb.AbortRolloutRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AbortRolloutResponse:
+        rollout = await self._command(
+            context, lambda controller: controller.command(ROLLED_BACK, request.tasks)
+        )
+        return pb.AbortRolloutResponse(rollout=codec.rollout_to_pb(rollout))
+
+    async def _command(
+        self,
+        context: grpc.aio.ServicerContext,
+        run: Callable[[RolloutController], Awaitable[Rollout]],
+    ) -> Rollout:
+        try:
+            if self._rollout is None:
+                raise RolloutRefusedError("rollouts are off in this profile ([rollout] enabled)")
+            return await run(self._rollout)
+        except RolloutRefusedError as exc:
+            await abort_with(context, RolloutRefused(str(exc)))
+            raise AssertionError("abort_with returned") from exc

@@ -1,8 +1,11 @@
-"""Rollout statistics: the sequential judge that decides, per task, whether a canary may go on.
+"""Canary rollouts: a new version judged, promoted or rolled back per use-case (docs/rollouts.md).
 
-What lives here: :mod:`unirank.server.rollout.judge` (the knobs, the per-task judge and its decisions).
-What it may import: numpy and the standard library only, no other unirank module, so the statistics
-can be tested and reasoned about without a server, a profile or a model.
+What lives here: :mod:`~unirank.server.rollout.judge` (the sequential CTR judge and its knobs),
+:mod:`~unirank.server.rollout.guards` (operational guards per arm), :mod:`~unirank.server.rollout.state`
+(the persisted state and the sticky user split), :mod:`~unirank.server.rollout.router` (what the
+pipeline asks) and :mod:`~unirank.server.rollout.controller` (the wiring: routing, periodic looks,
+decisions, operator commands). The judge imports numpy and the standard library only, so the
+statistics can be tested and reasoned about without a server, a profile or a model.
 """
 
 from __future__ import annotations
