@@ -90,7 +90,7 @@ bench-impressions: setup
 # every fault and attack) against real servers; writes docs/reliability.md. Not part of `make test`.
 # STRESS_ARGS=--quick is a smoke run of seconds that writes build/reliability-quick.md.
 stress: setup
-	$(PYTHON) -m tests.hardening.stress $(STRESS_ARGS)
+	PYTHONPATH=bench $(PYTHON) -m unirank_stress $(STRESS_ARGS)
 
 .PHONY: quality tune
 # docs/quality.md: unified vs single-task, no-task-type, popularity and classic peers on MovieLens-small

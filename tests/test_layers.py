@@ -68,6 +68,7 @@ PACKAGES = {  # source folder -> the import path of its top package
     "server/unirank/server": "unirank.server",
     "training/unirank/training": "unirank.training",
     "bench/unirank_bench": "unirank_bench",
+    "bench/unirank_stress": "unirank_stress",
 }
 
 

@@ -1,416 +1,232 @@
-"""The load generator: worker processes, each an asyncio loop with one grpc.aio channel.
+"""The one load generator, for ``make bench``, ``make stress`` and the hardening tests.
 
-Closed loop: C callers, each sending its next request as soon as the previous one is answered.
-Open loop: requests scheduled at a fixed rate whatever the answers do; latency is measured from
-the *scheduled* send time, so a stalled server shows up as latency rather than as fewer requests.
+Closed loop (:func:`closed_loop`): C callers, each sending its next request as soon as the previous
+one is answered; after a refusal a caller waits as its RetryInfo asks. Open loop
+(:func:`scheduled`): requests leave at a fixed rate whatever the answers do. Every request ends as
+an :class:`Outcome` (its code, reason and RetryInfo). Requests are pre-serialized bytes and
+answers arrive as bytes (no stub codec on the hot path).
 
-Requests are pre-serialized bytes and responses arrive as bytes (no stub codec on the hot path);
-responses are then parsed with the real message class so the generator can count cache hits,
-fallbacks and malformed answers. Every target (UniRank, the floors, MLServer) is driven by this
-same code; only the method path, the payloads and the response parser differ.
+The bench runs these loops in worker processes (:mod:`unirank_bench.loadworkers`); the stress
+runner and the tests drive a server from their own event loop (:class:`Load`, :func:`open_loop`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing
-import resource
 import time
-from collections import Counter
-from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-MAX_OUTSTANDING = 4096
-"""Open loop: scheduled requests beyond this many in flight are counted as dropped, not sent."""
+from unirank_bench.servers import UNIRANK_METHOD
 
 
-@dataclass(frozen=True)
-class Job:
-    """One measurement, handed to every worker (each takes its share of concurrency or rate)."""
+@dataclass(slots=True)
+class Outcome:
+    """One request of a load run."""
 
-    address: str
-    method: str
-    parser: str
-    """How to check answers: ``unirank`` (RecommendResponse), ``v2`` (ModelInferResponse), ``none``."""
-    payload_file: str
-    payload_kind: str
-    """``unirank`` or ``v2``: which serialized form of the workload to send."""
-    workload: str
-    mode: str
-    """``closed`` or ``open``."""
-    concurrency: int = 1
-    rate: float = 0.0
-    start_at: float = 0.0
-    """``time.monotonic()`` (system-wide on Linux) at which sending starts; warm-up runs until
-    ``measure_from``; only answers inside [measure_from, measure_to] are measured."""
-    measure_from: float = 0.0
-    measure_to: float = 0.0
-    timeout_s: float = 5.0
-    gen_dir: str = ""
-    """Where the generated V2 module lives (parser ``v2``)."""
-    nonce: str = ""
-    """UniRank payloads only: makes every pass over the workload distinct to the response cache
-    (see :func:`_stream`). Unique per run, so one run never answers from another's cache."""
-    worker_index: int = 0
-    workers: int = 1
-    channels: int = 1
-    """Connections per worker process; callers take them in turn. One TCP connection always
-    reaches the same server process, so spreading load over ``--workers`` needs several."""
-
-
-@dataclass
-class WorkerResult:
-    latencies_ns: np.ndarray
-    errors: Counter[str] = field(default_factory=Counter)
-    completed: int = 0
-    cache_hits: int = 0
-    fallbacks: int = 0
-    items: int = 0
-    dropped: int = 0
-    bad_answers: int = 0
-    client_cpu_s: float = 0.0
-
-
-class _Checker:
-    """Parses answers with the real message classes and counts what they say."""
-
-    def __init__(self, parser: str, gen_dir: str) -> None:
-        self.kind = parser
-        self.cache_hits = self.fallbacks = self.items = self.bad = 0
-        if parser == "unirank":
-            from unirank.v1 import recommender_pb2 as pb
-
-            self._from = pb.RecommendResponse.FromString
-        elif parser == "v2":
-            from unirank_bench import v2
-
-            self._from = v2.load(Path(gen_dir)).ModelInferResponse.FromString
-        elif parser != "none":
-            raise ValueError(f"unknown parser {parser!r}")
-
-    def check(self, answer: bytes) -> None:
-        if self.kind == "none":
-            return
-        message: Any = self._from(answer)
-        if self.kind == "unirank":
-            self.cache_hits += message.served_from_cache
-            self.fallbacks += message.fallback
-            self.items += len(message.items)
-            if not message.items and not message.fallback:
-                self.bad += 1
-        else:
-            outputs = message.outputs
-            if not outputs or not outputs[0].contents.fp32_contents:
-                self.bad += 1
-            else:
-                self.items += len(outputs[0].contents.fp32_contents)
-
-
-_payload_cache: dict[tuple[str, str], dict[str, list[bytes]]] = {}
-
-
-def _payloads(job: Job) -> list[bytes]:
-    key = (job.payload_file, job.payload_kind)
-    if key not in _payload_cache:
-        from unirank_bench.workload import Payloads
-
-        loaded = Payloads.load(Path(job.payload_file))
-        _payload_cache[key] = loaded.unirank if job.payload_kind == "unirank" else loaded.v2
-    return _payload_cache[key][job.workload]
-
-
-class _Stream:
-    """The requests of one worker, endless: pass k over the workload is tagged with pass k.
-
-    A workload is a few thousand sampled requests; replayed verbatim, every pass after the first
-    would be answered by the server's response cache, which real traffic (caller-supplied
-    candidates, user ids, histories) almost never is. So each UniRank request gets one more
-    ``context.history_item_ids`` entry, ``<nonce>-<pass>``, appended as serialized bytes (protobuf
-    appends to a repeated field of a merged message). No catalogue has that item, so the encoder
-    drops it like any unknown history item (one dict lookup): scores, rules and the answer are
-    unchanged, but the cache key differs. Repeats *within* a pass (the same head query sampled
-    twice) still hit the cache; repeats *across* passes and runs do not.
-    """
-
-    def __init__(self, job: Job, payloads: list[bytes]) -> None:
-        self._payloads = payloads
-        self._tagged = job.payload_kind == "unirank" and bool(job.nonce)
-        self._nonce = job.nonce
-        self._suffixes: dict[int, bytes] = {}
-        self.cursor = (job.worker_index * len(payloads)) // job.workers
-
-    def _suffix(self, lap: int) -> bytes:
-        suffix = self._suffixes.get(lap)
-        if suffix is None:
-            from unirank.v1 import recommender_pb2 as pb
-
-            tag = pb.RecommendRequest(context=pb.RequestContext(history_item_ids=[f"{self._nonce}-{lap}"]))
-            suffix = self._suffixes[lap] = tag.SerializeToString()
-        return suffix
-
-    def next(self) -> bytes:
-        index = self.cursor
-        self.cursor += 1
-        lap, position = divmod(index, len(self._payloads))
-        payload = self._payloads[position]
-        return payload + self._suffix(lap) if self._tagged else payload
-
-
-async def _run(job: Job) -> WorkerResult:
-    import grpc
-
-    payloads = _payloads(job)
-    checker = _Checker(job.parser, job.gen_dir)
-    options = [
-        ("grpc.max_receive_message_length", 16 << 20),
-        ("grpc.max_send_message_length", 16 << 20),
-        ("grpc.use_local_subchannel_pool", 1),  # a connection of its own per channel
-    ]
-    # A distinct argument per channel as well: channels with equal arguments may share a connection.
-    channels = [
-        grpc.aio.insecure_channel(job.address, options=[*options, ("unirank.bench.channel", i)])
-        for i in range(max(job.channels, 1))
-    ]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), timeout=10)
-        calls = [c.unary_unary(job.method) for c in channels]  # no serializers: bytes in, bytes out
-        if job.mode == "closed":
-            result = await _closed(job, calls, payloads, checker)
-        elif job.mode == "open":
-            result = await _open(job, calls, payloads, checker)
-        else:
-            raise ValueError(f"unknown mode {job.mode!r}")
-    finally:
-        await asyncio.gather(*(c.close() for c in channels))
-    result.cache_hits, result.fallbacks, result.items = checker.cache_hits, checker.fallbacks, checker.items
-    result.bad_answers = checker.bad
-    return result
-
-
-async def _sleep_until(when: float) -> None:
-    delay = when - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _retry_delay_s(error: Any) -> float:
-    """The delay a refusal's ``google.rpc.RetryInfo`` asks for; 0 when it carries none."""
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in error.trailing_metadata() or ():
-        if key == "grpc-status-details-bin" and isinstance(value, bytes):
-            status = status_pb2.Status.FromString(value)
-            for detail in status.details:
-                if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                    info = error_details_pb2.RetryInfo()
-                    detail.Unpack(info)
-                    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
-    return 0.0
-
-
-async def _closed(job: Job, calls: list[Any], payloads: list[bytes], checker: _Checker) -> WorkerResult:
-    import grpc
-
-    share = job.concurrency // job.workers + (1 if job.worker_index < job.concurrency % job.workers else 0)
-    latencies: list[int] = []
-    errors: Counter[str] = Counter()
-    # Workers start at different offsets so they do not send the same stream in lockstep.
-    stream = _Stream(job, payloads)
-    lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
-    cpu_marks: list[float] = []
-
-    async def caller(call: Any) -> None:
-        while True:
-            sent = time.monotonic_ns()
-            if sent >= hi_ns:
-                return
-            payload = stream.next()
-            try:
-                answer = await call(payload, timeout=job.timeout_s)
-            except grpc.aio.AioRpcError as error:
-                done = time.monotonic_ns()
-                if lo_ns <= done <= hi_ns:
-                    errors[error.code().name] += 1
-                # A well-behaved caller waits as long as the server's RetryInfo asks before its
-                # next request; without one it would spin on refusals and load the server with them.
-                delay = _retry_delay_s(error)
-                if delay:
-                    await asyncio.sleep(min(delay, 1.0))
-                continue
-            done = time.monotonic_ns()
-            if lo_ns <= done <= hi_ns:
-                latencies.append(done - sent)
-                checker.check(answer)
-
-    async def cpu_sampler() -> None:
-        await _sleep_until(job.measure_from)
-        cpu_marks.append(_cpu())
-        await _sleep_until(job.measure_to)
-        cpu_marks.append(_cpu())
-
-    await _sleep_until(job.start_at)
-    sampler = asyncio.create_task(cpu_sampler())
-    await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(share)))
-    await sampler
-    return WorkerResult(
-        latencies_ns=np.asarray(latencies, dtype=np.int64),
-        errors=errors,
-        completed=len(latencies),
-        client_cpu_s=cpu_marks[1] - cpu_marks[0] if len(cpu_marks) == 2 else 0.0,
-    )
-
-
-async def _open(job: Job, calls: list[Any], payloads: list[bytes], checker: _Checker) -> WorkerResult:
-    import grpc
-
-    rate = job.rate / job.workers
-    interval_ns = int(1e9 / rate)
-    latencies: list[int] = []
-    errors: Counter[str] = Counter()
-    lo_ns, hi_ns = int(job.measure_from * 1e9), int(job.measure_to * 1e9)
-    start_ns = int(job.start_at * 1e9) + (interval_ns * job.worker_index) // job.workers
-    in_flight: set[asyncio.Task[None]] = set()
-    dropped = 0
-    cpu_marks: list[float] = []
-
-    async def one(payload: bytes, scheduled: int, call: Any) -> None:
-        measured = lo_ns <= scheduled <= hi_ns
-        try:
-            answer = await call(payload, timeout=job.timeout_s)
-        except grpc.aio.AioRpcError as error:
-            if measured:
-                errors[error.code().name] += 1
-            return
-        if measured:
-            latencies.append(time.monotonic_ns() - scheduled)
-            checker.check(answer)
-
-    await _sleep_until(job.start_at)
-    stream = _Stream(job, payloads)
-    sent = 0
-    while True:
-        scheduled = start_ns + sent * interval_ns
-        if scheduled >= hi_ns:
-            break
-        now = time.monotonic_ns()
-        if scheduled > now:
-            await asyncio.sleep((scheduled - now) / 1e9)
-        if not cpu_marks and scheduled >= lo_ns:
-            cpu_marks.append(_cpu())
-        if len(in_flight) >= MAX_OUTSTANDING:
-            dropped += lo_ns <= scheduled <= hi_ns
-        else:
-            task = asyncio.create_task(one(stream.next(), scheduled, calls[sent % len(calls)]))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-        sent += 1
-    cpu_marks.append(_cpu())
-    if in_flight:
-        await asyncio.wait(in_flight, timeout=job.timeout_s + 1)
-    return WorkerResult(
-        latencies_ns=np.asarray(latencies, dtype=np.int64),
-        errors=errors,
-        completed=len(latencies),
-        dropped=dropped,
-        client_cpu_s=cpu_marks[-1] - cpu_marks[0] if len(cpu_marks) == 2 else 0.0,
-    )
-
-
-def _worker_main(conn: Connection) -> None:
-    import grpc  # noqa: F401  (imported once here, not inside the first measured job)
-
-    while True:
-        job = conn.recv()
-        if job is None:
-            return
-        try:
-            conn.send(("ok", asyncio.run(_run(job))))
-        except Exception as exc:  # reported to the orchestrator, which decides
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
-
-
-@dataclass
-class RunResult:
-    """One job's answers, all workers merged."""
-
-    latencies_ns: np.ndarray
-    errors: dict[str, int]
-    completed: int
-    cache_hits: int
-    fallbacks: int
-    items: int
-    dropped: int
-    bad_answers: int
-    client_cpu_s: float
-
-
-class LoadGenerator:
-    """A pool of worker processes kept alive across jobs (spawning one costs ~0.5 s of imports)."""
-
-    def __init__(self, workers: int) -> None:
-        if workers < 1:
-            raise ValueError("workers must be >= 1")
-        context = multiprocessing.get_context("spawn")
-        self._conns: list[Connection] = []
-        self._procs: list[Any] = []
-        for _ in range(workers):
-            parent, child = context.Pipe()
-            proc = context.Process(target=_worker_main, args=(child,), daemon=True)
-            proc.start()
-            self._conns.append(parent)
-            self._procs.append(proc)
+    started_s: float
+    ended_s: float
+    code: str
+    """``OK`` or the gRPC status code name."""
+    reason: str = ""
+    retry_after_s: float | None = None
+    fallback: bool = False
+    message: str = ""
 
     @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
+    def latency_s(self) -> float:
+        return self.ended_s - self.started_s
 
-    def start(self, job: Job) -> None:
-        """Hand the job to every worker (each takes its share); collect with :meth:`collect`."""
-        workers = len(self._conns)
-        for index, conn in enumerate(self._conns):
-            conn.send(replace(job, worker_index=index, workers=workers))
 
-    def collect(self) -> RunResult:
-        parts: list[WorkerResult] = []
-        failures: list[str] = []
-        for conn in self._conns:
-            status, value = conn.recv()
-            if status == "ok":
-                parts.append(value)
-            else:
-                failures.append(value)
-        if failures:
-            raise RuntimeError(f"load generator failed: {failures}")
-        errors: Counter[str] = Counter()
-        for part in parts:
-            errors.update(part.errors)
-        return RunResult(
-            latencies_ns=np.concatenate([p.latencies_ns for p in parts]),
-            errors=dict(errors),
-            completed=sum(p.completed for p in parts),
-            cache_hits=sum(p.cache_hits for p in parts),
-            fallbacks=sum(p.fallbacks for p in parts),
-            items=sum(p.items for p in parts),
-            dropped=sum(p.dropped for p in parts),
-            bad_answers=sum(p.bad_answers for p in parts),
-            client_cpu_s=sum(p.client_cpu_s for p in parts),
+def refusal(started_s: float, error: Any) -> Outcome:
+    """The :class:`Outcome` of a failed call (a ``grpc.aio.AioRpcError``), its RetryInfo read."""
+    from unirank.client.errors import error_from_rpc
+
+    failed = error_from_rpc(error)
+    return Outcome(
+        started_s, time.monotonic(), failed.code, failed.reason, failed.retry_after_s, message=failed.message
+    )
+
+
+async def send_bytes(call: Any, payload: bytes, timeout_s: float) -> tuple[Outcome, bytes]:
+    """One request through a bytes-in, bytes-out ``unary_unary`` callable; the answer's bytes
+    (empty on failure)."""
+    import grpc
+
+    started = time.monotonic()
+    try:
+        answer = await call(payload, timeout=timeout_s)
+    except grpc.aio.AioRpcError as error:
+        return refusal(started, error), b""
+    return Outcome(started, time.monotonic(), "OK"), answer
+
+
+Send = Callable[[int], Awaitable[tuple[Outcome, bytes]]]
+"""One request by caller ``i``: its outcome and the answer's bytes."""
+
+
+async def closed_loop(
+    send: Send,
+    callers: int,
+    record: Callable[[Outcome, bytes], None],
+    keep_going: Callable[[], bool],
+    *,
+    max_retry_wait_s: float | None = None,
+    stop_on_unavailable: bool = False,
+    in_flight: list[int] | None = None,
+) -> None:
+    """``callers`` callers, each sending its next request once the last is answered, while
+    ``keep_going()``; ``record`` sees every outcome.
+
+    A well-behaved caller waits as long as a refusal's RetryInfo asks (at most
+    ``max_retry_wait_s``; 0: not at all) before its next request; without that it would spin on
+    refusals and load the server with them. With ``stop_on_unavailable`` a caller stops at its
+    first UNAVAILABLE (a real client fails over to another replica then). ``in_flight[0]`` counts
+    the requests outstanding.
+    """
+    count = in_flight if in_flight is not None else [0]
+
+    async def caller(index: int) -> None:
+        while keep_going():
+            count[0] += 1
+            try:
+                outcome, answer = await send(index)
+            finally:
+                count[0] -= 1
+            record(outcome, answer)
+            if stop_on_unavailable and outcome.code == "UNAVAILABLE":
+                return
+            delay = outcome.retry_after_s
+            if delay and max_retry_wait_s != 0:
+                await asyncio.sleep(delay if max_retry_wait_s is None else min(delay, max_retry_wait_s))
+
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+
+
+async def scheduled(
+    rate: float,
+    first_s: float,
+    stop: Callable[[int, float], bool],
+    launch: Callable[[int, float], Awaitable[None]],
+    *,
+    max_outstanding: int | None = None,
+    drain_s: float | None = None,
+    after_sending: Callable[[], object] | None = None,
+) -> tuple[int, list[float], float]:
+    """Open loop: request ``n`` leaves at ``first_s + n / rate`` (``time.monotonic()``) whatever
+    the answers do, until ``stop(n, when)``; ``launch(n, when)`` sends it.
+
+    A request due while ``max_outstanding`` are in flight is not sent. Once the last is sent,
+    ``after_sending()`` runs and the answers are awaited (at most ``drain_s``; None: all).
+    Returns how many were scheduled, the times of those not sent, and when sending ended.
+    """
+    pending: set[asyncio.Task[None]] = set()
+    skipped: list[float] = []
+    index = 0
+    while not stop(index, when := first_s + index / rate):
+        delay = when - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if max_outstanding is not None and len(pending) >= max_outstanding:
+            skipped.append(when)
+        else:
+            task = asyncio.create_task(launch(index, when))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        index += 1
+    sent_s = time.monotonic()
+    if after_sending is not None:
+        after_sending()
+    if pending and drain_s is None:
+        await asyncio.gather(*pending)
+    elif pending:
+        await asyncio.wait(pending, timeout=drain_s)
+    return index, skipped, sent_s
+
+
+def related_items_request(anchor_item_id: str) -> bytes:
+    """A serialized related-items request (the load the stress runner and the tests send)."""
+    from unirank.v1 import recommender_pb2 as pb
+
+    request = pb.RecommendRequest()
+    request.context.related_items.anchor_item_id = anchor_item_id
+    return request.SerializeToString()
+
+
+def _with_fallback(outcome: Outcome, answer: bytes) -> Outcome:
+    if outcome.code == "OK":
+        from unirank.v1 import recommender_pb2 as pb
+
+        outcome.fallback = pb.RecommendResponse.FromString(answer).fallback
+    return outcome
+
+
+@dataclass
+class Load:
+    """Closed-loop callers sending one related-items request over one channel, each stopping at
+    its first UNAVAILABLE; every :class:`Outcome` kept."""
+
+    address: str
+    anchor_item_id: str
+    callers: int
+    outcomes: list[Outcome] = field(default_factory=list)
+    _in_flight: list[int] = field(default_factory=lambda: [0])
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight[0]
+
+    async def run(self, duration_s: float | None = None) -> None:
+        """Until ``duration_s`` has passed (None: until every caller has stopped)."""
+        until = None if duration_s is None else time.monotonic() + duration_s
+        await self._run(
+            lambda: until is None or time.monotonic() < until, stop_on_unavailable=True, max_retry_wait_s=None
         )
 
-    def close(self) -> None:
-        for conn in self._conns:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.terminate()
+    async def run_count(self, requests: int) -> None:
+        """Send ``requests`` requests in all, ``callers`` at a time, none held back by a refusal."""
+        left = [requests]
+
+        def take() -> bool:
+            left[0] -= 1
+            return left[0] >= 0
+
+        await self._run(take, stop_on_unavailable=False, max_retry_wait_s=0)
+
+    async def _run(self, keep_going: Callable[[], bool], **policy: Any) -> None:
+        import grpc
+
+        payload = related_items_request(self.anchor_item_id)
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            call = channel.unary_unary(UNIRANK_METHOD)
+            await closed_loop(
+                lambda _: send_bytes(call, payload, 30.0),
+                self.callers,
+                lambda outcome, answer: self.outcomes.append(_with_fallback(outcome, answer)),
+                keep_going,
+                in_flight=self._in_flight,
+                **policy,
+            )
+
+
+async def open_loop(
+    address: str, anchor_item_id: str, rate: float, duration_s: float
+) -> tuple[list[Outcome], float]:
+    """Send related-items requests at ``rate``/s whatever the answers do, so overload is not hidden
+    by a client that waits. Returns every outcome and the rate actually achieved (the sender may
+    fall behind on a small machine)."""
+    import grpc
+
+    outcomes: list[Outcome] = []
+    total = int(rate * duration_s)
+    payload = related_items_request(anchor_item_id)
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = channel.unary_unary(UNIRANK_METHOD)
+
+        async def one(index: int, when: float) -> None:
+            outcomes.append(_with_fallback(*await send_bytes(call, payload, 30.0)))
+
+        begin = time.monotonic()
+        _, _, sent_s = await scheduled(rate, begin, lambda index, when: index >= total, one)
+    return outcomes, total / (sent_s - begin)

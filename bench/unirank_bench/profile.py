@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from unirank_bench import v2
-from unirank_bench.loadgen import Job, LoadGenerator
+from unirank_bench.loadworkers import Job, LoadGenerator
 from unirank_bench.servers import PROFILES, REPO, UNIRANK_METHOD, start_unirank
 from unirank_bench.workload import build_payloads, build_workloads
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from unirank.server.config import load_profile
 from unirank.server.profile_io import derive_profile, write_profile
 from unirank.training.progress import progress_bar
 from unirank_bench import mlserver_peer, procstats, servers, v2
-from unirank_bench.loadgen import Job, LoadGenerator, RunResult
+from unirank_bench.loadworkers import Job, LoadGenerator, RunResult
 from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
 from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
 
@@ -82,6 +82,27 @@ class Target:
     """(workload, concurrency) runs beyond the matrix (retrieval-mode runs)."""
     concurrency: list[int] | None = None
     """Closed-loop concurrencies of this target (None: the run's)."""
+
+
+class Step(NamedTuple):
+    """One measurement of a target: a workload under a closed loop of ``concurrency`` callers or
+    an open loop at ``rate`` requests/s."""
+
+    workload: str
+    mode: str
+    concurrency: int
+    rate: float
+
+
+@dataclass(frozen=True)
+class Window:
+    """What was read around a measurement window: counters at its start and end, then the
+    server's memory and the machine's load."""
+
+    first: dict[str, Any]
+    last: dict[str, Any]
+    memory: dict[int, procstats.Memory]
+    load: tuple[float, float, float]
 
 
 def log(message: str) -> None:
@@ -259,7 +280,6 @@ class Bench:
         self.results["floors"]["compute"] = json.loads(done.stdout.strip().splitlines()[-1])
 
     def startup(self) -> None:
-        unirank_bin = Path(sys.executable).parent / "unirank"
         for profile in self.s.profiles:
             repeats = self.s.startup_repeats if profile == "cpu-realtime" else 1
             samples = []
@@ -268,7 +288,6 @@ class Bench:
                 try:
                     samples.append(
                         servers.measure_startup(
-                            unirank_bin,
                             PROFILES / f"{profile}.toml",
                             self.s.artifact,
                             free_port(),
@@ -385,15 +404,16 @@ class Bench:
             if target.probe:  # the first call finds the backend: keep it out of the runs
                 about["imports_unirank_server_from"] = server.probe(timeout_s=30)["unirank_server_from"]
             self.results["targets"][target.name] = about
-            plan: list[tuple[str, str, int, float]] = []
+            plan: list[Step] = []
             for workload in target.workloads:
-                plan += [(workload, "closed", c, 0.0) for c in target.concurrency or self.s.concurrency]
+                plan += [Step(workload, "closed", c, 0.0) for c in target.concurrency or self.s.concurrency]
             open_workload = MIXED if MIXED in target.workloads else target.workloads[0]
             if self.s.open_rate > 0:
-                plan.append((open_workload, "open", 0, self.s.open_rate))
-            plan += [(w, "closed", c, 0.0) for w, c in target.extra_closed]
-            for workload, mode, concurrency, rate in plan:
-                record = self.measure(target, server, loadgen, workload, mode, concurrency, rate)
+                plan.append(Step(open_workload, "open", 0, self.s.open_rate))
+            plan += [Step(w, "closed", c, 0.0) for w, c in target.extra_closed]
+            for step in plan:
+                workload, mode, concurrency, rate = step
+                record = self.measure(target, server, loadgen, step)
                 self.results["runs"].append(record)
                 lat = record["latency_ms"]
                 log(
@@ -411,15 +431,9 @@ class Bench:
             log(f"stopped {target.name} (exit {code})")
 
     def measure(
-        self,
-        target: Target,
-        server: ServerProcess,
-        loadgen: LoadGenerator,
-        workload: str,
-        mode: str,
-        concurrency: int,
-        rate: float,
+        self, target: Target, server: ServerProcess, loadgen: LoadGenerator, step: Step
     ) -> dict[str, Any]:
+        workload, mode, concurrency, rate = step
         start_at = time.monotonic() + 0.2
         job = Job(
             address=server.address,
@@ -455,24 +469,12 @@ class Bench:
         first = sample()
         _sleep_until(job.measure_to)
         last = sample()
-        memory = {pid: procstats.memory(pid) for pid in server_pids}
-        load = procstats.loadavg()
-        result = loadgen.collect()
-        return self._record(target, workload, mode, concurrency, rate, result, first, last, memory, load)
+        window = Window(first, last, {pid: procstats.memory(pid) for pid in server_pids}, procstats.loadavg())
+        return self._record(target, step, loadgen.collect(), window)
 
-    def _record(
-        self,
-        target: Target,
-        workload: str,
-        mode: str,
-        concurrency: int,
-        rate: float,
-        result: RunResult,
-        first: dict[str, Any],
-        last: dict[str, Any],
-        memory: dict[int, procstats.Memory],
-        load: tuple[float, float, float],
-    ) -> dict[str, Any]:
+    def _record(self, target: Target, step: Step, result: RunResult, window: Window) -> dict[str, Any]:
+        workload, mode, concurrency, rate = step
+        first, last, memory, load = window.first, window.last, window.memory, window.load
         duration = self.s.duration_s
         n = result.completed
         server_cpu = last["server_cpu"] - first["server_cpu"]

@@ -1,7 +1,11 @@
-"""Starting, watching and stopping the processes under test (UniRank, the floors, MLServer)."""
+"""The one server-process harness: starting, watching and stopping the processes under test
+(``unirank serve``, the floors, MLServer), for ``make bench``, ``make stress`` and the hardening
+tests alike. A process's every output line is kept; its address comes from its ready line."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -10,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +28,10 @@ SOURCE = Path(os.environ.get(SOURCE_ENV) or REPO)
 """The UniRank source under test: the working tree, or a snapshot of a commit (``--commit``)."""
 PROFILES = SOURCE / "profiles"
 UNIRANK_METHOD = "/unirank.v1.RecommenderService/Recommend"
+UNIRANK_BIN = Path(sys.executable).with_name("unirank")
+"""The ``unirank`` command of this interpreter's environment."""
+SERVING_LINE = "unirank: serving "
+"""How ``unirank serve`` says it is ready: ``unirank: serving PROFILE on ADDRESS``."""
 WORKERS_TARGET = "cpu-realtime-w2"
 """cpu-realtime served by ``unirank serve --workers 2`` (the scale-out comparison)."""
 
@@ -41,15 +50,26 @@ class ServerProcess:
 
     name: str
     proc: subprocess.Popen[str]
-    log_path: Path
+    log_path: Path | None
+    """Where its stderr goes; None: into stdout, so :attr:`output` holds both."""
     address: str = ""
     startup_s: float = 0.0
+    output: list[str] = field(default_factory=list)
+    """Every line it wrote to stdout (and stderr, without a log file), newline kept."""
     _lines: queue.Queue[str] = field(default_factory=queue.Queue)
     _reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def rss_kib(self) -> int:
+        """Resident memory now (Linux)."""
+        return round(procstats.memory(self.pid).rss_mb * 1024)
+
+    def peak_rss_kib(self) -> int:
+        """The high-water mark of resident memory (Linux)."""
+        return round(procstats.memory(self.pid).peak_rss_mb * 1024)
 
     def pids(self) -> list[int]:
         """The process and its children (MLServer may fork workers)."""
@@ -61,6 +81,7 @@ class ServerProcess:
 
         def pump() -> None:
             for line in stdout:
+                self.output.append(line)
                 self._lines.put(line.rstrip("\n"))
 
         self._reader = threading.Thread(target=pump, daemon=True)
@@ -79,8 +100,8 @@ class ServerProcess:
             if line.startswith(prefix):
                 return line
         raise RuntimeError(
-            f"{self.name}: no {prefix!r} line within {timeout_s:.0f} s (exit code {self.proc.poll()}); "
-            f"log {self.log_path}:\n{tail(self.log_path)}"
+            f"{self.name}: no {prefix!r} line within {timeout_s:.0f} s (exit code {self.proc.poll()}):\n"
+            + (f"log {self.log_path}:\n{tail(self.log_path)}" if self.log_path else "".join(self.output))
         )
 
     def probe(self, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -102,6 +123,15 @@ class ServerProcess:
                 self.proc.wait(5)
         return self.proc.returncode
 
+    def kill(self) -> int:
+        """SIGKILL unless it has ended; its exit code once its output is read to the end."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        code = self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
 
 def tail(path: Path, lines: int = 30) -> str:
     try:
@@ -111,53 +141,107 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def spawn(
-    name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path = REPO
+    name: str,
+    argv: list[str],
+    log_path: Path | None,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    cpus: set[int] | None = None,
 ) -> ServerProcess:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("w")
+    """Start ``argv``, its stdout read line by line; stderr to ``log_path`` (None: into stdout).
+
+    ``cpus`` pins it (Linux), so a load generator pinned elsewhere cannot take its cores.
+    """
+    stderr: IO[str] | int = subprocess.STDOUT
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        stderr = log_path.open("w")
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=log,
+        stderr=stderr,
         text=True,
+        errors="replace",
         env=env if env is not None else bench_env(),
         cwd=cwd,
+        preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
     )
     server = ServerProcess(name, proc, log_path)
     server.follow()
     return server
 
 
-def start_unirank(
-    profile: Path, artifact: Path, log_path: Path, python: str = sys.executable, workers: int = 1
+def serve_argv(profile: Path, artifact: Path, *extra: str, port: int = 0, probe: bool = False) -> list[str]:
+    """The ``unirank serve`` command line; through :mod:`unirank_bench.probe` (the same command
+    with a stats side channel) when ``probe``."""
+    command = [sys.executable, "-m", "unirank_bench.probe"] if probe else [str(UNIRANK_BIN), "serve"]
+    return [*command, "--profile", str(profile), "--artifact", str(artifact), "--port", str(port), *extra]
+
+
+def start_serve(
+    profile: Path,
+    artifact: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+    log_path: Path | None = None,
+    probe: bool = False,
+    workers: int = 1,
+    timeout_s: float = 60.0,
 ) -> ServerProcess:
+    """``unirank serve`` on a free port, returned once every worker says it serves."""
+    started = time.monotonic()
+    argv = serve_argv(profile, artifact, *extra, probe=probe)
+    server = spawn(f"unirank[{profile.stem}]", argv, log_path, env=bench_env(env), cpus=cpus)
+    try:
+        for _ in range(workers):
+            line = server.wait_line(SERVING_LINE, timeout_s)
+    except RuntimeError:
+        server.kill()
+        raise
+    server.address = line.rsplit(" on ", 1)[1].strip()
+    server.startup_s = time.monotonic() - started
+    return server
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    profile: Path,
+    artifact: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
+) -> AsyncIterator[ServerProcess]:
+    """``unirank serve`` on a free port, until the block ends (then SIGKILL if it still runs)."""
+    server = await asyncio.to_thread(start_serve, profile, artifact, *extra, env=env, cpus=cpus)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.kill)
+
+
+async def run_serve(args: Sequence[str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run ``unirank serve ARGS`` to its end; its exit code and everything it wrote."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(UNIRANK_BIN), "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+    )
+    return done.returncode, done.stdout.decode(errors="replace")
+
+
+def start_unirank(profile: Path, artifact: Path, log_path: Path, workers: int = 1) -> ServerProcess:
     """The real serve command line, through the probe (which adds only the stats side channel).
 
     With ``workers`` > 1 it is ``unirank serve --workers N``: ready once every worker serves.
     """
-    started = time.monotonic()
-    server = spawn(
-        f"unirank[{profile.stem}]",
-        [
-            python,
-            "-m",
-            "unirank_bench.probe",
-            "--profile",
-            str(profile),
-            "--artifact",
-            str(artifact),
-            "--port",
-            "0",
-            *(["--workers", str(workers)] if workers > 1 else []),
-        ],
-        log_path,
+    extra = ["--workers", str(workers)] if workers > 1 else []
+    return start_serve(
+        profile, artifact, *extra, log_path=log_path, probe=True, workers=workers, timeout_s=120
     )
-    for _ in range(workers):
-        line = server.wait_line("unirank: serving ", 120)
-    server.address = line.rsplit(" on ", 1)[1].strip()
-    server.startup_s = time.monotonic() - started
-    return server
 
 
 def start_floor(kind: str, args: list[str], log_path: Path, python: str = sys.executable) -> ServerProcess:
@@ -189,25 +273,10 @@ def wait_serving(address: str, timeout_s: float, proc: subprocess.Popen[str] | N
     return False
 
 
-def measure_startup(
-    unirank_bin: Path, profile: Path, artifact: Path, port: int, log_path: Path
-) -> dict[str, Any]:
+def measure_startup(profile: Path, artifact: Path, port: int, log_path: Path) -> dict[str, Any]:
     """Time ``unirank serve`` from exec to health SERVING; then its RSS and whether torch is mapped."""
     started = time.monotonic()
-    server = spawn(
-        f"startup[{profile.stem}]",
-        [
-            str(unirank_bin),
-            "serve",
-            "--profile",
-            str(profile),
-            "--artifact",
-            str(artifact),
-            "--port",
-            str(port),
-        ],
-        log_path,
-    )
+    server = spawn(f"startup[{profile.stem}]", serve_argv(profile, artifact, port=port), log_path)
     try:
         serving = wait_serving(f"127.0.0.1:{port}", 60, server.proc)
         elapsed = time.monotonic() - started

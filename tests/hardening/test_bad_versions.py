@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from unirank_bench.servers import run_serve
 
 import unirank.server.app as app_module
 from unirank.artifact import ArtifactError, load_artifact, store
@@ -26,7 +27,6 @@ from .badversions import (
     metrics_as,
     publish,
 )
-from .serve import run_serve
 
 POLL_S = 0.05
 

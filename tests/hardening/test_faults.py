@@ -14,13 +14,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from unirank_bench.servers import run_serve, serving
+from unirank_stress.sigterm import sigterm_under_load
 
 from unirank.artifact import ArtifactError, load_artifact
 from unirank.artifact.store import init_repository, sha256_file
 from unirank.client import AsyncRecommenderClient
 
 from ..conftest import PROFILES, running_server
-from .serve import run_serve, serving, sigterm_under_load
 
 DAMAGES = {
     # damage: (what is done to a copy of the artifact, what the refusal must say)

@@ -10,13 +10,13 @@ import signal
 from pathlib import Path
 
 import pytest
+from unirank_bench.servers import serving
 
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.security import SecurityError
 
 from ..conftest import PROFILES, profile_with, running_server
 from .certs import make_pki
-from .serve import serving
 
 OLD_TOKEN = "tok-rotation-old-0a1b2c3d4e5f"
 NEW_TOKEN = "tok-rotation-new-9f8e7d6c5b4a"

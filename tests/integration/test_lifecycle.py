@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from unirank_bench.servers import run_serve
 
 from unirank.artifact import ArtifactError, load_artifact
 from unirank.artifact.store import REPOSITORY_MARKER, init_repository, sha256_file
@@ -16,7 +17,6 @@ from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.repository import check_same_family
 
 from ..conftest import PROFILES, profile_with, relaxed_profile, running_server
-from ..hardening.serve import run_serve
 
 
 def clone_version(src: Path, dst: Path, version: str) -> Path:
