@@ -78,6 +78,14 @@ kpi-demo: setup
 bench: setup
 	PYTHONPATH=bench $(PYTHON) -m unirank_bench $(BENCH_ARGS)
 
+.PHONY: bench-scale
+# Serving as the catalogue grows (issue #18): trains synthetic artifacts of 3k to 1M items under
+# build/scale (kept between runs), then start-up, RSS, recall@200, p50/p99 and C=32 throughput per
+# size into docs/benchmarks.md; SCALE_ARGS="--sizes 3000,30000" is the quick run.
+SCALE_ARGS ?=
+bench-scale: setup
+	PYTHONPATH=bench $(PYTHON) -m unirank_bench.scale $(SCALE_ARGS)
+
 .PHONY: bench-impressions
 # What writing each answer to the impression store costs a ranked request (none / memory / redis;
 # docs/observability.md, "Online KPIs"); IMPRESSIONS_ARGS=--rounds 6.
@@ -122,3 +130,12 @@ tune: setup
 # while a caller counts failed requests (must be 0). Writes build/refit-demo; REFIT_ARGS=--max-steps 200.
 refit-demo: setup
 	$(PYTHON) scripts/refit_loop.py $(REFIT_ARGS)
+
+.PHONY: rollout-demo
+# Canary rollouts per use-case (docs/rollouts.md): against a live server, a degraded version is
+# refused by the offline gate, a version worse online for search is rolled back for search alone
+# while the others reach 100 %, an A/A rollout promotes every use-case; 0 failed requests.
+# Writes build/rollout-demo; ROLLOUT_ARGS=--threads 2.
+rollout-demo: setup
+	@test -f $(ARTIFACT)/manifest.json || $(MAKE) train
+	$(PYTHON) scripts/rollout_demo.py --artifact $(ARTIFACT) $(ROLLOUT_ARGS)
