@@ -40,6 +40,7 @@ def without_new_releases(artifact_dir: Path, tmp_path_factory: pytest.TempPathFa
             "trained_tasks": [spec.name for spec in TASKS if spec.name != "new_releases"],
             "skipped_tasks": {"new_releases": "no labels in the data: no item has a release year"},
         },
+        activity=artifact.activity,
     )
     return out
 

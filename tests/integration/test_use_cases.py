@@ -256,6 +256,7 @@ def four_task_artifact(artifact: Artifact, tmp_path_factory: pytest.TempPathFact
         metrics,
         encoder_config=artifact.manifest["encoder"],
         training_data=artifact.manifest["training_data"],
+        activity=artifact.activity,
     )
     return out
 

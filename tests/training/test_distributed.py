@@ -122,6 +122,7 @@ def test_a_single_process_is_not_distributed() -> None:
 def test_a_training_step_allocates_nothing_on_the_cpu(artifact_dir: Path) -> None:
     """The CUDA path (NCCL, ``--device cuda``) cannot run here; the meta device stands in for it:
     any tensor the model or the loss creates on the CPU mid-step makes this fail."""
+    from unirank.artifact.activity import N_TIME_FEATURES
     from unirank.model.net import build_model_from_checkpoint
     from unirank.training.export import random_inputs
     from unirank.training.loss import multitask_loss
@@ -141,9 +142,13 @@ def test_a_training_step_allocates_nothing_on_the_cpu(artifact_dir: Path) -> Non
     loss, _, _ = multitask_loss(scores, inputs["task"], weights, log_variance, counts, shards=2)
     loss.backward()
     assert scores.shape == (4, 6) and loss.device.type == "meta"
+    item_time = None
+    if model.config.time_features:
+        item_time = torch.zeros(4, model.config.n_items - 1, N_TIME_FEATURES, device="meta")
     full = model.score_all_items(
         *(inputs[name] for name in ("task", "user", "history", "query_tokens")),
         inputs["anchor_item"],
         inputs["category"],
+        item_time=item_time,
     )
     assert full.shape == (4, model.config.n_items - 1)

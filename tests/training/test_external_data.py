@@ -39,6 +39,7 @@ def split_artifact(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory)
             source.metrics,
             encoder_config=dict(source.manifest["encoder"]),
             training_data=dict(source.manifest["training_data"]),
+            activity=source.activity,
         )
     finally:
         mp.undo()

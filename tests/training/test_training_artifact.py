@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from unirank.artifact import TASKS, Artifact, ArtifactError, Context, TaskType, load_artifact
-from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
+from unirank.artifact.features import OUTPUT_NAME, input_names
 from unirank.artifact.store import REQUIRED_FILES
 from unirank.model.net import UniRankModel, build_model_from_checkpoint
 from unirank.training.cli import main as cli_main
@@ -69,7 +69,7 @@ def test_tampered_file_is_refused(artifact_dir: Path, tmp_path: Path) -> None:
 
 def test_torch_checkpoint_and_onnx_agree(artifact: Artifact, model: UniRankModel) -> None:
     session = ort.InferenceSession(str(artifact.onnx_path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
+    assert [i.name for i in session.get_inputs()] == list(input_names(model.config.time_features))
     assert [o.name for o in session.get_outputs()] == [OUTPUT_NAME]
     for seed, shape in enumerate([(5, 20, 8, 40), (1, 3, 1, 7), (16, 1, 4, 300)]):
         inputs = random_inputs(model, *shape, seed=seed)

@@ -5,15 +5,21 @@ creep in. The input contract (all int64, 0 = missing or padding):
 
     task [B], user [B], history [B,H], query_tokens [B,Q], anchor_item [B], category [B],
     candidates [B,N]  ->  scores [B,N]
+
+An artifact with time features (:mod:`unirank.artifact.activity`) takes one more input, float32
+``candidate_time [B,N,3]``: each candidate's recent popularity and age at the request's time,
+computed here from the encoder's :class:`ItemActivity` (older artifacts have no such input).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from unirank.artifact.activity import ItemActivity
 from unirank.artifact.catalog import Catalog
 from unirank.artifact.tasks import TaskType
 from unirank.artifact.text import tokenize
@@ -28,6 +34,13 @@ INPUT_NAMES: tuple[str, ...] = (
     "candidates",
 )
 OUTPUT_NAME = "scores"
+TIME_INPUT = "candidate_time"
+"""The float32 [B, N, 3] time features of each candidate, in graphs trained with them."""
+
+
+def input_names(time_features: bool) -> tuple[str, ...]:
+    """The serving graph's inputs, in order."""
+    return (*INPUT_NAMES, TIME_INPUT) if time_features else INPUT_NAMES
 
 
 @dataclass(frozen=True)
@@ -67,9 +80,14 @@ class ModelInputs:
     anchor_item: np.ndarray
     category: np.ndarray
     candidates: np.ndarray
+    candidate_time: np.ndarray | None = None
+    """float32 [B, N, 3] for a graph with time features; None for one without."""
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in INPUT_NAMES}
+        out = {name: getattr(self, name) for name in INPUT_NAMES}
+        if self.candidate_time is not None:
+            out[TIME_INPUT] = self.candidate_time
+        return out
 
     def __len__(self) -> int:
         return int(self.task.shape[0])
@@ -78,12 +96,21 @@ class ModelInputs:
 class FeatureEncoder:
     """Turns contexts and candidate item indices into model inputs for one catalogue."""
 
-    def __init__(self, catalog: Catalog, max_history: int = 20, max_query_tokens: int = 8) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        max_history: int = 20,
+        max_query_tokens: int = 8,
+        activity: ItemActivity | None = None,
+    ) -> None:
         if max_history < 1 or max_query_tokens < 1:
             raise ValueError("max_history and max_query_tokens must be >= 1")
         self.catalog = catalog
         self.max_history = max_history
         self.max_query_tokens = max_query_tokens
+        self.activity = activity
+        """The items' recent activity, for a model with time features (None: a model without);
+        the server folds recorded events into it."""
 
     def history_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """The most recent ``max_history`` known items, most recent last, left-aligned, 0-padded."""
@@ -120,10 +147,17 @@ class FeatureEncoder:
             unknown=unknown,
         )
 
-    def batch(self, encoded: Sequence[EncodedContext], candidates: np.ndarray) -> ModelInputs:
-        """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding)."""
+    def batch(
+        self, encoded: Sequence[EncodedContext], candidates: np.ndarray, at_ms: float | None = None
+    ) -> ModelInputs:
+        """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding); with time
+        features, each candidate's at the request time ``at_ms`` (Unix ms; None: now)."""
         if candidates.ndim != 2 or candidates.shape[0] != len(encoded):
             raise ValueError(f"candidates must be [B={len(encoded)}, N], got {candidates.shape}")
+        candidate_time = None
+        if self.activity is not None:
+            when = time.time() * 1000.0 if at_ms is None else float(at_ms)
+            candidate_time = self.activity.features(candidates, np.full(len(encoded), when))
         # np.array over a list: one C call per input, cheap for the online batch of one and for 64.
         return ModelInputs(
             task=np.array([e.task for e in encoded], dtype=np.int64),
@@ -133,4 +167,5 @@ class FeatureEncoder:
             anchor_item=np.array([e.anchor_item for e in encoded], dtype=np.int64),
             category=np.array([e.category for e in encoded], dtype=np.int64),
             candidates=np.ascontiguousarray(candidates, dtype=np.int64),
+            candidate_time=candidate_time,
         )

@@ -13,6 +13,8 @@ Layout (names are fixed; ``manifest.json`` lists each other file with its sha256
     metrics.json    per-task offline metrics of this version and of the baselines it beat
     item_index.faiss  approximate nearest-neighbour index of the item embeddings (optional: older
                     artifacts lack it and serve exact embedding retrieval only)
+    item_activity.npz the items' recent activity at the end of the training logs, for a model with
+                    time features (``model_config.time_features``; older artifacts have neither)
 
 Checksums are verified before any file is parsed, so a tampered file is never deserialised.
 """
@@ -29,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from unirank.artifact.activity import ACTIVITY_FILE, ItemActivity
 from unirank.artifact.ann import ITEM_INDEX
 from unirank.artifact.catalog import Catalog
 from unirank.artifact.features import FeatureEncoder
@@ -187,6 +190,8 @@ class Artifact:
     catalog: Catalog
     retrieval: Retrieval
     metrics: dict[str, Any]
+    activity: ItemActivity | None = None
+    """The items' activity at the end of the training logs (time features); None without them."""
 
     @property
     def model_version(self) -> str:
@@ -216,6 +221,7 @@ class Artifact:
             self.catalog,
             max_history=int(cfg["max_history"]),
             max_query_tokens=int(cfg["max_query_tokens"]),
+            activity=None if self.activity is None else self.activity.copy(),
         )
 
 
@@ -339,8 +345,25 @@ def load_artifact(path: str | Path) -> Artifact:
         retrieval = Retrieval.load(root / RETRIEVAL)
         metrics = json.loads((root / METRICS).read_text())
         check_metrics(metrics, root / METRICS)
+        activity = _load_activity(root, manifest, len(catalog.items))
     except ArtifactError:
         raise
     except Exception as exc:  # a verified file that still fails to parse is a broken artifact
         raise ArtifactError(f"{root}: cannot load artifact: {exc}") from exc
-    return Artifact(path=root, manifest=manifest, catalog=catalog, retrieval=retrieval, metrics=metrics)
+    return Artifact(
+        path=root, manifest=manifest, catalog=catalog, retrieval=retrieval, metrics=metrics, activity=activity
+    )
+
+
+def _load_activity(root: Path, manifest: dict[str, Any], n_items: int) -> ItemActivity | None:
+    """The item activity a model with time features needs; refused when missing or mis-sized."""
+    if not bool(manifest.get("model_config", {}).get("time_features", False)):
+        return None
+    if ACTIVITY_FILE not in manifest.get("files", {}):
+        raise ArtifactError(f"{root}: the model has time features but {ACTIVITY_FILE} is not listed")
+    activity = ItemActivity.load(root / ACTIVITY_FILE)
+    if activity.n_items != n_items:
+        raise ArtifactError(
+            f"{root}: {ACTIVITY_FILE} covers {activity.n_items} items, the catalogue {n_items}"
+        )
+    return activity

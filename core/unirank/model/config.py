@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from unirank.artifact.activity import DEFAULT_HALF_LIFE_DAYS, N_TIME_FEATURES
+
 # lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
 # co-engagement with the anchor (log count, and share of the anchor's co-engagements), co-engagement
-# with the history (mean over its items)
+# with the history (mean over its items); with time features, the candidate's three time inputs after them
 N_CROSS_FEATURES = 8
 ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
 
@@ -40,6 +42,16 @@ class ModelConfig:
     """MMoE experts (ignored by shared_bottom)."""
     impute_context: bool = False
     """Fill a missing anchor with the latest history item and a missing query with the anchor's title."""
+    time_features: bool = False
+    """Score with each candidate's recent popularity and age at the request's time (the input
+    ``candidate_time``, :mod:`unirank.artifact.activity`); False in checkpoints older than them."""
+    recent_half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    """The recent-popularity half-life the time features were computed with."""
+
+    @property
+    def n_cross(self) -> int:
+        """Cross features a head weighs: the eight base ones, then the time features if any."""
+        return N_CROSS_FEATURES + (N_TIME_FEATURES if self.time_features else 0)
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:

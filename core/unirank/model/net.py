@@ -35,10 +35,10 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TaskHead(nn.Module):
     """Maps the shared representation to a query vector and weights for the cross features."""
 
-    def __init__(self, hidden: int, dim: int) -> None:
+    def __init__(self, hidden: int, dim: int, n_cross: int = N_CROSS_FEATURES) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, dim)
-        self.cross = nn.Linear(hidden, N_CROSS_FEATURES)
+        self.cross = nn.Linear(hidden, n_cross)
 
     def forward(self, shared: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.query(shared), self.cross(shared)], dim=-1)
@@ -124,7 +124,7 @@ class UniRankModel(nn.Module):
             self.shared = MixtureOfExperts(6 * d, config.hidden, config.dropout, config.n_experts, n_heads)
         else:
             self.shared = _bottom(6 * d, config.hidden, config.dropout)
-        self.heads = nn.ModuleList([TaskHead(config.hidden, d) for _ in range(n_heads)])
+        self.heads = nn.ModuleList([TaskHead(config.hidden, d, config.n_cross) for _ in range(n_heads)])
         # Item content lives in the graph so the serving inputs stay ids only.
         self.register_buffer(
             "title_tokens", torch.as_tensor(_distinct_per_row(title_tokens), dtype=torch.long)
@@ -171,13 +171,15 @@ class UniRankModel(nn.Module):
         anchor_item: torch.Tensor,
         category: torch.Tensor,
         candidates: torch.Tensor,
+        candidate_time: torch.Tensor | None = None,
         item_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores [B, N]. ``item_table`` (from :meth:`item_table`) is an optional cache of item vectors.
 
         Training passes it so item content is encoded once per step instead of once per (row,
         candidate); the result is the same. Serving never passes it, so the exported graph has
-        exactly the seven contract inputs.
+        exactly the contract inputs. ``candidate_time`` [B, N, 3]: the candidates' time features
+        at the row's time, required by a model with ``time_features``.
         """
 
         def items(index: torch.Tensor) -> torch.Tensor:
@@ -196,6 +198,7 @@ class UniRankModel(nn.Module):
             cand_tokens=self.title_tokens[candidates],
             cand_cats=self.item_categories[candidates],
             cand_pop=self.item_log_pop[candidates],
+            cand_time=candidate_time,
         )
         return torch.where(candidates > 0, scores, torch.full_like(scores, -1e9))
 
@@ -208,11 +211,13 @@ class UniRankModel(nn.Module):
         anchor_item: torch.Tensor,
         category: torch.Tensor,
         item_table: torch.Tensor | None = None,
+        item_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores [B, n_items - 1] of every real item (column j is item j + 1).
 
         Equal to :meth:`forward` with every item as a candidate, but the item side is broadcast
         instead of gathered per row, which makes full-catalogue evaluation several times cheaper.
+        ``item_time`` [B, n_items - 1, 3]: every real item's time features at the row's time.
         """
         table = self.item_table() if item_table is None else item_table
         anchor_item, query_tokens = self._impute(history, query_tokens, anchor_item)
@@ -228,6 +233,7 @@ class UniRankModel(nn.Module):
             cand_tokens=self.title_tokens[1:].unsqueeze(0),
             cand_cats=self.item_categories[1:].unsqueeze(0),
             cand_pop=self.item_log_pop[1:].unsqueeze(0),
+            cand_time=item_time,
         )
 
     def _co_engagement(self, items: torch.Tensor, values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -299,6 +305,7 @@ class UniRankModel(nn.Module):
         cand_tokens: torch.Tensor,
         cand_cats: torch.Tensor,
         cand_pop: torch.Tensor,
+        cand_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores [B, N]; the candidate tensors are [B, N, ...] or [1, N, ...] (shared by every row).
 
@@ -344,6 +351,10 @@ class UniRankModel(nn.Module):
         cross = torch.stack(
             [overlap, cat_match, pop, anchor_sim, history_sim, co_anchor, co_share, co_history], dim=-1
         )
+        if self.config.time_features:
+            if cand_time is None:
+                raise ValueError("a model with time features needs the candidates' time features")
+            cross = torch.cat([cross, cand_time.to(dot.dtype).expand(*dot.shape, -1)], dim=-1)
         return dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from unirank.artifact.tasks import HEAD_OFFSET
+from unirank.model.config import N_CROSS_FEATURES
 from unirank.model.net import MixtureOfExperts, TaskHead, UniRankModel
 
 
@@ -33,7 +34,8 @@ def _context_weight(weight: torch.Tensor, dim: int, widths: tuple[int, ...]) -> 
 
 
 class ServingModel(nn.Module):
-    """The scores of :meth:`UniRankModel.forward` on the seven serving inputs, for inference only.
+    """The scores of :meth:`UniRankModel.forward` on the serving inputs (seven, eight with time
+    features), for inference only.
 
     Everything that depends on an item, a token, a task or a category alone is computed once, here,
     into lookup tables, so a call gathers rows instead of re-deriving them: the exported graph has a
@@ -162,11 +164,12 @@ class ServingModel(nn.Module):
         self.register_buffer("item_zeros", torch.zeros(1, self.config.n_items, device=device))
 
     def _fuse_heads(self, model: UniRankModel) -> None:
-        """One linear layer for every head; each head's block of ``width + 8`` outputs is
+        """One linear layer for every head; each head's block of ``width + 8 (+ 3)`` outputs is
         [query vector, popularity weight, zeros (width) | 1, anchor, history, category weights |
-        overlap, co-anchor, co-share, co-history weights]."""
+        overlap, co-anchor, co-share, co-history weights (| time feature weights)]."""
         d, width = self.config.dim, self.width
-        self.head_width = width + 8
+        self.n_time = self.config.n_cross - N_CROSS_FEATURES
+        self.head_width = width + N_CROSS_FEATURES + self.n_time
         cross_at = {
             d: 2,
             width + 1: 3,
@@ -176,6 +179,7 @@ class ServingModel(nn.Module):
             width + 5: 5,
             width + 6: 6,
             width + 7: 7,
+            **{width + N_CROSS_FEATURES + j: N_CROSS_FEATURES + j for j in range(self.n_time)},
         }
         weights, biases = [], []
         for head in model.heads:
@@ -200,8 +204,10 @@ class ServingModel(nn.Module):
         anchor_item: torch.Tensor,
         category: torch.Tensor,
         candidates: torch.Tensor,
+        candidate_time: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores [B, N], as :meth:`UniRankModel.forward`."""
+        """Scores [B, N], as :meth:`UniRankModel.forward` (``candidate_time`` [B, N, 3] with time
+        features)."""
         d, width = self.config.dim, self.width
         history_sum = self.item_rows[history].sum(1)  # [B, width]
         history_count = history_sum[:, d + 1 : d + 2]
@@ -254,12 +260,17 @@ class ServingModel(nn.Module):
             head[:, :, width + 5 : width + 7], self.anchor_neighbour_values[anchor_item]
         )
         history_values = self.history_neighbour_weights[history].flatten(1) * (
-            weight[:, width + 7 :] / history_count.clamp(min=1.0)
+            weight[:, width + 7 : width + 8] / history_count.clamp(min=1.0)
         )
         index = torch.cat([self.neighbours[anchor_item], self.neighbours[history].flatten(1)], 1)
         values = torch.cat([anchor_values.flatten(1), history_values], 1)
         co = (self.item_zeros * history_count).scatter_add(1, index, values)
         scores = scores + co.gather(1, candidates)
+        if self.n_time:
+            if candidate_time is None:
+                raise ValueError("a model with time features needs the candidates' time features")
+            time_weights = weight[:, width + N_CROSS_FEATURES :].unsqueeze(1)  # [B, 1, 3]
+            scores = scores + (candidate_time * time_weights).sum(-1)
         return torch.where(candidates > 0, scores, self.padding_score)
 
 

@@ -10,7 +10,7 @@ from unirank.artifact import Catalog
 from unirank.model.net import TaskHead, UniRankModel
 from unirank.training import evaluate, metrics
 from unirank.training.dataset import Dataset
-from unirank.training.evaluate import CandidateSets, ModelScorer
+from unirank.training.evaluate import CandidateSets, ModelScorer, all_items_time
 
 CALIBRATED_FEATURES: tuple[tuple[str, int, tuple[float, ...]], ...] = (
     ("popularity", 2, (1.0, 2.0, 4.0, 8.0)),
@@ -83,5 +83,6 @@ def _score_spread(model: UniRankModel, dataset: Dataset, rows: np.ndarray) -> fl
             torch.from_numpy(np.ascontiguousarray(inputs.query_tokens[rows])),
             torch.from_numpy(inputs.anchor_item[rows]),
             torch.from_numpy(inputs.category[rows]),
+            item_time=all_items_time(model, dataset, rows),
         )
     return float(scores.std(dim=1).mean()) if len(rows) else 1.0

@@ -95,6 +95,12 @@ class TrainConfig:
     release_pool_negatives: int = 48
     """Of each new_releases row's ``negatives``, how many are drawn from the items new at the
     row's time (the set it is ranked in) instead of the whole catalogue; 0: none."""
+    time_features: bool = True
+    """Score with each candidate's recent popularity (an exponentially decayed count of its events
+    before the row's time) and its age (since its first event, and since its release year where
+    known) at the row's time: :mod:`unirank.artifact.activity`; False: the model without them."""
+    recent_half_life_days: float = 30.0
+    """Half-life of the recent-popularity count (stored in the artifact; serving decays with it)."""
     in_batch_negatives: bool = False
     """Also score every other row's positive in the batch as a negative (log-q corrected)."""
     user_dropout: float = 0.1
@@ -151,6 +157,8 @@ class TrainConfig:
         low = [name for name in positive if getattr(self, name) < 1]
         if low:
             raise ValueError(f"{', '.join(low)} must be >= 1")
+        if self.recent_half_life_days <= 0:
+            raise ValueError("recent_half_life_days must be > 0")
         if self.learning_rate <= 0 or self.weight_decay < 0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError("learning_rate must be > 0, weight_decay >= 0 and dropout in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

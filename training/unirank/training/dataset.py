@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unirank.artifact import TASKS, Catalog, FeatureEncoder, ModelInputs
+from unirank.artifact.activity import ActivityHistory, release_times_ms
 from unirank.artifact.text import tokenize
 from unirank.training.examples import (
     SPLITS,
@@ -30,6 +31,7 @@ __all__ = [
     "UserSplit",
     "catalog_from_logs",
     "encode_examples",
+    "item_events",
     "map_onto_catalog",
 ]
 
@@ -175,6 +177,22 @@ def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMappin
     return mapped, report
 
 
+class ItemEvents:
+    """Every event of the logs as (catalogue item, time), whichever split: the time features of a
+    row read the ones strictly before its time (:class:`ActivityHistory`, one per half-life)."""
+
+    def __init__(self, n_items: int, items: np.ndarray, times_ms: np.ndarray, release_ms: np.ndarray) -> None:
+        self.n_items, self.items, self.times_ms, self.release_ms = n_items, items, times_ms, release_ms
+        self._by_half_life: dict[float, ActivityHistory] = {}
+
+    def history(self, half_life_days: float) -> ActivityHistory:
+        if half_life_days not in self._by_half_life:
+            self._by_half_life[half_life_days] = ActivityHistory(
+                self.n_items, self.items, self.times_ms, self.release_ms, half_life_days
+            )
+        return self._by_half_life[half_life_days]
+
+
 @dataclass
 class Dataset:
     """Encoded examples plus what evaluation needs beside the model inputs.
@@ -201,6 +219,8 @@ class Dataset:
     """Catalogue indices of all plays, by user then time (shared by every row)."""
     user: np.ndarray
     """int64 row into the logs' user table (unlike ``inputs.user``, never hidden)."""
+    events: ItemEvents | None = None
+    """Every event of the logs, for the time features (None: a dataset without them)."""
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -250,6 +270,7 @@ class Dataset:
             history_end=self.history_end[rows],
             play_items=self.play_items,
             user=self.user[rows],
+            events=self.events,
         )
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -294,6 +315,18 @@ def encode_examples(examples: Examples, encoder: FeatureEncoder, log: LogData) -
         history_end=history_end,
         play_items=to_index[plays.item],
         user=kept.user,
+        events=item_events(log, catalog),
+    )
+
+
+def item_events(log: LogData, catalog: Catalog) -> ItemEvents:
+    """Every event of ``log`` (any split) in ``catalog``'s item indices, with the release times."""
+    to_index = catalog.items.indices(log.items.item_ids)
+    return ItemEvents(
+        len(catalog.items),
+        to_index[log.events.item],
+        log.events.timestamp_ms,
+        release_times_ms(np.asarray(catalog.release_year)),
     )
 
 

@@ -97,8 +97,23 @@ class ModelScorer:
                 torch.from_numpy(inputs.anchor_item),
                 torch.from_numpy(inputs.category),
                 item_table=self.item_table,
+                item_time=all_items_time(self.model, batch.dataset, batch.rows),
             )
         return scores.numpy()
+
+
+def all_items_time(model: UniRankModel, dataset: Dataset, rows: np.ndarray) -> torch.Tensor | None:
+    """[B, n_items - 1, 3]: every real item's time features at each row's time, for a model with
+    time features (None for one without)."""
+    if not model.config.time_features:
+        return None
+    if dataset.events is None:
+        raise ValueError("a model with time features needs a dataset with its events")
+    history = dataset.events.history(model.config.recent_half_life_days)
+    items = np.broadcast_to(
+        np.arange(1, model.config.n_items, dtype=np.int64), (len(rows), model.config.n_items - 1)
+    )
+    return torch.from_numpy(history.features(items, dataset.timestamp_ms[rows]))
 
 
 def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:

@@ -17,8 +17,9 @@ import onnxruntime as ort
 import torch
 
 from unirank.artifact import Catalog, ModelInputs
+from unirank.artifact.activity import ACTIVITY_FILE, N_TIME_FEATURES, ItemActivity
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex, build_item_index
-from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
+from unirank.artifact.features import OUTPUT_NAME, TIME_INPUT, input_names
 from unirank.artifact.store import (
     CATALOG,
     METRICS,
@@ -56,6 +57,7 @@ DYNAMIC_AXES: dict[str, dict[int, str]] = {
     "anchor_item": {0: "batch"},
     "category": {0: "batch"},
     "candidates": {0: "batch", 1: "candidates"},
+    TIME_INPUT: {0: "batch", 1: "candidates"},
     OUTPUT_NAME: {0: "batch", 1: "candidates"},
 }
 
@@ -83,12 +85,16 @@ def random_inputs(
         anchor_item=ids(cfg.n_items, batch),
         category=ids(cfg.n_categories, batch),
         candidates=ids(cfg.n_items, batch, candidates),
+        candidate_time=(
+            rng.random((batch, candidates, N_TIME_FEATURES)).astype(np.float32) if cfg.time_features else None
+        ),
     )
 
 
 def torch_scores(model: UniRankModel, inputs: ModelInputs) -> np.ndarray:
     with torch.no_grad():
-        return model(*(torch.from_numpy(inputs.as_dict()[name]) for name in INPUT_NAMES)).numpy()
+        names = input_names(model.config.time_features)
+        return model(*(torch.from_numpy(inputs.as_dict()[name]) for name in names)).numpy()
 
 
 def export_onnx(
@@ -108,7 +114,7 @@ def export_onnx(
     model.eval()
     serving = serving_model(model)
     example = random_inputs(model, batch=2, history=max_history, query=max_query_tokens, candidates=5, seed=0)
-    names = INPUT_NAMES
+    names = input_names(model.config.time_features)
     args = tuple(torch.from_numpy(example.as_dict()[name]) for name in names)
     # A scratch directory: past 2 GB the exporter itself writes a file per table next to the graph.
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=path.parent) as scratch:
@@ -125,7 +131,7 @@ def export_onnx(
                 opset_version=ONNX_OPSET,
                 input_names=list(names),
                 output_names=[OUTPUT_NAME],
-                dynamic_axes=DYNAMIC_AXES,
+                dynamic_axes={k: v for k, v in DYNAMIC_AXES.items() if k in (*names, OUTPUT_NAME)},
                 do_constant_folding=True,
             )
         exported = sum(f.stat().st_size for f in Path(scratch).iterdir())
@@ -205,12 +211,21 @@ def write_artifact(
     extra: dict[str, Any] | None = None,
     extra_files: Sequence[str] = (),
     item_index: ItemIndex | None = None,
+    activity: ItemActivity | None = None,
 ) -> dict[str, Any]:
     """Write every artifact file into ``directory`` (which must exist), check parity, then the manifest.
 
     ``item_index``: the HNSW index of ``retrieval.item_embeddings`` when the caller already built
-    it (building one at a million items takes minutes); built here otherwise.
+    it (building one at a million items takes minutes); built here otherwise. ``activity``: the
+    items' activity at the end of the training logs, required by a model with time features (a
+    server starts its recent-popularity state from it).
     """
+    if model.config.time_features and activity is None:
+        raise ExportError("a model with time features needs its item activity state")
+    activity_files: list[str] = []
+    if model.config.time_features and activity is not None:
+        activity.save(directory / ACTIVITY_FILE)
+        activity_files.append(ACTIVITY_FILE)
     model.eval()
     onnx_path = directory / MODEL_ONNX
     onnx_files = export_onnx(
@@ -232,5 +247,5 @@ def write_artifact(
         encoder_config=dict(encoder_config),
         training_data=training_data,
         extra={**(extra or {}), "onnx": {"opset": ONNX_OPSET, "parity_max_abs_diff": parity}},
-        extra_files=(*onnx_files[1:], ITEM_INDEX, *extra_files),
+        extra_files=(*onnx_files[1:], ITEM_INDEX, *activity_files, *extra_files),
     )

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from unirank.artifact import TASKS, Catalog, FeatureEncoder, load_artifact
+from unirank.artifact.activity import ItemActivity
 from unirank.artifact.ann import build_item_index
 from unirank.artifact.store import MANIFEST
 from unirank.model.net import build_model_from_checkpoint
@@ -240,6 +241,7 @@ def write_version(
             },
             extra_files=(TRAINING_CURVES, TASK_METRICS),
             item_index=item_index,
+            activity=item_activity(data.dataset, config),
         )
         load_artifact(staging)  # the reader's own check, before anyone can see the directory
         _swap_into_place(staging, out_dir)
@@ -247,6 +249,14 @@ def write_version(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def item_activity(dataset: Dataset, config: TrainConfig) -> ItemActivity | None:
+    """The items' activity after every event of the logs: where a server's recent popularity
+    starts (None for a model without time features)."""
+    if not config.time_features or dataset.events is None:
+        return None
+    return dataset.events.history(config.recent_half_life_days).final_state()
 
 
 def evaluate_artifact(

@@ -187,6 +187,11 @@ class BatchMaker:
         )
         self.pool_negatives = CandidatePoolNegatives(catalog, config.seed)
         self.time_ms = dataset.timestamp_ms[train_rows]
+        self.activity = (
+            dataset.events.history(config.recent_half_life_days)
+            if config.time_features and dataset.events is not None
+            else None
+        )
         positive_share = np.bincount(
             dataset.positive_items[dataset.positive_indptr[train_rows]], minlength=len(catalog.items)
         ).astype(np.float64)
@@ -245,4 +250,9 @@ class BatchMaker:
             hide = None if hide is None else hide[selected]
         if hide is not None:
             batch["user"] = torch.where(hide, torch.zeros_like(batch["user"]), batch["user"])
+        if self.config.time_features:
+            if self.activity is None:
+                raise ValueError("time_features needs a dataset with its events")
+            times = self.activity.features(candidates.numpy(), self.time_ms[rows])
+            batch["candidate_time"] = torch.from_numpy(times)
         return batch, candidates, correction

@@ -102,6 +102,8 @@ def build_model(
         architecture=config.architecture,
         n_experts=config.n_experts,
         impute_context=config.impute_context,
+        time_features=config.time_features,
+        recent_half_life_days=config.recent_half_life_days,
     )
     neighbours = weights = shares = None
     if co_engagement is not None and config.co_engagement_neighbours > 0:

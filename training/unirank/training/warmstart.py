@@ -65,6 +65,8 @@ FIXED_BY_PARENT: tuple[str, ...] = (
     "architecture",
     "n_experts",
     "use_task_type",
+    "time_features",
+    "recent_half_life_days",
     "impute_context",
     "co_engagement_neighbours",
 )
@@ -104,6 +106,9 @@ def load_parent(path: str | Path) -> Parent:
     values = {name: value for name, value in recorded.items() if name in fields}
     if "split_fractions" in values:
         values["split_fractions"] = tuple(values["split_fractions"])
+    # A parent from before the time features has none: its refits keep its inputs.
+    values["time_features"] = model.config.time_features
+    values["recent_half_life_days"] = model.config.recent_half_life_days
     try:
         config = TrainConfig(**values)
     except (TypeError, ValueError) as exc:

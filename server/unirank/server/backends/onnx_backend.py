@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from unirank.artifact import ModelInputs
-from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
+from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME, input_names
 from unirank.server.backends.base import BackendError, check_scores
 from unirank.server.backends.stacking import concat_model_inputs, split_scores
 from unirank.server.batching import BatcherStats, BatchObserver, DynamicBatcher, MemberFailed
@@ -123,8 +123,11 @@ class OnnxBackend:
         except Exception as exc:  # a truncated or foreign graph whose checksum still matched its manifest
             raise BackendError(f"{self._model_path}: not a loadable ONNX graph: {exc}") from exc
         names = [i.name for i in session.get_inputs()]
-        if sorted(names) != sorted(INPUT_NAMES):
-            raise BackendError(f"{self._model_path}: graph inputs {names}, expected {list(INPUT_NAMES)}")
+        if sorted(names) not in (sorted(INPUT_NAMES), sorted(input_names(True))):
+            raise BackendError(
+                f"{self._model_path}: graph inputs {names}, expected {list(INPUT_NAMES)} "
+                f"(or {list(input_names(True))} with time features)"
+            )
         return session
 
     async def start(self) -> None:

@@ -33,6 +33,17 @@ def concat_model_inputs(requests: Sequence[ModelInputs]) -> ModelInputs:
             out[row : row + part.shape[0], : part.shape[1]] = part
             row += part.shape[0]
         columns[name] = out
+    times = [r.candidate_time for r in requests]
+    if any(t is not None for t in times):
+        if any(t is None for t in times):
+            raise BackendError("requests with and without time features cannot share a batch")
+        stacked = np.zeros((*columns["candidates"].shape, times[0].shape[-1]), dtype=np.float32)  # type: ignore[union-attr]
+        row = 0
+        for part in times:
+            assert part is not None
+            stacked[row : row + part.shape[0], : part.shape[1]] = part
+            row += part.shape[0]
+        return ModelInputs(**columns, candidate_time=stacked)
     return ModelInputs(**columns)
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unirank.artifact.features import INPUT_NAMES, ModelInputs
+from unirank.artifact.activity import N_TIME_FEATURES
+from unirank.artifact.features import INPUT_NAMES, TIME_INPUT, ModelInputs, input_names
 from unirank.model.net import build_model_from_checkpoint
 from unirank.model.serving import ServingModel, serving_model
 from unirank.server.backends.base import BackendError, DeadlineDropped, check_scores
@@ -50,6 +51,7 @@ def _id_limits(config: Any) -> dict[str, int]:
         "anchor_item": config.n_items,
         "category": config.n_categories,
         "candidates": config.n_items,
+        TIME_INPUT: int(bool(getattr(config, "time_features", False))),  # 1: the model takes it
     }
 
 
@@ -73,6 +75,25 @@ def check_model_inputs(inputs: ModelInputs, limits: dict[str, int]) -> None:
             raise BackendError(
                 f"input {name!r} holds ids outside [0, {limits[name]}): min {array.min()}, max {array.max()}"
             )
+    _check_time_input(inputs, bool(limits.get(TIME_INPUT)))
+
+
+def _check_time_input(inputs: ModelInputs, wanted: bool) -> None:
+    """``candidate_time``: a float [B, N, 3] beside the candidates, exactly when the model takes it."""
+    times = inputs.candidate_time
+    if times is None:
+        if wanted:
+            raise BackendError(f"input {TIME_INPUT!r} is missing: the model has time features")
+        return
+    if not wanted:
+        raise BackendError(f"input {TIME_INPUT!r} given to a model without time features")
+    if not isinstance(times, np.ndarray) or not np.issubdtype(times.dtype, np.floating):
+        raise BackendError(f"input {TIME_INPUT!r} must be a float array")
+    if times.shape != (*inputs.candidates.shape, N_TIME_FEATURES):
+        raise BackendError(
+            f"input {TIME_INPUT!r} has shape {list(times.shape)}, expected "
+            f"{[*inputs.candidates.shape, N_TIME_FEATURES]}"
+        )
 
 
 class TorchBackend:
@@ -214,6 +235,11 @@ class TorchBackend:
                 anchor_item=rng.integers(0, config.n_items, rows),
                 category=rng.integers(0, config.n_categories, rows),
                 candidates=rng.integers(0, config.n_items, (rows, width)),
+                candidate_time=(
+                    rng.random((rows, width, N_TIME_FEATURES)).astype(np.float32)
+                    if config.time_features
+                    else None
+                ),
             )
             try:
                 self._forward(model, inputs)
@@ -224,8 +250,9 @@ class TorchBackend:
 
     def _forward(self, model: ServingModel, inputs: ModelInputs) -> np.ndarray:
         tensors = []
-        for name in INPUT_NAMES:
-            array = np.ascontiguousarray(getattr(inputs, name), dtype=np.int64)
+        for name in input_names(model.config.time_features):
+            dtype = np.float32 if name == TIME_INPUT else np.int64
+            array = np.ascontiguousarray(getattr(inputs, name), dtype=dtype)
             if not array.flags.writeable:
                 array = array.copy()  # torch.from_numpy warns on read-only memory
             tensors.append(torch.from_numpy(array).to(self.device))

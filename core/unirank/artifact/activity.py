@@ -1,0 +1,264 @@
+"""Time-aware item signals at a request's time, defined once for training and serving.
+
+Per candidate item, at the request's time ``t`` (Unix ms), three model inputs (``TIME_FEATURES``):
+
+- **recent popularity**: the item's events strictly before ``t``, each counted ``exp(-(t - t_e) / tau)``
+  (``tau`` from the half-life), as ``log1p(count) / recent_norm``;
+- **age since first event**: ``exp(-(t - first) / age_scale)`` for the item's first event before
+  ``t``, 0 when it has none;
+- **age since release**: ``exp(-max(t - release, 0) / age_scale)`` from January 1st (UTC) of the
+  item's release year, 0 when the year is unknown.
+
+The decayed count is a fold: after an event at ``t_e`` the count is ``count * exp(-(t_e - last) / tau)
++ 1``. Training reads it at each row's time from every event before that time
+(:class:`ActivityHistory`, the state after each event, found by binary search); serving starts from
+the artifact's state at the end of the training logs and folds in the online store's events as they
+are recorded (:class:`ItemActivity`). Both apply the same step, so the same events give the same
+numbers (``tests/training/test_time_feature_parity.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+TIME_FEATURES: tuple[str, ...] = ("recent_popularity", "age_since_first_event", "age_since_release")
+N_TIME_FEATURES = len(TIME_FEATURES)
+ACTIVITY_FILE = "item_activity.npz"
+"""The artifact's end-of-training state (optional: artifacts older than the time features lack it)."""
+DAY_MS = 86_400_000.0
+DEFAULT_HALF_LIFE_DAYS = 30.0
+DEFAULT_AGE_SCALE_DAYS = 365.0
+DEFAULT_RECENT_NORM = math.log1p(100.0)
+"""About 1 for an item with a hundred recent events."""
+
+
+@dataclass(frozen=True)
+class ActivitySpec:
+    """The constants of the time features; stored in the artifact, so serving reads training's."""
+
+    half_life_days: float = DEFAULT_HALF_LIFE_DAYS
+    """A recent event counts half as much this many days later."""
+    age_scale_days: float = DEFAULT_AGE_SCALE_DAYS
+    """The age features are ``exp(-age / age_scale)``: 1 for a brand-new item, 0.37 at this age."""
+    recent_norm: float = DEFAULT_RECENT_NORM
+    """The recent-popularity input is ``log1p(count) / recent_norm``: a constant, not a statistic of
+    the data, so no row's input depends on events after its time."""
+
+    def __post_init__(self) -> None:
+        if not (self.half_life_days > 0 and self.age_scale_days > 0 and self.recent_norm > 0):
+            raise ValueError("half_life_days, age_scale_days and recent_norm must be > 0")
+
+    @property
+    def tau_ms(self) -> float:
+        return self.half_life_days * DAY_MS / math.log(2.0)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def release_times_ms(release_year: np.ndarray) -> np.ndarray:
+    """January 1st (UTC) of each release year in Unix ms; NaN where the year is unknown (<= 0)."""
+    years = np.asarray(release_year, dtype=np.int64)
+    known = years > 0
+    # an integer as datetime64[Y] counts years since 1970
+    days = (np.where(known, years, 1970) - 1970).astype("datetime64[Y]").astype("datetime64[D]")
+    return np.where(known, days.astype(np.int64).astype(np.float64) * DAY_MS, np.nan)
+
+
+def fold(count: float, last_ms: float, at_ms: float, tau_ms: float) -> tuple[float, float]:
+    """The decayed count and its time after one more event at ``at_ms`` (any order: an event older
+    than ``last_ms`` adds its decayed weight without moving the state's time back)."""
+    if math.isnan(last_ms):
+        return 1.0, at_ms
+    if at_ms >= last_ms:
+        return count * math.exp(-(at_ms - last_ms) / tau_ms) + 1.0, at_ms
+    return count + math.exp(-(last_ms - at_ms) / tau_ms), last_ms
+
+
+def time_features(
+    count: np.ndarray,
+    last_ms: np.ndarray,
+    first_ms: np.ndarray,
+    release_ms: np.ndarray,
+    at_ms: np.ndarray,
+    spec: ActivitySpec,
+) -> np.ndarray:
+    """float32 [..., N_TIME_FEATURES] from the state (count at ``last_ms``; NaN times: no event, no
+    release year) read at ``at_ms`` (broadcast against the state)."""
+    with np.errstate(invalid="ignore"):
+        seen = ~np.isnan(last_ms)
+        elapsed = np.where(seen, np.maximum(at_ms - np.where(seen, last_ms, 0.0), 0.0), 0.0)
+        recent = np.where(seen, np.log1p(count * np.exp(-elapsed / spec.tau_ms)), 0.0) / spec.recent_norm
+        scale = spec.age_scale_days * DAY_MS
+        has_first = ~np.isnan(first_ms)
+        first = np.where(
+            has_first, np.exp(-np.maximum(at_ms - np.where(has_first, first_ms, 0.0), 0.0) / scale), 0.0
+        )
+        released = ~np.isnan(release_ms)
+        release = np.where(
+            released, np.exp(-np.maximum(at_ms - np.where(released, release_ms, 0.0), 0.0) / scale), 0.0
+        )
+    return np.stack(np.broadcast_arrays(recent, first, release), axis=-1).astype(np.float32)
+
+
+class ItemActivity:
+    """Every item's decayed count, its time, and its first event: the serving state.
+
+    Built from the artifact (the state at the end of the training logs), then folded forward with
+    each recorded event (:meth:`record`); :meth:`features` reads it at a request's time.
+    """
+
+    def __init__(
+        self,
+        spec: ActivitySpec,
+        count: np.ndarray,
+        last_ms: np.ndarray,
+        first_ms: np.ndarray,
+        release_ms: np.ndarray,
+    ) -> None:
+        n = len(count)
+        if not (len(last_ms) == len(first_ms) == len(release_ms) == n):
+            raise ValueError("the item activity arrays differ in length")
+        self.spec = spec
+        self.count = np.asarray(count, dtype=np.float64).copy()
+        self.last_ms = np.asarray(last_ms, dtype=np.float64).copy()
+        self.first_ms = np.asarray(first_ms, dtype=np.float64).copy()
+        self.release_ms = np.asarray(release_ms, dtype=np.float64).copy()
+
+    @property
+    def n_items(self) -> int:
+        return len(self.count)
+
+    def record(self, items: np.ndarray, times_ms: np.ndarray) -> None:
+        """Fold events (item indices; 0 and unknown indices are skipped) into the state."""
+        tau = self.spec.tau_ms
+        for item, at in zip(
+            np.asarray(items).tolist(), np.asarray(times_ms, dtype=np.float64).tolist(), strict=True
+        ):
+            if not 0 < item < self.n_items:
+                continue
+            self.count[item], self.last_ms[item] = fold(self.count[item], self.last_ms[item], at, tau)
+            if not at >= self.first_ms[item]:  # NaN (no event yet) or earlier
+                self.first_ms[item] = at
+
+    def features(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
+        """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] at each row's time [B]."""
+        index = np.clip(np.asarray(candidates, dtype=np.int64), 0, self.n_items - 1)
+        at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * (index.ndim - 1)))
+        out = time_features(
+            self.count[index],
+            self.last_ms[index],
+            self.first_ms[index],
+            self.release_ms[index],
+            at,
+            self.spec,
+        )
+        out[index == 0] = 0.0
+        return out
+
+    def copy(self) -> ItemActivity:
+        return ItemActivity(self.spec, self.count, self.last_ms, self.first_ms, self.release_ms)
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path,
+            count=self.count,
+            last_ms=self.last_ms,
+            first_ms=self.first_ms,
+            release_ms=self.release_ms,
+            spec=np.array([self.spec.half_life_days, self.spec.age_scale_days, self.spec.recent_norm]),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ItemActivity:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [n for n in ("count", "last_ms", "first_ms", "release_ms", "spec") if n not in data]
+            if missing:
+                raise ValueError(f"{path.name}: missing arrays {missing}")
+            half_life, age_scale, norm = (float(v) for v in data["spec"])
+            return cls(
+                ActivitySpec(half_life, age_scale, norm),
+                data["count"],
+                data["last_ms"],
+                data["first_ms"],
+                data["release_ms"],
+            )
+
+
+class ActivityHistory:
+    """Every item's events in time order with the decayed count after each: the state strictly
+    before any time, for training rows at their own times (no event at or after a row's time is
+    ever read)."""
+
+    def __init__(
+        self,
+        n_items: int,
+        items: np.ndarray,
+        times_ms: np.ndarray,
+        release_ms: np.ndarray,
+        half_life_days: float = DEFAULT_HALF_LIFE_DAYS,
+        age_scale_days: float = DEFAULT_AGE_SCALE_DAYS,
+    ) -> None:
+        items = np.asarray(items, dtype=np.int64)
+        times = np.asarray(times_ms, dtype=np.int64)
+        keep = (items > 0) & (items < n_items)
+        items, times = items[keep], times[keep]
+        order = np.lexsort((times, items))
+        self.items, self.times = items[order], times[order]
+        self.n_items = n_items
+        self.release_ms = np.asarray(release_ms, dtype=np.float64)
+        self.start = np.searchsorted(self.items, np.arange(n_items + 1), side="left")
+        tau = ActivitySpec(half_life_days, age_scale_days).tau_ms
+        count = np.empty(len(self.items), dtype=np.float64)
+        state, last, previous = 0.0, math.nan, -1
+        for k, (item, at) in enumerate(zip(self.items.tolist(), self.times.tolist(), strict=True)):
+            if item != previous:
+                state, last, previous = 0.0, math.nan, item
+            state, last = fold(state, last, float(at), tau)
+            count[k] = state
+        self.count = count
+        self.t0 = int(self.times.min()) if len(self.times) else 0
+        self.span = (int(self.times.max()) - self.t0 + 2) if len(self.times) else 2
+        if n_items * self.span >= 2**62:
+            raise ValueError("too many items over too long a time for the activity index")
+        self._keys = self.items * self.span + (self.times - self.t0)
+        self.spec = ActivitySpec(half_life_days, age_scale_days)
+
+    def _before(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
+        """How many of each candidate's events lie strictly before its row's time."""
+        at = np.clip(np.asarray(at_ms, dtype=np.int64) - self.t0, 0, self.span - 1)
+        keys = candidates * self.span + at.reshape(-1, *([1] * (candidates.ndim - 1)))
+        return np.searchsorted(self._keys, keys, side="left") - self.start[candidates]
+
+    def features(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
+        """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] at each row's time [B]."""
+        index = np.clip(np.asarray(candidates, dtype=np.int64), 0, self.n_items - 1)
+        before = self._before(index, at_ms)
+        last = self.start[index] + before - 1
+        seen = before > 0
+        safe = np.where(seen, last, 0)
+        count = np.where(seen, self.count[safe] if len(self.count) else 0.0, 0.0)
+        last_ms = np.where(seen, self.times[safe] if len(self.times) else 0, np.nan)
+        first = (
+            self.times[np.minimum(self.start[index], max(len(self.times) - 1, 0))] if len(self.times) else 0
+        )
+        first_ms = np.where(seen, first, np.nan)
+        at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * (index.ndim - 1)))
+        out = time_features(count, last_ms, first_ms, self.release_ms[index], at, self.spec)
+        out[index == 0] = 0.0
+        return out
+
+    def final_state(self) -> ItemActivity:
+        """The state after every event: what an artifact ships and a server starts from."""
+        n = self.n_items
+        count, last_ms, first_ms = np.zeros(n), np.full(n, np.nan), np.full(n, np.nan)
+        has = self.start[1:] > self.start[:-1]
+        idx = np.flatnonzero(has)
+        count[idx] = self.count[self.start[idx + 1] - 1]
+        last_ms[idx] = self.times[self.start[idx + 1] - 1]
+        first_ms[idx] = self.times[self.start[idx]]
+        return ItemActivity(self.spec, count, last_ms, first_ms, self.release_ms)
