@@ -23,7 +23,7 @@ from unirank_bench.servers import serving
 
 from tests.conftest import PROFILES, TASK_NAMES, profile_with
 from unirank.artifact import load_artifact
-from unirank.client import DEFAULT_THROTTLE_K, AsyncRecommenderClient, UniRankError
+from unirank.client import DEFAULT_THROTTLE_K, AdaptiveConcurrencyLimit, AsyncRecommenderClient, UniRankError
 from unirank.server.app import UniRankServer
 from unirank.server.config import load_profile
 from unirank.server.profile_io import derive_profile, write_profile
@@ -94,13 +94,21 @@ class ClientRun:
 
 
 async def _client_open_loop(
-    address: str, item: str, rate: float, seconds: float, throttle_k: float | None, deadline_s: float
+    address: str,
+    item: str,
+    rate: float,
+    seconds: float,
+    throttle_k: float | None,
+    deadline_s: float,
+    limit: AdaptiveConcurrencyLimit | None,
 ) -> tuple[list[Outcome], float, int]:
     """Calls leave at ``rate`` whatever the answers do, through one UniRank client; the outcomes,
-    the rate achieved and the calls the client's throttle refused itself."""
+    the rate achieved and the calls the client refused itself (its throttle and its limit)."""
     outcomes: list[Outcome] = []
     total = int(rate * seconds)
-    async with AsyncRecommenderClient(address, timeout=deadline_s, throttle_k=throttle_k) as client:
+    async with AsyncRecommenderClient(
+        address, timeout=deadline_s, throttle_k=throttle_k, concurrency_limit=limit
+    ) as client:
 
         async def one(index: int, when: float) -> None:
             outcomes.append(await _client_call(client, item, deadline_s))
@@ -108,6 +116,7 @@ async def _client_open_loop(
         begin = time.monotonic()
         _, _, sent_s = await scheduled(rate, begin, lambda index, when: index >= total, one)
         local = client.throttle.rejected_locally if client.throttle is not None else 0
+        local += limit.rejected_locally if limit is not None else 0
     return outcomes, total / (sent_s - begin), local
 
 
@@ -234,14 +243,25 @@ async def stalled_calls(artifact: Path, server_cpus: set[int] | None, calls: int
 
 
 async def _client_run(
-    setup: _Setup, label: str, throttle_k: float | None, deadline_s: float, server: dict[str, Any] | None
+    setup: _Setup,
+    label: str,
+    throttle_k: float | None,
+    deadline_s: float,
+    server: dict[str, Any] | None,
+    limit: dict[str, float] | None,
 ) -> ClientRun:
     profile = _profile_file(setup.workdir, re.sub(r"\W+", "-", label), server)
     async with serving(profile, setup.artifact, cpus=setup.server_cpus) as served:
         await _closed_loop(served.address, setup.item, callers=8, seconds=1.0)  # warm
         rss_before = served.rss_kib()
         outcomes, offered, local = await _client_open_loop(
-            served.address, setup.item, setup.rate, setup.overload_s, throttle_k, deadline_s
+            served.address,
+            setup.item,
+            setup.rate,
+            setup.overload_s,
+            throttle_k,
+            deadline_s,
+            None if limit is None else AdaptiveConcurrencyLimit(**limit),  # type: ignore[arg-type]
         )
         rss_after, rss_peak = served.rss_kib(), served.peak_rss_kib()
         health_after = await health(served.address)
@@ -266,25 +286,30 @@ _BOUNDED = {"max_concurrent_rpcs": 8, "max_queued_rpcs": 0, "max_pending_rpcs": 
 """A latency-first [server]: 8 calls in flight, none in line, a gRPC backlog of 16."""
 _BOUNDED_LABEL = "server: 8 in flight, none in line, gRPC backlog 16"
 
-OVERLOAD_ROWS: tuple[tuple[str, float | None, float, dict[str, Any] | None], ...] = (
-    ("throttling client (default K = 2), 1 s deadline", DEFAULT_THROTTLE_K, 1.0, None),
-    ("throttling client (K = 1.1), 1 s deadline", 1.1, 1.0, None),
-    ("naive client (no throttling), 1 s deadline", None, 1.0, None),
-    ("throttling client (K = 2), 50 ms deadline", DEFAULT_THROTTLE_K, 0.05, None),
-    ("naive client, 50 ms deadline", None, 0.05, None),
-    (f"throttling client (K = 2), 1 s deadline; {_BOUNDED_LABEL}", DEFAULT_THROTTLE_K, 1.0, _BOUNDED),
-    (f"throttling client (K = 1.1), 1 s deadline; {_BOUNDED_LABEL}", 1.1, 1.0, _BOUNDED),
-    (f"naive client, 1 s deadline; {_BOUNDED_LABEL}", None, 1.0, _BOUNDED),
-    (f"throttling client (K = 2), 50 ms deadline; {_BOUNDED_LABEL}", DEFAULT_THROTTLE_K, 0.05, _BOUNDED),
+_LIMITED = "throttling client (K = 2) with its adaptive concurrency limit"
+
+OVERLOAD_ROWS: tuple[tuple[str, float | None, float, dict[str, Any] | None, dict[str, float] | None], ...] = (
+    ("throttling client (default K = 2), 1 s deadline", DEFAULT_THROTTLE_K, 1.0, None, None),
+    ("throttling client (K = 1.1), 1 s deadline", 1.1, 1.0, None, None),
+    ("naive client (no throttling), 1 s deadline", None, 1.0, None, None),
+    ("throttling client (K = 2), 50 ms deadline", DEFAULT_THROTTLE_K, 0.05, None, None),
+    ("naive client, 50 ms deadline", None, 0.05, None, None),
+    (f"throttling client (K = 2), 1 s deadline; {_BOUNDED_LABEL}", DEFAULT_THROTTLE_K, 1.0, _BOUNDED, None),
+    (f"naive client, 1 s deadline; {_BOUNDED_LABEL}", None, 1.0, _BOUNDED, None),
     (
         "throttling client (K = 2), 1 s deadline; server: gRPC's limit in front (max_open_rpcs = 72)",
         DEFAULT_THROTTLE_K,
         1.0,
         {"max_open_rpcs": 72},
+        None,
     ),
+    (f"{_LIMITED} (default: alpha 1, beta 3), 1 s deadline", DEFAULT_THROTTLE_K, 1.0, None, {}),
+    (f"{_LIMITED} (default: alpha 1, beta 3), 50 ms deadline", DEFAULT_THROTTLE_K, 0.05, None, {}),
+    (f"{_LIMITED} (alpha 2, beta 4), 1 s deadline", DEFAULT_THROTTLE_K, 1.0, None, {"alpha": 2, "beta": 4}),
 )
-"""Rows of the overload table: label, the client's throttle K (None: none), its deadline, and the
-``[server]`` keys replaced in cpu-realtime (None: as shipped)."""
+"""Rows of the overload table: label, the client's throttle K (None: none), its deadline, the
+``[server]`` keys replaced in cpu-realtime (None: as shipped), and the knobs of the client's
+adaptive concurrency limit (``AdaptiveConcurrencyLimit``; None: no limit, {}: its defaults)."""
 
 
 @dataclass(frozen=True)
@@ -319,8 +344,8 @@ async def overload(artifact: Path, workdir: Path, quick: bool) -> list[str]:
         print(f"stress: capacity {capacity:.0f}/s, unloaded p50 {ms(p50)} p99 {ms(p99)}", flush=True)
         setup = _Setup(workdir, artifact, item, server_cpus, 4 * capacity, overload_s)
         runs = [
-            await _client_run(setup, label, throttle_k, deadline_s, server)
-            for label, throttle_k, deadline_s, server in OVERLOAD_ROWS
+            await _client_run(setup, label, throttle_k, deadline_s, server, limit)
+            for label, throttle_k, deadline_s, server, limit in OVERLOAD_ROWS
         ]
     finally:
         if everything is not None:
@@ -370,7 +395,7 @@ async def overload(artifact: Path, workdir: Path, quick: bool) -> list[str]:
                 "client",
                 "offered (calls)",
                 "answered",
-                "refused by the client itself (THROTTLED_LOCALLY)",
+                "refused by the client itself (THROTTLED_LOCALLY: throttle and limit)",
                 "refused by the server, by code (reason)",
                 "answered p50 / p99 (p99 / unloaded p99)",
                 "server RSS MiB before → after (peak)",

@@ -17,7 +17,7 @@ import pytest
 from unirank_bench.loadgen import Load, open_loop
 
 from unirank.artifact import ModelInputs
-from unirank.client import THROTTLED_LOCALLY, AsyncRecommenderClient, UniRankError
+from unirank.client import THROTTLED_LOCALLY, AdaptiveConcurrencyLimit, AsyncRecommenderClient, UniRankError
 
 from ..conftest import TASK_NAMES, profile_with, running_server
 
@@ -207,3 +207,43 @@ async def test_the_throttling_client_sends_an_overloaded_server_much_less(artifa
     # client has seen any refusal), where the naive client sends it everything.
     assert sent < 3 * throttled["OK"] + 4 * LIMIT, runs
     assert sent < 0.8 * sum(naive.values()), runs
+
+
+async def test_a_latency_limited_client_keeps_the_server_out_of_overload(artifact_dir: Path) -> None:
+    # The server would queue calls (a line of 2 x LIMIT) and refuse the rest; the client's adaptive
+    # concurrency limit reads the queueing in its round trips and refuses the excess itself, so the
+    # server refuses nothing and every refusal is RESOURCE_EXHAUSTED THROTTLED_LOCALLY.
+    tasks = {name: {"timeout_ms": 10_000} for name in TASK_NAMES}
+    server_limits = {
+        "max_concurrent_rpcs": LIMIT,
+        "max_queued_rpcs": 2 * LIMIT,
+        "max_queue_wait_ms": 0,  # a call waits in line as long as it must: no refusal for waiting
+        "max_pending_rpcs": 100_000,
+    }
+    profile = profile_with(server=server_limits, tasks=tasks)
+    async with running_server(profile, artifact_dir) as server:
+        pipeline = server.pipeline
+        assert pipeline is not None
+        pipeline.runtime.backend = _SlowBackend(pipeline.runtime.backend)  # type: ignore[assignment]
+        item = pipeline.runtime.artifact.catalog.items.key(1)
+        rate = 4 * LIMIT / SERVICE_S  # 4x capacity
+        limit = AdaptiveConcurrencyLimit(initial=LIMIT)
+        async with AsyncRecommenderClient(
+            server.address, timeout=10, throttle_k=None, concurrency_limit=limit
+        ) as client:
+            outcomes = await _client_open_loop(client, item, rate, duration_s=1.5)
+            # A call cancelled by its caller gives its slot back.
+            call = asyncio.create_task(client.related_items(item))
+            await asyncio.sleep(0.005)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        admission = server.admission
+    local = f"RESOURCE_EXHAUSTED/{THROTTLED_LOCALLY}"
+    assert set(outcomes) == {"OK", local}, outcomes
+    assert outcomes[local] == limit.rejected_locally > 0
+    assert outcomes["OK"] > 0
+    assert admission.refused_for_deadline == 0
+    assert limit.in_flight == 0
+    # It settles near what the server serves at once, not at the 12 the server would take in.
+    assert limit.limit < 3 * LIMIT, limit.limit
