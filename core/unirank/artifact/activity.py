@@ -89,20 +89,16 @@ def time_features(
 ) -> np.ndarray:
     """float32 [..., N_TIME_FEATURES] from the state (count at ``last_ms``; NaN times: no event, no
     release year) read at ``at_ms`` (broadcast against the state)."""
+    shape = np.broadcast_shapes(np.shape(count), np.shape(last_ms), np.shape(release_ms), np.shape(at_ms))
+    out = np.empty((*shape, N_TIME_FEATURES), dtype=np.float32)
+    scale = spec.age_scale_days * DAY_MS
+    # A NaN time (no event, no release year) carries through to NaN, which becomes 0 below.
     with np.errstate(invalid="ignore"):
-        seen = ~np.isnan(last_ms)
-        elapsed = np.where(seen, np.maximum(at_ms - np.where(seen, last_ms, 0.0), 0.0), 0.0)
-        recent = np.where(seen, np.log1p(count * np.exp(-elapsed / spec.tau_ms)), 0.0) / spec.recent_norm
-        scale = spec.age_scale_days * DAY_MS
-        has_first = ~np.isnan(first_ms)
-        first = np.where(
-            has_first, np.exp(-np.maximum(at_ms - np.where(has_first, first_ms, 0.0), 0.0) / scale), 0.0
-        )
-        released = ~np.isnan(release_ms)
-        release = np.where(
-            released, np.exp(-np.maximum(at_ms - np.where(released, release_ms, 0.0), 0.0) / scale), 0.0
-        )
-    return np.stack(np.broadcast_arrays(recent, first, release), axis=-1).astype(np.float32)
+        decay = np.exp(np.maximum(at_ms - last_ms, 0.0) / -spec.tau_ms)
+        out[..., 0] = np.log1p(count * decay) / spec.recent_norm
+        out[..., 1] = np.exp(np.maximum(at_ms - first_ms, 0.0) / -scale)
+        out[..., 2] = np.exp(np.maximum(at_ms - release_ms, 0.0) / -scale)
+    return np.nan_to_num(out, copy=False, nan=0.0)
 
 
 class ItemActivity:
@@ -227,6 +223,13 @@ class ActivityHistory:
             raise ValueError("too many items over too long a time for the activity index")
         self._keys = self.items * self.span + (self.times - self.t0)
         self.spec = ActivitySpec(half_life_days, age_scale_days)
+        has = self.start[1:] > self.start[:-1]
+        self.first_ms = np.where(
+            has,
+            self.times[np.minimum(self.start[:-1], max(len(self.times) - 1, 0))] if len(self.times) else 0.0,
+            np.nan,
+        )
+        """Each item's first event (NaN: none)."""
 
     def _before(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
         """How many of each candidate's events lie strictly before its row's time."""
@@ -235,21 +238,19 @@ class ActivityHistory:
         return np.searchsorted(self._keys, keys, side="left") - self.start[candidates]
 
     def features(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
-        """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] at each row's time [B]."""
+        """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] (or [1, N], the same for
+        every row: cheaper) at each row's time [B]."""
         index = np.clip(np.asarray(candidates, dtype=np.int64), 0, self.n_items - 1)
         before = self._before(index, at_ms)
-        last = self.start[index] + before - 1
         seen = before > 0
-        safe = np.where(seen, last, 0)
-        count = np.where(seen, self.count[safe] if len(self.count) else 0.0, 0.0)
-        last_ms = np.where(seen, self.times[safe] if len(self.times) else 0, np.nan)
-        first = (
-            self.times[np.minimum(self.start[index], max(len(self.times) - 1, 0))] if len(self.times) else 0
-        )
-        first_ms = np.where(seen, first, np.nan)
+        last = np.where(seen, self.start[index] + before - 1, 0)
+        # the count and time of the last event before the row; NaN time: none (the count is ignored)
+        count = self.count[last] if len(self.count) else np.zeros(index.shape)
+        last_ms = np.where(seen, self.times[last] if len(self.times) else 0.0, np.nan)
+        first_ms = np.where(seen, self.first_ms[index], np.nan)
         at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * (index.ndim - 1)))
         out = time_features(count, last_ms, first_ms, self.release_ms[index], at, self.spec)
-        out[index == 0] = 0.0
+        out[np.broadcast_to(index == 0, out.shape[:-1])] = 0.0
         return out
 
     def final_state(self) -> ItemActivity:

@@ -110,10 +110,8 @@ def all_items_time(model: UniRankModel, dataset: Dataset, rows: np.ndarray) -> t
     if dataset.events is None:
         raise ValueError("a model with time features needs a dataset with its events")
     history = dataset.events.history(model.config.recent_half_life_days)
-    items = np.broadcast_to(
-        np.arange(1, model.config.n_items, dtype=np.int64), (len(rows), model.config.n_items - 1)
-    )
-    return torch.from_numpy(history.features(items, dataset.timestamp_ms[rows]))
+    every_item = np.arange(1, model.config.n_items, dtype=np.int64)[None, :]  # one row, shared
+    return torch.from_numpy(history.features(every_item, dataset.timestamp_ms[rows]))
 
 
 def sample_rows(rows: np.ndarray, limit: int, seed: int) -> np.ndarray:
