@@ -86,6 +86,14 @@ SCALE_ARGS ?=
 bench-scale: setup
 	PYTHONPATH=bench $(PYTHON) -m unirank_bench.scale $(SCALE_ARGS)
 
+.PHONY: bench-scale
+# Serving as the catalogue grows (issue #18): trains synthetic artifacts of 3k to 1M items under
+# build/scale (kept between runs), then start-up, RSS, recall@200, p50/p99 and C=32 throughput per
+# size into docs/benchmarks.md; SCALE_ARGS="--sizes 3000,30000" is the quick run.
+SCALE_ARGS ?=
+bench-scale: setup
+	PYTHONPATH=bench $(PYTHON) -m unirank_bench.scale $(SCALE_ARGS)
+
 .PHONY: bench-impressions
 # What writing each answer to the impression store costs a ranked request (none / memory / redis;
 # docs/observability.md, "Online KPIs"); IMPRESSIONS_ARGS=--rounds 6.
