@@ -86,13 +86,11 @@ SCALE_ARGS ?=
 bench-scale: setup
 	PYTHONPATH=bench $(PYTHON) -m unirank_bench.scale $(SCALE_ARGS)
 
-.PHONY: bench-scale
-# Serving as the catalogue grows (issue #18): trains synthetic artifacts of 3k to 1M items under
-# build/scale (kept between runs), then start-up, RSS, recall@200, p50/p99 and C=32 throughput per
-# size into docs/benchmarks.md; SCALE_ARGS="--sizes 3000,30000" is the quick run.
-SCALE_ARGS ?=
-bench-scale: setup
-	PYTHONPATH=bench $(PYTHON) -m unirank_bench.scale $(SCALE_ARGS)
+.PHONY: bench-page
+# A home page (1 notification + 10 category rows for one user) in one RecommendBatch against the
+# same rows one call each: pages of 1, 5 and 11 rows, closed loop (docs/benchmarks.md).
+bench-page: setup
+	PYTHONPATH=bench $(PYTHON) -m unirank_bench.page --artifact $(ARTIFACT) $(PAGE_ARGS)
 
 .PHONY: bench-impressions
 # What writing each answer to the impression store costs a ranked request (none / memory / redis;
