@@ -143,7 +143,7 @@ async def test_a_use_case_worse_online_is_rolled_back_alone(
             for name, task in rollout.tasks.items()
             if name == "search"
         }
-        assert "CTR" in rollout.tasks["search"].reason
+        assert "is lower: e-value reached" in rollout.tasks["search"].reason
         # Rolled back alone: search stays on v001 (still loaded), the others answer with v002.
         assert (await users.ask(client, "search", "after-1")).model_version == "v001"
         assert (await users.ask(client, "category", "after-1")).model_version == "v002"
@@ -162,7 +162,7 @@ async def test_an_aa_rollout_promotes_every_use_case(
     repo = two_versions(artifact_dir, tmp_path)
     users = Users(artifact, {})
     async with (
-        running_server(rollout_profile(tmp_path), repo) as server,
+        running_server(rollout_profile(tmp_path, promote_impressions=40), repo) as server,
         AsyncRecommenderClient(server.address) as client,
     ):
         clone_version(artifact_dir, repo / "v002", "v002")
@@ -238,6 +238,8 @@ async def test_the_rollout_commands(
         clone_version(artifact_dir, repo / "v002", "v002")
         code, out, _ = await cli("start")
         assert code == 0 and "active  canary=v002" in out
+        code, _, err = await cli("abort", "serach")
+        assert code == 1 and "INVALID_ARGUMENT" in err and "tasks: unknown use-case(s) serach" in err
         code, out, _ = await cli("abort", "search")
         assert code == 0 and "rolled back by an operator" in out
         code, out, _ = await cli("promote", "--json")

@@ -18,6 +18,9 @@ from unirank.client.errors import error_from_rpc
 from unirank.client.monitor import OperatorChannel
 from unirank.v1 import recommender_pb2 as pb
 
+START_TIMEOUT_S = 120.0
+"""Deadline of ``start``: loading, warming and gating a version takes seconds to minutes."""
+
 
 @dataclass(frozen=True)
 class RolloutTask:
@@ -97,8 +100,9 @@ class RolloutClient(OperatorChannel):
     def status(self) -> RolloutStatus:
         return self._call("GetRolloutStatus", pb.GetRolloutStatusRequest())
 
-    def start(self, timeout: float | None = None) -> RolloutStatus:
-        """Roll out the repository's newest version (loading and gating it takes a while)."""
+    def start(self, timeout: float | None = START_TIMEOUT_S) -> RolloutStatus:
+        """Roll out the repository's newest version: the server loads, warms and gates it first,
+        which takes longer than a ranking call (hence its own deadline)."""
         return self._call("StartRollout", pb.StartRolloutRequest(), timeout)
 
     def promote(self, tasks: Sequence[str] = ()) -> RolloutStatus:

@@ -161,9 +161,8 @@ class UniRankServer:
             self.features = make_feature_store(self.profile.features)
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
         if self.profile.rollout.enabled:  # resumed: the versions its saved state serves are loaded
-            load = functools.partial(
-                ModelRuntime.load, section=self.profile.model, batch_observer=telemetry.batch_observer
-            )
+            observer = telemetry.batch_observer
+            load = functools.partial(ModelRuntime.load, section=self.profile.model, batch_observer=observer)
             rollout = self.rollout = await RolloutController.open(
                 self.artifact_path, self.pipeline, version_dir, telemetry.stats.kpis, load
             )
@@ -358,7 +357,8 @@ class UniRankServer:
         if not self.profile.gate.enabled:
             return
         rules = {name: task.gate for name, task in self.profile.tasks.items()}
-        decision = judge(serving.artifact, runtime.artifact, rules)
+        pinned = self.rollout.serving_artifacts() if self.rollout is not None else {}
+        decision = judge(serving.artifact, runtime.artifact, rules, pinned)
         self.last_gate = decision
         verdict = "passes" if decision.accepted else "is refused by"
         log.info(

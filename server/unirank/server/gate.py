@@ -67,11 +67,17 @@ def _rows(metrics: Mapping[str, Any], task: str) -> int:
     return int(rows) if isinstance(rows, int) and not isinstance(rows, bool) else 0
 
 
-def judge(serving: Artifact, candidate: Artifact, rules: Mapping[str, GateRule]) -> GateDecision:
-    """The gate's verdict on ``candidate`` replacing ``serving``, for the served tasks ``rules``."""
+def judge(
+    serving: Artifact,
+    candidate: Artifact,
+    rules: Mapping[str, GateRule],
+    serving_per_task: Mapping[str, Artifact] | None = None,
+) -> GateDecision:
+    """The gate's verdict on ``candidate`` replacing ``serving``, for the served tasks ``rules``;
+    a task in ``serving_per_task`` (pinned to another version by a rollout) is compared with that."""
     rows = []
     for task, rule in sorted(rules.items()):
-        before = _metric(serving.metrics, task, rule.metric)
+        before = _metric((serving_per_task or {}).get(task, serving).metrics, task, rule.metric)
         after = _metric(candidate.metrics, task, rule.metric)
         count = _rows(candidate.metrics, task)
         rows.append(GateRow(task, rule.metric, before, after, count, *_verdict(rule, before, after, count)))

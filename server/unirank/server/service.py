@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
 
+from unirank.artifact.tasks import TASKS
 from unirank.server import codec
-from unirank.server.errors import RolloutRefused
+from unirank.server.errors import InvalidArgument, RolloutRefused, ServingError
 from unirank.server.interceptors import abort_with
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.rollout.controller import RolloutController, RolloutRefusedError
@@ -106,32 +107,40 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def StartRollout(
         self, request: pb.StartRolloutRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRolloutResponse:
-        rollout = await self._command(context, lambda controller: controller.start())
+        rollout = await self._command(context, None)
         return pb.StartRolloutResponse(rollout=codec.rollout_to_pb(rollout))
 
     async def PromoteRollout(
         self, request: pb.PromoteRolloutRequest, context: grpc.aio.ServicerContext
     ) -> pb.PromoteRolloutResponse:
-        rollout = await self._command(context, lambda controller: controller.command(PROMOTED, request.tasks))
+        rollout = await self._command(context, PROMOTED, request.tasks)
         return pb.PromoteRolloutResponse(rollout=codec.rollout_to_pb(rollout))
 
     async def AbortRollout(
         self, request: pb.AbortRolloutRequest, context: grpc.aio.ServicerContext
     ) -> pb.AbortRolloutResponse:
-        rollout = await self._command(
-            context, lambda controller: controller.command(ROLLED_BACK, request.tasks)
-        )
+        rollout = await self._command(context, ROLLED_BACK, request.tasks)
         return pb.AbortRolloutResponse(rollout=codec.rollout_to_pb(rollout))
 
     async def _command(
-        self,
-        context: grpc.aio.ServicerContext,
-        run: Callable[[RolloutController], Awaitable[Rollout]],
+        self, context: grpc.aio.ServicerContext, status: str | None, tasks: Sequence[str] = ()
     ) -> Rollout:
+        """Start a rollout (``status`` None), or promote / roll back ``tasks``; errors answered here."""
         try:
+            unknown = sorted(set(tasks) - {spec.name for spec in TASKS})
+            if unknown:
+                known = ", ".join(spec.name for spec in TASKS)
+                raise InvalidArgument.single(
+                    "tasks", f"unknown use-case(s) {', '.join(unknown)}; known: {known}"
+                )
             if self._rollout is None:
-                raise RolloutRefusedError("rollouts are off in this profile ([rollout] enabled)")
-            return await run(self._rollout)
-        except RolloutRefusedError as exc:
-            await abort_with(context, RolloutRefused(str(exc)))
-            raise AssertionError("abort_with returned") from exc
+                raise RolloutRefused("rollouts are off in this profile ([rollout] enabled)")
+            try:
+                if status is None:
+                    return await self._rollout.start()
+                return await self._rollout.command(status, tasks)
+            except RolloutRefusedError as exc:
+                raise RolloutRefused(str(exc)) from exc
+        except ServingError as error:
+            await abort_with(context, error)
+            raise AssertionError("abort_with returned") from error

@@ -15,11 +15,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unirank.artifact.store import ArtifactError
+from unirank.artifact.store import Artifact, ArtifactError
 from unirank.server.config import RolloutSection
 from unirank.server.rollout.guards import ArmOps, guard_breach
 from unirank.server.rollout.judge import ArmCounts, CanaryJudge, Decision, JudgeKnobs, Verdict
@@ -169,6 +169,11 @@ class RolloutController:
         if state.status == CANARY and bucket(user_key, rollout.rollout_id) < rollout.steps[state.step]:
             return canary, CANARY
         return stable, STABLE
+
+    def serving_artifacts(self) -> dict[str, Artifact]:
+        """Per use-case, the artifact of the version answering it outside any canary (the offline
+        gate compares a new version with it)."""
+        return {task: self.route(task, "")[0].artifact for task in self.tasks}
 
     def _arm_ops(self, task: str, arm: str) -> ArmOps:
         ops = self._ops.get((task, arm))
@@ -345,18 +350,18 @@ class RolloutController:
         ctr_judge = CanaryJudge(self.knobs, state.ctr)
         ctr = ctr_judge.observe(canary_ctr, stable_ctr, share)
         state.ctr, state.e_value = ctr_judge.state, ctr.e_value
-        decisions: list[tuple[str, Decision]] = [("CTR", ctr)]
+        decisions: list[Decision] = [ctr]
         if self.section.judge_engagement:
-            engagement_judge = CanaryJudge(self.knobs, state.engagement)
-            decisions.append(("engagement", engagement_judge.observe(canary_eng, stable_eng, share)))
+            engagement_judge = CanaryJudge(replace(self.knobs, metric="play rate"), state.engagement)
+            decisions.append(engagement_judge.observe(canary_eng, stable_eng, share))
             state.engagement = engagement_judge.state
         breach = guard_breach(self._arm_ops(task, CANARY), self._arm_ops(task, STABLE), self.section.guards)
-        rollback = next(((what, d) for what, d in decisions if d.verdict is Verdict.ROLLBACK), None)
-        hold = next((d for _, d in decisions if d.verdict is Verdict.HOLD), None)
+        rollback = next((d for d in decisions if d.verdict is Verdict.ROLLBACK), None)
+        hold = next((d for d in decisions if d.verdict is Verdict.HOLD), None)
         if breach is not None:
             self._decide(rollout, task, ROLLED_BACK, "rollback", breach)
         elif rollback is not None:
-            self._decide(rollout, task, ROLLED_BACK, "rollback", f"{rollback[0]}: {rollback[1].reason}")
+            self._decide(rollout, task, ROLLED_BACK, "rollback", rollback.reason)
         elif hold is not None:
             state.verdict, state.reason = "hold", hold.reason
         elif canary_ctr.impressions - state.step_started_at < self.section.step_impressions or (

@@ -89,6 +89,8 @@ class JudgeKnobs:
     """Canary impressions after which a canary with no evidence against it is promoted."""
     srm_p_value: float = 1e-3
     """Sample-ratio-mismatch threshold: a chi-square p-value below this holds the task."""
+    metric: str = "CTR"
+    """What the counts' ratio is called in reasons (``CTR`` for clicks, ``play rate`` for plays)."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -282,12 +284,13 @@ class CanaryJudge:
         if state.crossed:
             return decision(
                 Verdict.ROLLBACK,
-                f"canary CTR is lower: e-value reached 1/alpha = {1.0 / knobs.alpha:.0f} (now {e:.3g})",
+                f"canary {knobs.metric} is lower: e-value reached 1/alpha = {1.0 / knobs.alpha:.0f} "
+                f"(now {e:.3g})",
             )
         if state.canary.impressions >= knobs.promote_impressions:
             return decision(
                 Verdict.PROMOTE,
-                f"no evidence of a CTR drop (e-value {e:.3g} < {1.0 / knobs.alpha:.0f}) after "
+                f"no evidence of a {knobs.metric} drop (e-value {e:.3g} < {1.0 / knobs.alpha:.0f}) after "
                 f"{state.canary.impressions} canary impressions (budget {knobs.promote_impressions})",
             )
         return decision(Verdict.CONTINUE, f"e-value {e:.3g} below {1.0 / knobs.alpha:.0f}")
