@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from unirank.artifact import TASKS
-from unirank.training.calibration import CALIBRATED_FEATURES, calibrate_heads
+from unirank.training.calibration import calibrate_heads, calibrated_features
 from unirank.training.config import TrainConfig
 from unirank.training.evaluate import sample_rows, validation_ndcg
 from unirank.training.pipeline import PreparedData, prepare_data
@@ -37,7 +37,8 @@ def test_calibration_only_keeps_steps_that_raise_validation(data: PreparedData) 
     after = validation_ndcg(model, data.dataset, rows, data.catalog)
     assert set(added) == set(NAMES.values())
     assert any(added.values())  # an untrained head gains from the plain signals
-    calibrated = {index for _, index, _ in CALIBRATED_FEATURES}
+    calibrated = {index for _, index, _ in calibrated_features(model)}
+    assert len(calibrated) == 4  # popularity, co-engagement with history and anchor, popularity now
     for task, name in NAMES.items():
         assert after[task] >= before[task]
         change = model.heads[task - 1].cross.bias.detach() - biases[task - 1]

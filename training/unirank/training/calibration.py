@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from unirank.artifact import Catalog
+from unirank.model.config import N_CROSS_FEATURES
 from unirank.model.net import TaskHead, UniRankModel
 from unirank.training import evaluate, metrics
 from unirank.training.dataset import Dataset
@@ -20,6 +21,15 @@ CALIBRATED_FEATURES: tuple[tuple[str, int, tuple[float, ...]], ...] = (
 """(name, index among the cross features, steps as multiples of the task's score spread): the
 classic peers' signals (popularity, item-to-history and item-to-anchor co-engagement) whose weight
 :func:`calibrate_heads` may raise per task."""
+TIME_CALIBRATED_FEATURES: tuple[tuple[str, int, tuple[float, ...]], ...] = (
+    ("recent_popularity", N_CROSS_FEATURES, (1.0, 2.0, 4.0)),
+)
+"""With time features, popularity now (the recent-popularity input) is calibrated too."""
+
+
+def calibrated_features(model: UniRankModel) -> tuple[tuple[str, int, tuple[float, ...]], ...]:
+    """The signals :func:`calibrate_heads` may raise for ``model``."""
+    return CALIBRATED_FEATURES + (TIME_CALIBRATED_FEATURES if model.config.time_features else ())
 
 
 def calibrate_heads(
@@ -57,7 +67,7 @@ def calibrate_heads(
             spread = _score_spread(model, dataset, rows[:64])
             best = ndcg(rows)
             added: dict[str, float] = {}
-            for feature, index, steps in CALIBRATED_FEATURES:
+            for feature, index, steps in calibrated_features(model):
                 start = float(head.cross.bias[index])
                 keep = 0.0
                 for step in steps:
