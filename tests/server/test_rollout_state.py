@@ -58,9 +58,13 @@ class _Runtime:
 
     version: str
     closed: bool = False
+    headless: tuple[str, ...] = ()
 
     async def close(self) -> None:
         self.closed = True
+
+    def has_head(self, spec: Any) -> bool:
+        return spec.name not in self.headless
 
 
 def _controller(tmp_path: Path, **knobs: Any) -> tuple[RolloutController, KpiCounters]:
@@ -194,3 +198,22 @@ def test_the_gate_compares_a_pinned_use_case_with_its_own_version() -> None:
     assert judge(default, new, rules).accepted  # +33 % against the default version
     decision = judge(default, new, rules, {"search": pinned})  # search is still served by v1
     assert not decision.accepted and "drops 20.0%" in decision.refusals()
+
+
+def test_a_use_case_the_canary_has_no_head_for_stays_on_stable(tmp_path: Path) -> None:
+    section = RolloutSection(enabled=True)
+    controller = RolloutController(
+        section,
+        ["search", "category"],
+        cast(ModelRuntime, _Runtime("v1")),
+        tmp_path / "v1",
+        KpiCounters(),
+        tmp_path / "state.json",
+        tmp_path / "retrain.json",
+    )
+    rollout = controller.begin(cast(ModelRuntime, _Runtime("v2", headless=("search",))), tmp_path / "v2")
+    assert (
+        rollout.tasks["search"].status == ROLLED_BACK and "no trained head" in rollout.tasks["search"].reason
+    )
+    assert rollout.tasks["category"].status == "canary"
+    assert {controller.route("search", f"u{i}")[0].version for i in range(50)} == {"v1"}

@@ -341,7 +341,8 @@ class RolloutSection(_Strict):
     version stays stable, and is promoted or rolled back per use-case. Off: a new version replaces
     the serving one at once."""
     steps: tuple[float, ...] = (5.0, 25.0, 50.0, 100.0)
-    """Canary shares of users, in percent, in order; the last must be 100."""
+    """Canary shares of users, in percent, in order; the last must be 100, reached only once the
+    judge says promote (at 100 % stable gets no traffic left to compare with)."""
     step_impressions: int = Field(2000, ge=1)
     """Canary impressions each step gathers (with no rollback or hold) before the next step."""
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
@@ -353,9 +354,9 @@ class RolloutSection(_Strict):
     tolerated_drop: float = Field(0.05, gt=0.0, lt=0.5)
     """Smallest relative CTR drop the judge aims at (see the judge's mixture)."""
     promote_impressions: int = Field(80_000, ge=1)
-    """Canary impressions after which a use-case without evidence against its canary is promoted
-    (at the last step): the budget within which a 10 % CTR drop is caught in >= 90 % of runs at a
-    5 % CTR (scale by 0.05 / CTR)."""
+    """Canary impressions after which the judge says promote for a use-case without evidence against
+    its canary, which then moves to the 100 % step: the budget within which a 10 % CTR drop is caught
+    in >= 90 % of runs at a 5 % CTR (scale by 0.05 / CTR)."""
     srm_p_value: float = Field(1e-3, gt=0.0, lt=1.0)
     """A sample-ratio-mismatch p-value below this holds the use-case (not judged, not advanced)."""
     judge_engagement: bool = True

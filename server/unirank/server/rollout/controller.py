@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unirank.artifact.store import Artifact, ArtifactError
+from unirank.artifact.tasks import task_by_name
 from unirank.server.config import RolloutSection
 from unirank.server.rollout.guards import ArmOps, guard_breach
 from unirank.server.rollout.judge import ArmCounts, CanaryJudge, Decision, JudgeKnobs, Verdict
@@ -261,6 +262,11 @@ class RolloutController:
             tasks={task: TaskRollout(stable_version=stable[task].version) for task in self.tasks},
             started_unix_ms=int(time.time() * 1000),
         )
+        for task in self.tasks:  # (the gate refuses such a version first, where it is on)
+            if not canary.has_head(task_by_name(task)):
+                state = rollout.tasks[task]
+                state.status, state.verdict = ROLLED_BACK, "rollback"
+                state.reason = f"version {canary.version} has no trained head for {task}"
         self.rollout = rollout
         self._ops.clear()
         self._seen = {key: self._raw(*key) for key in self._keys(rollout)}
@@ -333,7 +339,7 @@ class RolloutController:
         """Judge every use-case still a canary once; returns the rollout (None without one)."""
         async with self._lock:
             rollout = self.rollout
-            if rollout is None or not rollout.active:
+            if rollout is None or rollout.finished_unix_ms:
                 return rollout
             for task, state in sorted(rollout.tasks.items()):
                 if state.status == CANARY:
