@@ -33,8 +33,9 @@ from unirank.server.rollout.state import (
     TaskRollout,
     bucket,
     load_rollout,
+    rollout_paths,
     save_rollout,
-    write_json_atomically,
+    write_retrain_request,
 )
 from unirank.server.runtime import ModelRuntime
 from unirank.server.telemetry.kpi import KpiCounters
@@ -43,9 +44,6 @@ if TYPE_CHECKING:
     from unirank.server.pipeline import RankingPipeline
 
 log = logging.getLogger(__name__)
-
-STATE_NAME = ".unirank-rollout.json"
-RETRAIN_NAME = ".unirank-retrain-request.json"
 
 
 class RolloutRefusedError(Exception):
@@ -103,20 +101,6 @@ class RolloutController:
             srm_p_value=section.srm_p_value,
         )
 
-    @staticmethod
-    def paths_for(section: RolloutSection, artifact_path: Path) -> tuple[Path, Path]:
-        """(state file, retrain request file) of a server serving ``artifact_path``."""
-        root = artifact_path if artifact_path.is_dir() else artifact_path.parent
-        if (root / "manifest.json").is_file():  # one artifact, not a repository: beside it
-            root = root.parent
-        state = Path(section.state_file) if section.state_file else root / STATE_NAME
-        retrain = (
-            Path(section.retrain_request_file)
-            if section.retrain_request_file
-            else state.parent / RETRAIN_NAME
-        )
-        return state, retrain
-
     @classmethod
     async def open(
         cls,
@@ -130,7 +114,7 @@ class RolloutController:
         its saved rollout resumed and installed as the pipeline's router (ArtifactError where that
         rollout cannot be resumed: a version it names is gone or changed)."""
         section, runtime = pipeline.profile.rollout, pipeline.runtime
-        state, retrain = cls.paths_for(section, artifact_path)
+        state, retrain = rollout_paths(section.state_file, section.retrain_request_file, artifact_path)
         controller = cls(section, pipeline.profile.tasks, runtime, version_dir, kpis, state, retrain)
         try:
             await controller.resume(load)
@@ -410,26 +394,8 @@ class RolloutController:
             reason,
         )
         if status == ROLLED_BACK and not operator:
-            self._write_retrain_request(rollout)
-
-    def _write_retrain_request(self, rollout: Rollout) -> None:
-        failing = {
-            name: {"reason": task.reason, "stable_version": task.stable_version}
-            for name, task in sorted(rollout.tasks.items())
-            if task.status == ROLLED_BACK and not task.operator
-        }
-        write_json_atomically(
-            self.retrain_path,
-            {
-                "rollout_id": rollout.rollout_id,
-                "version": rollout.canary_version,
-                "tasks": sorted(failing),
-                "failures": failing,
-                "written_unix_ms": int(time.time() * 1000),
-            },
-        )
-        rollout.retrain_request = str(self.retrain_path)
-        log.warning("retrain request for %s written to %s", ", ".join(sorted(failing)), self.retrain_path)
+            failing = write_retrain_request(self.retrain_path, rollout)
+            log.warning("retrain request for %s written to %s", ", ".join(failing), self.retrain_path)
 
     async def _persist(self, rollout: Rollout) -> None:
         """Save the state; when no use-case is left a canary, end the rollout."""

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ PROMOTED = "promoted"
 ROLLED_BACK = "rolled_back"
 FORMAT = 1
 """Version of the state file's layout."""
+STATE_NAME = ".unirank-rollout.json"
+RETRAIN_NAME = ".unirank-retrain-request.json"
 
 
 def bucket(user_key: str, rollout_id: str) -> float:
@@ -187,3 +190,35 @@ def load_rollout(path: Path) -> Rollout | None:
         return Rollout.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a rollout state this server can resume: {exc}") from exc
+
+
+def rollout_paths(state_file: str, retrain_file: str, artifact_path: Path) -> tuple[Path, Path]:
+    """(state file, retrain request file) of a server serving ``artifact_path``: the profile's, else
+    in the artifact repository (beside the artifact where it is one)."""
+    root = artifact_path if artifact_path.is_dir() else artifact_path.parent
+    if (root / "manifest.json").is_file():  # one artifact, not a repository
+        root = root.parent
+    state = Path(state_file) if state_file else root / STATE_NAME
+    return state, Path(retrain_file) if retrain_file else state.parent / RETRAIN_NAME
+
+
+def write_retrain_request(path: Path, rollout: Rollout) -> list[str]:
+    """Write the retrain request of ``rollout``'s use-cases the judges or guards rolled back (not the
+    operator); returns them."""
+    failing = {
+        name: {"reason": task.reason, "stable_version": task.stable_version}
+        for name, task in sorted(rollout.tasks.items())
+        if task.status == ROLLED_BACK and not task.operator
+    }
+    write_json_atomically(
+        path,
+        {
+            "rollout_id": rollout.rollout_id,
+            "version": rollout.canary_version,
+            "tasks": sorted(failing),
+            "failures": failing,
+            "written_unix_ms": int(time.time() * 1000),
+        },
+    )
+    rollout.retrain_request = str(path)
+    return sorted(failing)
