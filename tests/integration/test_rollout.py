@@ -13,8 +13,9 @@ import pytest
 
 from unirank.artifact import Artifact, load_artifact
 from unirank.artifact.store import init_repository
-from unirank.client import AsyncRecommenderClient, Event, Ranking
+from unirank.client import AsyncRecommenderClient, Event, Ranking, UniRankError
 from unirank.client.cli import main as cli_main
+from unirank.client.rollout import RolloutClient
 from unirank.server.app import UniRankServer
 from unirank.server.config import Profile
 
@@ -249,3 +250,29 @@ async def test_the_rollout_commands(
         assert {t["status"] for t in status["tasks"] if t["task"] != "search"} == {"promoted"}
         code, _, err = await cli("abort", "category")
         assert code == 1 and "no rollout is active" in err
+
+
+async def test_rollout_commands_need_a_token_allowed_to_call_them(
+    artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    operator, ranker = "operator-token-0001", "ranking-token-0002"
+    monkeypatch.setenv("UNIRANK_ROLLOUT_TOKENS", f"operator:{operator},ranker:{ranker}")
+    security = {
+        "auth": "bearer",
+        "tokens_env": "UNIRANK_ROLLOUT_TOKENS",
+        "grants": {"ranker": {"methods": ["Recommend", "GetRolloutStatus"]}},
+    }
+    profile = profile_with(security=security, rollout={**FAST, "state_file": str(tmp_path / "state.json")})
+    async with running_server(profile, two_versions(artifact_dir, tmp_path)) as server:
+
+        def call(token: str | None, action: str) -> str:
+            with RolloutClient(server.address, bearer_token=token) as client:
+                try:
+                    return getattr(client, action)().state
+                except UniRankError as error:
+                    return error.code
+
+        assert await asyncio.to_thread(call, None, "status") == "UNAUTHENTICATED"
+        assert await asyncio.to_thread(call, ranker, "status") == "none"
+        assert await asyncio.to_thread(call, ranker, "abort") == "PERMISSION_DENIED"
+        assert await asyncio.to_thread(call, operator, "abort") == "FAILED_PRECONDITION"  # none active

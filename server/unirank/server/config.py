@@ -531,8 +531,9 @@ class GrantConfig(_Strict):
     methods: tuple[str, ...] = ("Recommend", "RecommendBatch", "GetModelInfo")
     """RPC names of ``unirank.v1.RecommenderService`` the token may call; every other method gets
     PERMISSION_DENIED (a grant allows only what it lists). Left out, the read-only ones: ranking
-    and model info; ``RecordEvents`` (writes any user's history) and ``GetServingStats``
-    (operational data) must be named to be allowed."""
+    and model info; ``RecordEvents`` (writes any user's history), ``GetServingStats`` (operational
+    data) and the rollout commands (``GetRolloutStatus``, ``StartRollout``, ``PromoteRollout``,
+    ``AbortRollout``) must be named to be allowed."""
     tasks: tuple[str, ...] = ()
     """Use-cases the token may rank for, e.g. ``["search"]``; empty allows every use-case. A request
     (or a RecommendBatch member) for another one gets PERMISSION_DENIED."""
