@@ -33,6 +33,8 @@ from unirank.training.logs import EventTable, EventType, ItemTable, LogData, Tex
 from unirank.training.synthetic_words import COMMON_WORDS, GENRES, NAME_SYLLABLES, TITLE_STYLES
 
 DAY_MS = 86_400_000
+SCORE_EVERY_ITEM_MAX = 20_000
+"""Up to this many items, affinities are a product with every item (the presets' way)."""
 LOG_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed origin keeps runs reproducible
 
 
@@ -365,13 +367,19 @@ class _World:
     def _affinity(self, vecs: np.ndarray, pool: np.ndarray) -> np.ndarray:
         """[n, P] dot products of per-row vectors [n, D] with pooled items, in row chunks."""
         out = np.empty(pool.shape, dtype=np.float32)
-        items = self.item_vecs.astype(np.float32).T
+        items = self.item_vecs.astype(np.float32)
         step = 4096
+        # Scoring every item with one matmul and picking the pool is faster than gathering while
+        # the catalogue is small (every preset); a large one (``--items``) would make each chunk
+        # [4096, items] (16 GB at a million items).
+        score_every = self.n_items <= SCORE_EVERY_ITEM_MAX
         for start in range(0, len(pool), step):
             chunk = slice(start, start + step)
-            # Scoring every item with one matmul and picking the pool is faster than gathering.
-            every = vecs[chunk].astype(np.float32) @ items
-            out[chunk] = np.take_along_axis(every, pool[chunk], axis=1)
+            rows = vecs[chunk].astype(np.float32)
+            if score_every:
+                out[chunk] = np.take_along_axis(rows @ items.T, pool[chunk], axis=1)
+            else:
+                out[chunk] = np.einsum("npd,nd->np", items[pool[chunk]], rows)
         return out
 
     def _choose(
