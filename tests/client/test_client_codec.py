@@ -7,6 +7,8 @@ import pytest
 from unirank.client import codec
 from unirank.client.domain import (
     Category,
+    GateDecision,
+    GateVerdict,
     ModelInfo,
     NewReleases,
     Notification,
@@ -177,3 +179,25 @@ def test_model_info_round_trip() -> None:
     message = codec.encode_model_info(info)
     assert [task.task_type for task in message.tasks] == [pb.TASK_TYPE_NOTIFICATION, pb.TASK_TYPE_SEARCH]
     assert codec.decode_model_info(pb.GetModelInfoResponse.FromString(message.SerializeToString())) == info
+
+
+def test_the_gate_decision_round_trips_with_its_missing_values() -> None:
+    gate = GateDecision(
+        "v4",
+        "v3",
+        False,
+        1_700_000_000_000,
+        [
+            GateVerdict("search", "ndcg@10", 0.5, 0.4, -0.2, 583, False, "drops 20.0%", "validation_log"),
+            GateVerdict(
+                "category", "ndcg@10", None, 0.3, None, 120, True, "no serving value to compare with"
+            ),
+            GateVerdict("notification", "ndcg@10", 0.3, None, None, 0, False, "no offline ndcg@10"),
+        ],
+    )
+    info = ModelInfo(model_version="v3", last_gate=gate)
+    message = pb.GetModelInfoResponse.FromString(codec.encode_model_info(info).SerializeToString())
+    assert message.last_gate.tasks[1].HasField("candidate_value")
+    assert not message.last_gate.tasks[1].HasField("serving_value")
+    assert codec.decode_model_info(message) == info
+    assert codec.decode_model_info(pb.GetModelInfoResponse(model_version="v3")).last_gate is None

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from unirank.artifact import ArtifactError
 from unirank.artifact.store import init_repository, sha256_file
+from unirank.client import AsyncRecommenderClient
+from unirank.client.cli import main as cli_main
+from unirank.server.app import UniRankServer
+from unirank.server.config import TelemetrySection
+from unirank.server.telemetry import Telemetry
 
 from ..conftest import profile_with, running_server
 from .test_lifecycle import clone_version
@@ -70,8 +77,9 @@ async def test_the_gate_judges_each_served_task(artifact_dir: Path, tmp_path: Pa
                 await server.reload()
             assert reason in str(refused.value)
             assert server.pipeline is not None and server.pipeline.runtime.version == "v001"
-        assert server.last_gate is not None and server.last_gate.accepted is accepted
-        assert {row.task for row in server.last_gate.rows} == set(profile.tasks)
+        assert server.gate is not None and server.gate.last is not None
+        assert server.gate.last.accepted is accepted
+        assert {row.task for row in server.gate.last.rows} == set(profile.tasks)
 
 
 async def test_a_large_gain_passes_where_the_profile_allows_it(artifact_dir: Path, tmp_path: Path) -> None:
@@ -88,4 +96,67 @@ async def test_without_the_gate_any_sound_version_loads(artifact_dir: Path, tmp_
     clone_version(artifact_dir, repo / "v001", "v001")
     async with running_server("cpu-realtime", repo) as server:
         publish(artifact_dir, repo / "v002", "v002", scale_search(0.5))
-        assert await server.reload() == "v002" and server.last_gate is None
+        assert await server.reload() == "v002"
+        assert server.gate is not None and server.gate.last is None
+
+
+def gate_points(reader: InMemoryMetricReader) -> dict[tuple[str, str], int]:
+    """``unirank.gate.decisions`` by (use-case, verdict), as the metric reader collects them."""
+    data = reader.get_metrics_data()
+    out = {}
+    for resource in data.resource_metrics if data is not None else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "unirank.gate.decisions":
+                    for point in metric.data.data_points:
+                        attributes = dict(point.attributes or {})
+                        key = (str(attributes["unirank.task_type"]), str(attributes["unirank.gate.verdict"]))
+                        out[key] = int(point.value)  # type: ignore[union-attr]
+    return out
+
+
+async def test_the_decision_is_visible_in_model_info_the_cli_and_a_metric(
+    artifact_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    repo = init_repository(tmp_path / "repo")
+    clone_version(artifact_dir, repo / "v001", "v001")
+    profile = profile_with(gate={"enabled": True})
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry.create(profile, TelemetrySection(), environ={}, metric_readers=[reader])
+    server = UniRankServer(profile, repo, host="127.0.0.1", port=0, telemetry=telemetry)
+    await server.start()
+    try:
+        async with AsyncRecommenderClient(server.address) as client:
+            assert (await client.model_info()).last_gate is None  # nothing judged yet
+            publish(artifact_dir, repo / "v002", "v002", scale_search(0.8))
+            with pytest.raises(ArtifactError, match="refused by the offline gate"):
+                await server.reload()
+            info = await client.model_info()
+        assert info.model_version == "v001"  # the refused version never serves
+        gate = info.last_gate
+        assert gate is not None
+        assert (gate.model_version, gate.serving_version, gate.accepted) == ("v002", "v001", False)
+        assert gate.decided_unix_ms > 0
+        verdicts = {v.task: v for v in gate.tasks}
+        assert set(verdicts) == set(profile.tasks)
+        search = verdicts["search"]
+        assert (search.metric, search.passed, search.source) == ("ndcg@10", False, "metrics")
+        assert search.serving_value is not None and search.candidate_value is not None
+        assert search.candidate_value == pytest.approx(search.serving_value * 0.8)
+        assert search.relative_change == pytest.approx(-0.2)
+        assert search.rows >= 100 and "drops 20.0%" in search.reason
+        others = [v for task, v in verdicts.items() if task != "search"]
+        assert all(v.passed and v.relative_change == pytest.approx(0.0) for v in others)
+
+        code = await asyncio.to_thread(cli_main, ["info", "--target", server.address])
+        out = capsys.readouterr().out
+        assert code == 0
+        assert "last gate: v002 REFUSED against v001" in out
+        gate_lines = out.split("last gate:")[1].splitlines()
+        search_line = next(line for line in gate_lines if line.startswith("search "))
+        assert "-20.0%" in search_line and "REFUSE" in search_line and "drops 20.0%" in search_line
+
+        expected = {(task, "pass") for task in profile.tasks if task != "search"} | {("search", "refuse")}
+        assert gate_points(reader) == dict.fromkeys(expected, 1)
+    finally:
+        await server.stop(grace_s=1.0)

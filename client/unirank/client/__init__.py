@@ -9,6 +9,8 @@ from unirank.client.aio import AsyncRecommenderClient
 from unirank.client.domain import (
     Category,
     Event,
+    GateDecision,
+    GateVerdict,
     ModelInfo,
     NewReleases,
     Notification,
@@ -40,6 +42,8 @@ __all__ = [
     "BatchMemberError",
     "Category",
     "Event",
+    "GateDecision",
+    "GateVerdict",
     "ModelInfo",
     "NewReleases",
     "Notification",

@@ -33,7 +33,7 @@ from unirank.client.domain import (
 )
 from unirank.client.errors import UniRankError
 from unirank.client.monitor import StatsClient, format_views, summarize, views_as_json
-from unirank.client.rollout import RolloutClient, add_rollout_parser, run_rollout
+from unirank.client.rollout import RolloutClient, add_rollout_parser, format_gate, run_rollout
 from unirank.client.sync import RecommenderClient
 from unirank.v1 import recommender_pb2 as pb
 
@@ -367,6 +367,8 @@ def format_model_info(info: ModelInfo) -> str:
             for task in info.tasks
         ]
         lines += ["", *_table(rows, right_aligned=set())]
+    if info.last_gate is not None:
+        lines += ["", *format_gate(info.last_gate)]
     return "\n".join(lines)
 
 

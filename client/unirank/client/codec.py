@@ -9,6 +9,8 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from unirank.client.domain import (
     Category,
     Event,
+    GateDecision,
+    GateVerdict,
     ModelInfo,
     NewReleases,
     Notification,
@@ -226,6 +228,59 @@ def encode_model_info(info: ModelInfo) -> pb.GetModelInfoResponse:
         ],
         created_unix_ms=info.created_unix_ms,
         catalog_size=info.catalog_size,
+        last_gate=encode_gate(info.last_gate) if info.last_gate is not None else None,
+    )
+
+
+def encode_gate(decision: GateDecision) -> pb.GateDecision:
+    """Domain gate decision -> ``unirank.v1.GateDecision``."""
+    return pb.GateDecision(
+        model_version=decision.model_version,
+        serving_version=decision.serving_version,
+        accepted=decision.accepted,
+        decided_unix_ms=decision.decided_unix_ms,
+        tasks=[
+            pb.GateTaskVerdict(
+                task=v.task,
+                metric=v.metric,
+                serving_value=v.serving_value,
+                candidate_value=v.candidate_value,
+                relative_change=v.relative_change,
+                rows=v.rows,
+                passed=v.passed,
+                reason=v.reason,
+                source=v.source,
+            )
+            for v in decision.tasks
+        ],
+    )
+
+
+def _optional(message: pb.GateTaskVerdict, name: str) -> float | None:
+    return float(getattr(message, name)) if message.HasField(name) else None
+
+
+def decode_gate(message: pb.GateDecision) -> GateDecision:
+    """``unirank.v1.GateDecision`` -> domain gate decision."""
+    return GateDecision(
+        model_version=message.model_version,
+        serving_version=message.serving_version,
+        accepted=message.accepted,
+        decided_unix_ms=message.decided_unix_ms,
+        tasks=[
+            GateVerdict(
+                task=v.task,
+                metric=v.metric,
+                serving_value=_optional(v, "serving_value"),
+                candidate_value=_optional(v, "candidate_value"),
+                relative_change=_optional(v, "relative_change"),
+                rows=v.rows,
+                passed=v.passed,
+                reason=v.reason,
+                source=v.source,
+            )
+            for v in message.tasks
+        ],
     )
 
 
@@ -247,6 +302,7 @@ def decode_model_info(message: pb.GetModelInfoResponse) -> ModelInfo:
         ],
         created_unix_ms=message.created_unix_ms,
         catalog_size=message.catalog_size,
+        last_gate=decode_gate(message.last_gate) if message.HasField("last_gate") else None,
     )
 
 

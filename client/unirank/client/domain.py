@@ -134,6 +134,39 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
+class GateVerdict:
+    """The offline promotion gate's verdict on one served use-case of a new version."""
+
+    task: str
+    metric: str
+    """The metric compared, e.g. "ndcg@10"."""
+    serving_value: float | None
+    """The serving version's value (None: it has none)."""
+    candidate_value: float | None
+    """The new version's value (None: it has none)."""
+    relative_change: float | None
+    """(candidate - serving) / serving; None where a value is missing."""
+    rows: int
+    """Evaluation rows the new version's value rests on."""
+    passed: bool
+    reason: str
+    source: str = "metrics"
+    """"metrics" (each artifact's metrics.json) or "validation_log" (both re-scored on one log)."""
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The offline promotion gate's last decision on a new model version."""
+
+    model_version: str
+    """The version judged."""
+    serving_version: str
+    accepted: bool
+    decided_unix_ms: int = 0
+    tasks: list[GateVerdict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """The loaded artifact and the deployment profile of a running server."""
 
@@ -145,6 +178,8 @@ class ModelInfo:
     tasks: list[TaskInfo] = field(default_factory=list)
     created_unix_ms: int = 0
     catalog_size: int = 0
+    last_gate: GateDecision | None = None
+    """The offline gate's last decision since the server started (None: gate off or nothing judged)."""
 
 
 @dataclass(frozen=True)

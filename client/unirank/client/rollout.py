@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from unirank.client.domain import GateDecision
 from unirank.client.errors import error_from_rpc
 from unirank.client.monitor import OperatorChannel
 from unirank.v1 import recommender_pb2 as pb
@@ -116,6 +117,33 @@ def _when(unix_ms: int) -> str:
     return datetime.fromtimestamp(unix_ms / 1000, tz=UTC).isoformat(timespec="seconds") if unix_ms else "-"
 
 
+def _value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def format_gate(decision: GateDecision) -> list[str]:
+    """The offline gate's last decision: a summary line, then one line per served use-case."""
+    verdict = "accepted" if decision.accepted else "REFUSED"
+    lines = [
+        f"last gate: {decision.model_version} {verdict} against {decision.serving_version or '?'}"
+        f"  ({_when(decision.decided_unix_ms)})"
+    ]
+    rows = [["task", "metric", "serving", "new", "change", "rows", "source", "verdict", "reason"]]
+    for v in decision.tasks:
+        change = "-" if v.relative_change is None else f"{v.relative_change:+.1%}"
+        values = [_value(v.serving_value), _value(v.candidate_value), change, str(v.rows)]
+        rows.append([v.task, v.metric, *values, v.source, "pass" if v.passed else "REFUSE", v.reason])
+    return lines + _columns(rows)
+
+
+def _columns(rows: list[list[str]]) -> list[str]:
+    """``rows`` as left-aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
 def format_rollout(status: RolloutStatus) -> str:
     """A header line, then one row per use-case: status, canary share, counts, e-value, why."""
     if status.state == "none":
@@ -141,10 +169,7 @@ def format_rollout(status: RolloutStatus) -> str:
                 t.reason,
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines += [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    lines += _columns(rows)
     if status.retrain_request:
         lines.append(f"retrain request: {status.retrain_request}")
     return "\n".join(lines)

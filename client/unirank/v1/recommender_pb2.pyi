@@ -254,7 +254,7 @@ class TaskInfo(_message.Message):
     def __init__(self, task_type: _Optional[_Union[TaskType, str]] = ..., served: _Optional[bool] = ..., offline_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "schema_version", "profile", "backend", "device", "tasks", "created_unix_ms", "catalog_size")
+    __slots__ = ("model_version", "schema_version", "profile", "backend", "device", "tasks", "created_unix_ms", "catalog_size", "last_gate")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,7 @@ class GetModelInfoResponse(_message.Message):
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    LAST_GATE_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     schema_version: str
     profile: str
@@ -271,7 +272,44 @@ class GetModelInfoResponse(_message.Message):
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
     created_unix_ms: int
     catalog_size: int
-    def __init__(self, model_version: _Optional[str] = ..., schema_version: _Optional[str] = ..., profile: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., created_unix_ms: _Optional[int] = ..., catalog_size: _Optional[int] = ...) -> None: ...
+    last_gate: GateDecision
+    def __init__(self, model_version: _Optional[str] = ..., schema_version: _Optional[str] = ..., profile: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., created_unix_ms: _Optional[int] = ..., catalog_size: _Optional[int] = ..., last_gate: _Optional[_Union[GateDecision, _Mapping]] = ...) -> None: ...
+
+class GateDecision(_message.Message):
+    __slots__ = ("model_version", "serving_version", "accepted", "decided_unix_ms", "tasks")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    serving_version: str
+    accepted: bool
+    decided_unix_ms: int
+    tasks: _containers.RepeatedCompositeFieldContainer[GateTaskVerdict]
+    def __init__(self, model_version: _Optional[str] = ..., serving_version: _Optional[str] = ..., accepted: _Optional[bool] = ..., decided_unix_ms: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[GateTaskVerdict, _Mapping]]] = ...) -> None: ...
+
+class GateTaskVerdict(_message.Message):
+    __slots__ = ("task", "metric", "serving_value", "candidate_value", "relative_change", "rows", "passed", "reason", "source")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    RELATIVE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    metric: str
+    serving_value: float
+    candidate_value: float
+    relative_change: float
+    rows: int
+    passed: bool
+    reason: str
+    source: str
+    def __init__(self, task: _Optional[str] = ..., metric: _Optional[str] = ..., serving_value: _Optional[float] = ..., candidate_value: _Optional[float] = ..., relative_change: _Optional[float] = ..., rows: _Optional[int] = ..., passed: _Optional[bool] = ..., reason: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class GetServingStatsRequest(_message.Message):
     __slots__ = ()

@@ -18,7 +18,7 @@ from unirank.artifact.store import ArtifactError, IncompleteArtifact
 from unirank.server.admission import Admission
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
-from unirank.server.gate import GateDecision, judge
+from unirank.server.gate import OfflineGate
 from unirank.server.interceptors import ErrorInterceptor
 from unirank.server.online_store import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.pipeline import RankingPipeline
@@ -96,8 +96,7 @@ class UniRankServer:
         )
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
-        self.last_gate: GateDecision | None = None
-        """The offline gate's last decision (``[gate] enabled``), for operators and tests."""
+        self.gate: OfflineGate | None = None  # built with the telemetry, in start()
         self.rollout: RolloutController | None = None  # [rollout] enabled: canaries per use-case
         self._server: grpc.aio.Server | None = None
         self._loaded: Fingerprint | None = None
@@ -149,6 +148,7 @@ class UniRankServer:
         if auth is not None and credentials is None:
             log.warning("bearer tokens over plaintext: set [security] tls_cert_file unless TLS ends in front")
         telemetry = self.telemetry
+        self.gate = OfflineGate(self.profile, telemetry)
         version_dir = resolve_artifact(self.artifact_path)
         try:
             stamp = fingerprint(version_dir)
@@ -188,6 +188,7 @@ class UniRankServer:
             self.admission,
             peers=self.group.stats_exchange() if self.group is not None else None,
             rollout=self.rollout,
+            gate=self.gate,
         )
         pb_grpc.add_RecommenderServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -320,7 +321,9 @@ class UniRankServer:
                 runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
                 try:
                     self._check_fits(runtime, self.pipeline.runtime)
-                    self._check_gate(runtime, self.pipeline.runtime)
+                    pinned = self.rollout.serving_runtimes() if self.rollout is not None else {}
+                    assert self.gate is not None
+                    await self.gate.check(runtime, self.pipeline.runtime, pinned)
                     references = await self._references(runtime)
                 except Exception:
                     await runtime.close()  # refused after loading: its backend must not linger
@@ -350,28 +353,6 @@ class UniRankServer:
             return offline
         assert self.pipeline is not None
         return {**offline, **await score_references(self.pipeline, runtime)}
-
-    def _check_gate(self, runtime: ModelRuntime, serving: ModelRuntime) -> None:
-        """The offline promotion gate (``[gate] enabled``): refuse a version no better than the one
-        serving on a served use-case (ArtifactError with the per-task reasons). Logged either way."""
-        if not self.profile.gate.enabled:
-            return
-        rules = {name: task.gate for name, task in self.profile.tasks.items()}
-        pinned = self.rollout.serving_artifacts() if self.rollout is not None else {}
-        decision = judge(serving.artifact, runtime.artifact, rules, pinned)
-        self.last_gate = decision
-        verdict = "passes" if decision.accepted else "is refused by"
-        log.info(
-            "version %s %s the offline gate against %s:\n%s",
-            runtime.version,
-            verdict,
-            serving.version,
-            decision.table(),
-        )
-        if not decision.accepted:
-            raise ArtifactError(
-                f"version {runtime.version} is refused by the offline gate: {decision.refusals()}"
-            )
 
     def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
         """Refuse a version this profile cannot serve as configured, or (on a reload, unless the

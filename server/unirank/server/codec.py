@@ -11,6 +11,7 @@ from unirank.artifact.eventtime import EVENT_TIME_RANGE, MAX_EVENT_TIME_MS, is_v
 from unirank.server.config import ServerSection
 from unirank.server.domain import ModelInfo, RankedItem, RankOptions, RankRequest, RankResponse
 from unirank.server.errors import FieldViolation, InvalidArgument, ServingError, code_of
+from unirank.server.gate import GateDecision
 from unirank.server.impressions import Feedback
 from unirank.server.online_store import RecentEvent
 from unirank.server.rollout.state import Rollout
@@ -364,9 +365,34 @@ def feedback_from_pb(message: pb.RecordEventsRequest) -> list[Feedback]:
     ]
 
 
-def model_info_to_pb(info: ModelInfo) -> pb.GetModelInfoResponse:
-    """The domain model info as ``GetModelInfo`` answers it."""
+def gate_to_pb(decision: GateDecision) -> pb.GateDecision:
+    """The offline gate's decision as ``GetModelInfoResponse.last_gate`` carries it."""
+    return pb.GateDecision(
+        model_version=decision.version,
+        serving_version=decision.serving_version,
+        accepted=decision.accepted,
+        decided_unix_ms=decision.decided_unix_ms,
+        tasks=[
+            pb.GateTaskVerdict(
+                task=row.task,
+                metric=row.metric,
+                serving_value=row.serving,
+                candidate_value=row.candidate,
+                relative_change=row.relative_change,
+                rows=row.rows,
+                passed=row.passed,
+                reason=row.reason,
+                source=row.source,
+            )
+            for row in decision.rows
+        ],
+    )
+
+
+def model_info_to_pb(info: ModelInfo, last_gate: GateDecision | None = None) -> pb.GetModelInfoResponse:
+    """The domain model info (and the gate's last decision, if any) as ``GetModelInfo`` answers it."""
     return pb.GetModelInfoResponse(
+        last_gate=gate_to_pb(last_gate) if last_gate is not None else None,
         model_version=info.model_version,
         schema_version=info.schema_version,
         profile=info.profile,

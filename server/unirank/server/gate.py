@@ -9,12 +9,24 @@ allows, or gains implausibly much (likely a leak between training and test) unle
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from unirank.artifact import Artifact
-from unirank.server.config import GateRule
+from unirank.artifact import Artifact, ArtifactError
+from unirank.server.config import GateRule, Profile
+
+if TYPE_CHECKING:
+    from unirank.server.runtime import ModelRuntime
+    from unirank.server.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+METRICS = "metrics"
+VALIDATION_LOG = "validation_log"
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,15 @@ class GateRow:
     rows: int
     passed: bool
     reason: str
+    source: str = METRICS
+    """Where the values come from: ``metrics`` (each artifact's metrics.json) or ``validation_log``."""
+
+    @property
+    def relative_change(self) -> float | None:
+        """(candidate - serving) / serving; None where either is missing or serving is not positive."""
+        if self.candidate is None or self.serving is None or self.serving <= 0:
+            return None
+        return (self.candidate - self.serving) / self.serving
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,8 @@ class GateDecision:
 
     version: str
     rows: tuple[GateRow, ...]
+    serving_version: str = ""
+    decided_unix_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     @property
     def accepted(self) -> bool:
@@ -81,7 +104,7 @@ def judge(
         after = _metric(candidate.metrics, task, rule.metric)
         count = _rows(candidate.metrics, task)
         rows.append(GateRow(task, rule.metric, before, after, count, *_verdict(rule, before, after, count)))
-    return GateDecision(candidate.model_version, tuple(rows))
+    return GateDecision(candidate.model_version, tuple(rows), serving.model_version)
 
 
 def _verdict(rule: GateRule, before: float | None, after: float | None, count: int) -> tuple[bool, str]:
@@ -93,7 +116,7 @@ def _verdict(rule: GateRule, before: float | None, after: float | None, count: i
         return False, f"{after:.4f} is below min_value {rule.min_value:g}"
     if before is None or before <= 0:
         return True, "no serving value to compare with"
-    change = (after - before) / before
+    change = (after - before) / before  # GateRow.relative_change
     if change < -rule.max_relative_drop:
         return False, f"drops {-change:.1%}, more than max_relative_drop {rule.max_relative_drop:.1%}"
     if change > rule.max_relative_gain and not rule.allow_large_gain:
@@ -102,3 +125,41 @@ def _verdict(rule: GateRule, before: float | None, after: float | None, count: i
             "likely a leak between training and test (allow_large_gain to accept)"
         )
     return True, f"{change:+.1%}"
+
+
+class OfflineGate:
+    """The gate of one server (``[gate] enabled``): judges each new version before it serves, logs
+    the per-task table, counts each verdict (``unirank.gate.decisions``) and keeps the last
+    decision (``GetModelInfo.last_gate``)."""
+
+    def __init__(self, profile: Profile, telemetry: Telemetry) -> None:
+        self.enabled = profile.gate.enabled
+        self.rules = {name: task.gate for name, task in profile.tasks.items()}
+        self._telemetry = telemetry
+        self.last: GateDecision | None = None
+        """The last decision since the server started; None while no version has been judged."""
+
+    async def check(
+        self, candidate: ModelRuntime, serving: ModelRuntime, pinned: Mapping[str, ModelRuntime]
+    ) -> None:
+        """Refuse ``candidate`` (ArtifactError with the per-task reasons) where it is worse than the
+        version serving a use-case: ``serving``, or the one ``pinned`` names for it."""
+        if not self.enabled:
+            return
+        pinned_artifacts = {task: runtime.artifact for task, runtime in pinned.items()}
+        decision = judge(serving.artifact, candidate.artifact, self.rules, pinned_artifacts)
+        self.last = decision
+        for row in decision.rows:
+            self._telemetry.count_gate(row.task, row.passed)
+        verdict = "passes" if decision.accepted else "is refused by"
+        log.info(
+            "version %s %s the offline gate against %s:\n%s",
+            candidate.version,
+            verdict,
+            serving.version,
+            decision.table(),
+        )
+        if not decision.accepted:
+            raise ArtifactError(
+                f"version {candidate.version} is refused by the offline gate: {decision.refusals()}"
+            )

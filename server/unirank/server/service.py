@@ -12,6 +12,7 @@ import grpc
 from unirank.artifact.tasks import TASKS
 from unirank.server import codec
 from unirank.server.errors import InvalidArgument, RolloutRefused, ServingError
+from unirank.server.gate import OfflineGate
 from unirank.server.interceptors import abort_with
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.rollout.controller import RolloutController, RolloutRefusedError
@@ -40,6 +41,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         admission: Admission,
         peers: StatsExchange | None = None,
         rollout: RolloutController | None = None,
+        gate: OfflineGate | None = None,
     ) -> None:
         self._pipeline = pipeline
         self._telemetry = telemetry
@@ -47,6 +49,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self._peers = peers
         """Under ``--workers``: where the other workers' counters are, to answer for the group."""
         self._rollout = rollout
+        self._gate = gate
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
@@ -77,7 +80,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetModelInfoResponse:
-        return codec.model_info_to_pb(self._pipeline.model_info())
+        last_gate = self._gate.last if self._gate is not None else None
+        return codec.model_info_to_pb(self._pipeline.model_info(), last_gate)
 
     async def GetServingStats(
         self, request: pb.GetServingStatsRequest, context: grpc.aio.ServicerContext

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unirank.artifact.store import Artifact, ArtifactError
+from unirank.artifact.store import ArtifactError
 from unirank.artifact.tasks import task_by_name
 from unirank.server.config import RolloutSection
 from unirank.server.rollout.guards import ArmOps, guard_breach
@@ -155,10 +155,10 @@ class RolloutController:
             return canary, CANARY
         return stable, STABLE
 
-    def serving_artifacts(self) -> dict[str, Artifact]:
-        """Per use-case, the artifact of the version answering it outside any canary (the offline
-        gate compares a new version with it)."""
-        return {task: self.route(task, "")[0].artifact for task in self.tasks}
+    def serving_runtimes(self) -> dict[str, ModelRuntime]:
+        """Per use-case, the version answering it outside any canary (the offline gate compares a
+        new version with it)."""
+        return {task: self.route(task, "")[0] for task in self.tasks}
 
     def _arm_ops(self, task: str, arm: str) -> ArmOps:
         ops = self._ops.get((task, arm))

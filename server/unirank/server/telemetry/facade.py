@@ -76,6 +76,8 @@ class Telemetry:
         """Bounded in-process stores by (store, use-case), whose sizes are exported (watch_memory)."""
         self.reload_outcomes: dict[str, int] = {}
         """Artifact reload attempts by outcome (loaded, refused, incomplete, unreadable, poll_error)."""
+        self.gate_verdicts: dict[tuple[str, str], int] = {}
+        """The offline gate's verdicts by (use-case, ``pass`` | ``refuse``), one per judged version."""
         self._methods = method_table(SERVICE_FULL_NAME)
         self._propagator = TraceContextTextMapPropagator()
         self._server_attributes: dict[str, Any] = {}
@@ -92,7 +94,13 @@ class Telemetry:
                 INSTRUMENTATION_NAME, version, schema_url=semconv.SCHEMA_URL
             )
         self._instruments = Instruments(
-            meter, self.stats, self._methods, self.served_tasks, self.reload_outcomes, self.memory
+            meter,
+            self.stats,
+            self._methods,
+            self.served_tasks,
+            self.reload_outcomes,
+            self.memory,
+            self.gate_verdicts,
         )
 
     @classmethod
@@ -228,6 +236,11 @@ class Telemetry:
     def count_reload(self, outcome: str) -> None:
         """One artifact reload attempt ended with ``outcome`` (``unirank.model.reloads``)."""
         self.reload_outcomes[outcome] = self.reload_outcomes.get(outcome, 0) + 1
+
+    def count_gate(self, task: str, passed: bool) -> None:
+        """The offline gate judged a new version on ``task`` (``unirank.gate.decisions``)."""
+        key = (task, "pass" if passed else "refuse")
+        self.gate_verdicts[key] = self.gate_verdicts.get(key, 0) + 1
 
     def watch_memory(self, store: str, task: str, usage: Callable[[], MemoryUsage]) -> None:
         """Export the size of a bounded in-process store (``unirank.memory.*``, labelled by store

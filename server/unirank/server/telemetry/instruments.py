@@ -25,7 +25,7 @@ class Instruments:
     """The instruments on ``meter`` (None: no meter, and every record is a no-op).
 
     The observable instruments read the server's counters, which the telemetry facade owns and
-    updates: ``stats``, ``reload_outcomes`` and ``memory`` are shared, not copied.
+    updates: ``stats``, ``reload_outcomes``, ``memory`` and ``gate_verdicts`` are shared, not copied.
     """
 
     def __init__(
@@ -36,12 +36,14 @@ class Instruments:
         served_tasks: tuple[str, ...],
         reload_outcomes: dict[str, int],
         memory: Mapping[tuple[str, str], Callable[[], MemoryUsage]],
+        gate_verdicts: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self._stats = stats
         self._methods = methods
         self._served_tasks = served_tasks
         self._reload_outcomes = reload_outcomes
         self._memory = memory
+        self._gate_verdicts = gate_verdicts if gate_verdicts is not None else {}
         self.model_attributes: dict[str, str] = {}
         """Labels of ``unirank.model.info``: the model version, backend and device now serving."""
         self._attribute_cache: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -173,6 +175,13 @@ class Instruments:
             description="Attempts to load a new artifact version, by outcome: loaded, refused, "
             "incomplete (retried), unreadable (the repository changed while read), poll_error.",
         )
+        meter.create_observable_counter(
+            "unirank.gate.decisions",
+            callbacks=[self._observe_gate],
+            unit="{decision}",
+            description="The offline promotion gate's verdicts on new versions, by use-case and "
+            "verdict (pass, refuse); a version is refused when any served use-case is.",
+        )
         meter.create_observable_gauge(
             "unirank.memory.bytes",
             callbacks=[self._observe_memory_bytes],
@@ -248,6 +257,10 @@ class Instruments:
     def _observe_reloads(self, options: CallbackOptions) -> Iterable[Observation]:
         for outcome, count in self._reload_outcomes.copy().items():
             yield Observation(count, {semconv.RELOAD_OUTCOME: outcome})
+
+    def _observe_gate(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (task, verdict), count in dict(self._gate_verdicts).items():
+            yield Observation(count, {**self._task_attributes(task), semconv.GATE_VERDICT: verdict})
 
     def _memory_usage(self) -> Iterable[tuple[dict[str, Any], MemoryUsage]]:
         for (store, task), usage in list(self._memory.items()):
