@@ -220,8 +220,8 @@ def split_of_events(logs: Path, events_csv: Path) -> dict[str, int]:
 
     import numpy as np
 
+    from unirank.artifact.logformat import parse_timestamp_ms
     from unirank.training.examples import SPLITS, UserSplit
-    from unirank.training.logformat import parse_timestamp_ms
     from unirank.training.logreader import read_logs
 
     log = read_logs(logs)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from unirank.artifact import load_artifact
+from unirank.artifact.logformat import REQUIRED_COLUMNS, parse_timestamp_ms
 from unirank.client import AsyncRecommenderClient, Event, UniRankError
 from unirank.server.config import ProfileError
 from unirank.server.online_store import EventLog, RecentEvent
 from unirank.server.online_store.eventlog import COLUMNS
 from unirank.training.eventlogs import merge_event_logs
-from unirank.training.logformat import REQUIRED_COLUMNS, parse_timestamp_ms
 from unirank.training.logreader import read_logs
 from unirank.training.sources import load_logs
 from unirank.v1 import recommender_pb2 as pb

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unirank.training.logformat import MANIFEST_FILE, LogFormatError, parse_timestamp_ms
+from unirank.artifact.logformat import MANIFEST_FILE, LogFormatError, parse_timestamp_ms
 from unirank.training.logreader import main, read_logs, validate_logs
 from unirank.training.logs import EventType, LogData
 from unirank.training.logwriter import write_logs

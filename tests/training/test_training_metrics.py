@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from unirank.artifact import Catalog, Context, FeatureEncoder, ModelInputs, TaskType
-from unirank.training import metrics
+from unirank.artifact import Catalog, Context, FeatureEncoder, ModelInputs, TaskType, metrics
 from unirank.training.baselines import (
     CoEngagement,
     PopularityScorer,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from unirank.artifact import Catalog
+from unirank.artifact import Catalog, metrics
 from unirank.model.config import N_CROSS_FEATURES
 from unirank.model.net import TaskHead, UniRankModel
-from unirank.training import evaluate, metrics
+from unirank.training import evaluate
 from unirank.training.dataset import Dataset
 from unirank.training.evaluate import CandidateSets, ModelScorer, all_items_time
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from unirank.artifact import TASKS
-from unirank.training import metrics
+from unirank.artifact import TASKS, metrics
 from unirank.training.evaluate import METRIC_ORDER
 
 UNIFIED = "unified"

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unirank.artifact import TASKS, Catalog, ModelInputs, TaskType
+from unirank.artifact import TASKS, Catalog, ModelInputs, TaskType, metrics
 from unirank.artifact.catalog import is_new_release
 from unirank.artifact.histogram import REFERENCE_BINS, quantile_histogram
 from unirank.model.net import UniRankModel
-from unirank.training import metrics
 from unirank.training.baselines import CoEngagement, PopularityScorer, TaskAwarePopularityScorer
 from unirank.training.dataset import Dataset
 from unirank.training.progress import progress_bar

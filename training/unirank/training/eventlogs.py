@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unirank.training.logformat import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, LogFormatError
+from unirank.artifact.logformat import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, LogFormatError
 from unirank.training.logreader import LogReport, validate_logs
 from unirank.training.logs import LogData
 from unirank.training.logwriter import write_logs

@@ -1,11 +1,11 @@
 """Reading UniRank logs: :func:`read_logs` validates while it reads.
 
 Every malformed row is counted under a named problem class, invalid rows are dropped and
-reported, and the data is refused (:class:`~unirank.training.logformat.LogFormatError`, with the
+reported, and the data is refused (:class:`~unirank.artifact.logformat.LogFormatError`, with the
 full report) when a table loses more than ``max_invalid_share`` of its rows or what is left cannot
 train anything sensible (no interactions, one user, timestamps that are all equal or look like
 milliseconds). The format itself (names, columns, raw table rows) is
-:mod:`unirank.training.logformat`; docs/data.md is the reference.
+:mod:`unirank.artifact.logformat`; docs/data.md is the reference.
 
     python -m unirank.training.logreader PATH [--json]   # validate a log directory
 """
@@ -25,12 +25,11 @@ import numpy as np
 
 from unirank.artifact.catalog import MATURITY_LEVELS
 from unirank.artifact.eventtime import EVENT_TIME_RANGE, is_valid_event_time_ms
-from unirank.training.logformat import (
+from unirank.artifact.logformat import (
     CATEGORY_SEPARATOR,
     EVENT_TYPE_NAMES,
     FORMAT_NAME,
     FORMAT_VERSION,
-    MANIFEST_FILE,
     MAX_INVALID_SHARE,
     OPTIONAL_COLUMNS,
     REQUIRED_COLUMNS,
@@ -38,6 +37,7 @@ from unirank.training.logformat import (
     LogFormatError,
     cell_number,
     cell_text,
+    manifest_problem,
     parse_timestamp_ms,
     read_table,
     table_file,
@@ -146,26 +146,9 @@ def validate_logs(
     if not directory.is_dir():
         report.refuse(f"{directory} is not a directory")
         return None, report
-    manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
-        report.refuse(
-            f'no {MANIFEST_FILE}; write {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}} '
-            "into it (docs/data.md)"
-        )
-        return None, report
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report.refuse(f"{MANIFEST_FILE} is not valid JSON: {exc}")
-        return None, report
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        report.refuse(f"{MANIFEST_FILE}: format must be {FORMAT_NAME!r}")
-        return None, report
-    if manifest.get("version") != FORMAT_VERSION:
-        report.refuse(
-            f"{MANIFEST_FILE}: version {manifest.get('version')!r} is not supported "
-            f"(this reader: {FORMAT_VERSION})"
-        )
+    problem = manifest_problem(directory)
+    if problem is not None:
+        report.refuse(problem)
         return None, report
 
     tables: dict[str, tuple[list[str], Iterator[list[Any]]]] = {}

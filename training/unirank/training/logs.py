@@ -1,7 +1,7 @@
 """The canonical log format every data source produces: items, events and optional user texts.
 
 Every source (the synthetic generator, the MovieLens loaders, bring-your-own logs in the UniRank
-log format of :mod:`unirank.training.logformat`) turns its raw data into a :class:`LogData`;
+log format of :mod:`unirank.artifact.logformat`) turns its raw data into a :class:`LogData`;
 labels, splits, popularity and retrieval are computed from it alone, so a new source needs no
 change downstream.
 
@@ -19,7 +19,6 @@ Conventions:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,24 +26,10 @@ from typing import Any
 import numpy as np
 
 from unirank.artifact.catalog import MATURITY_LEVELS
+from unirank.artifact.logformat import EventType as EventType  # defined with the log format
 
 NONE = -1
 """The value of an absent optional integer field (anchor item, category)."""
-
-
-class EventType(enum.IntEnum):
-    """What a logged event records. Plays build histories; the others are task labels."""
-
-    PLAY = 0
-    """Any engagement with ``item`` (a play, a rating, a purchase); the log format calls it ``play``."""
-    NOTIFICATION_OPEN = 1
-    """The user opened a push notification about ``item``."""
-    RELATED_CLICK = 2
-    """On the page of ``anchor_item`` the user clicked the related item ``item``."""
-    SEARCH_CLICK = 3
-    """After searching for ``query`` the user clicked ``item``."""
-    CATEGORY_CLICK = 4
-    """In the row of ``category`` the user clicked ``item``."""
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unirank.artifact.catalog import MATURITY_LEVELS
-from unirank.training.logformat import (
+from unirank.artifact.logformat import (
     CATEGORY_SEPARATOR,
     EVENT_TYPE_NAMES,
     FORMAT_NAME,

@@ -51,7 +51,7 @@ def load_logs(
 
     A file that cannot be read raises :class:`DataSpecError` with the loader's message.
     """
-    from unirank.training.logformat import LogFormatError
+    from unirank.artifact.logformat import LogFormatError
     from unirank.training.logreader import read_logs
     from unirank.training.movielens import MovieLensFormatError, load_movielens
 

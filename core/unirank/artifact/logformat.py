@@ -13,18 +13,36 @@ docs/data.md is the reference (types, rules, examples). This module is the forma
 columns, event types, timestamps, and the raw rows of a table. :mod:`unirank.training.logreader`
 reads a directory into :class:`~unirank.training.logs.LogData`, validating every row, and
 :mod:`unirank.training.logwriter` writes one; both build on this module and on nothing of each other.
+It sits beside the artifact (standard library only) because the server reads the format too: the
+offline gate re-scores versions on a validation log (:mod:`unirank.server.validation`).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import enum
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from unirank.training.logs import EventType
+
+class EventType(enum.IntEnum):
+    """What a logged event records. Plays build histories; the others are task labels."""
+
+    PLAY = 0
+    """Any engagement with ``item`` (a play, a rating, a purchase); the log format calls it ``play``."""
+    NOTIFICATION_OPEN = 1
+    """The user opened a push notification about ``item``."""
+    RELATED_CLICK = 2
+    """On the page of ``anchor_item`` the user clicked the related item ``item``."""
+    SEARCH_CLICK = 3
+    """After searching for ``query`` the user clicked ``item``."""
+    CATEGORY_CLICK = 4
+    """In the row of ``category`` the user clicked ``item``."""
+
 
 FORMAT_NAME = "unirank-logs"
 FORMAT_VERSION = 1
@@ -57,6 +75,26 @@ REQUIRED_TABLES: tuple[str, ...] = ("items", "interactions")
 
 class LogFormatError(ValueError):
     """The directory is not valid UniRank logs; the message is the full validation report."""
+
+
+def manifest_problem(directory: Path) -> str | None:
+    """Why ``directory``'s manifest is not this format and version; None when it is."""
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        return (
+            f'no {MANIFEST_FILE}; write {{"format": "{FORMAT_NAME}", "version": {FORMAT_VERSION}}} '
+            "into it (docs/data.md)"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{MANIFEST_FILE} is not valid JSON: {exc}"
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return f"{MANIFEST_FILE}: format must be {FORMAT_NAME!r}"
+    if manifest.get("version") != FORMAT_VERSION:
+        version = manifest.get("version")
+        return f"{MANIFEST_FILE}: version {version!r} is not supported (this reader: {FORMAT_VERSION})"
+    return None
 
 
 def table_file(directory: Path, table: str) -> Path | None:

@@ -1,4 +1,7 @@
-"""Ranking metrics from full score matrices, vectorised over rows; a row may have several positives.
+"""Ranking metrics from score matrices, vectorised over rows; a row may have several positives.
+
+One definition for training's offline evaluation and the server's offline gate (re-scoring on a
+validation log), so both report the same NDCG.
 
 Ranks are 0-based positions in the row's ranking. A row's positives are a CSR list: row r owns
 ``ranks[indptr[r]:indptr[r + 1]]``; ``indptr=None`` means one positive per row. With |P| positives:
