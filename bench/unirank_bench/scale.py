@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,11 +127,11 @@ def free_port() -> int:
 class Server:
     """``unirank serve`` of one artifact: start-up timed from exec to health SERVING."""
 
-    def __init__(self, profile: Path, artifact: Path, log: Path) -> None:
+    def __init__(self, profile: Path, artifact: Path, log: Path, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         command = [str(Path(sys.executable).with_name("unirank")), "serve", "--profile", str(profile),
-                   "--artifact", str(artifact), "--port", str(self.port)]  # fmt: skip
+                   "--artifact", str(artifact), "--port", str(self.port), *extra]  # fmt: skip
         started = time.monotonic()
         self._log = log.open("w")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=bench_env())
@@ -160,10 +161,16 @@ class Server:
 
 
 async def closed_loop(
-    address: str, payloads: list[bytes], callers: int, seconds: float, warmup_s: float = 1.0
+    address: str,
+    payloads: list[bytes],
+    callers: int,
+    seconds: float,
+    warmup_s: float = 1.0,
+    method: str = METHOD,
 ) -> dict[str, Any]:
     """``callers`` callers each sending its next request when the last is answered, for
-    ``seconds`` after ``warmup_s`` of warm-up; latencies and answers of the measured window."""
+    ``seconds`` after ``warmup_s`` of warm-up; latencies and answers of the measured window.
+    Answers of :data:`METHOD` are read for the fallback flag; other methods' are not parsed."""
     import grpc
 
     from unirank.v1 import recommender_pb2
@@ -174,7 +181,7 @@ async def closed_loop(
     end = begin + seconds
     cursor = [0]
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(METHOD)
+        call = channel.unary_unary(method)
 
         async def caller() -> None:
             nonlocal failures, fallbacks
@@ -189,7 +196,8 @@ async def closed_loop(
                 done = time.monotonic()
                 if begin <= done <= end:  # answers completed inside the window count
                     latencies.append(done - sent)
-                    fallbacks += recommender_pb2.RecommendResponse.FromString(answer).fallback
+                    if method == METHOD:
+                        fallbacks += recommender_pb2.RecommendResponse.FromString(answer).fallback
 
         await asyncio.gather(*(caller() for _ in range(callers)))
     ms = np.asarray(latencies) * 1e3
