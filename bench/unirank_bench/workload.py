@@ -217,11 +217,15 @@ def model_inputs(artifact: Artifact, request: BenchRequest) -> ModelInputs:
 
 
 def to_v2(inputs: ModelInputs, v2: Any, index: int) -> bytes:
-    """The serialized V2 ``ModelInferRequest`` carrying the same tensors (typed INT64 contents)."""
+    """The serialized V2 ``ModelInferRequest`` carrying the same tensors (typed contents: INT64
+    ids, FP32 for the time features of a graph trained with them)."""
     message = v2.ModelInferRequest(model_name=V2_MODEL_NAME, id=f"bench-{index}")
     for name, array in inputs.as_dict().items():
-        tensor = message.inputs.add(name=name, datatype="INT64", shape=list(array.shape))
-        tensor.contents.int64_contents.extend(array.reshape(-1).tolist())
+        floating = np.issubdtype(array.dtype, np.floating)
+        datatype = "FP32" if floating else "INT64"
+        tensor = message.inputs.add(name=name, datatype=datatype, shape=list(array.shape))
+        contents = tensor.contents.fp32_contents if floating else tensor.contents.int64_contents
+        contents.extend(array.reshape(-1).tolist())
     return bytes(message.SerializeToString())
 
 
