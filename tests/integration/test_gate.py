@@ -160,3 +160,72 @@ async def test_the_decision_is_visible_in_model_info_the_cli_and_a_metric(
         assert gate_points(reader) == dict.fromkeys(expected, 1)
     finally:
         await server.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def validation_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session artifact's synthetic data (tiny, seed 0) in the UniRank log format."""
+    from unirank.training.logwriter import write_logs
+    from unirank.training.synthetic import SyntheticConfig, generate
+
+    return write_logs(
+        generate(SyntheticConfig.preset("tiny"), seed=0), tmp_path_factory.mktemp("vlog") / "logs"
+    )
+
+
+def scramble_items(version_dir: Path) -> None:
+    """Permute the ONNX graph's item embeddings (a worse model; checksum kept valid)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(version_dir / "model.onnx")
+    order = np.random.default_rng(0).permutation
+    for init in model.graph.initializer:
+        if init.name in ("item_rows", "item_columns"):
+            table = numpy_helper.to_array(init).copy()
+            table[1:] = table[1:][order(len(table) - 1)]
+            init.CopyFrom(numpy_helper.from_array(table, init.name))
+    onnx.save(model, version_dir / "model.onnx")
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    manifest["files"]["model.onnx"] = sha256_file(version_dir / "model.onnx")
+    (version_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def claim_better(metrics: dict[str, Any]) -> None:
+    for task in metrics["tasks"].values():
+        task["model"]["ndcg@10"] *= 1.02
+
+
+@pytest.mark.parametrize("named", [True, False])
+async def test_a_version_better_on_paper_but_worse_on_the_validation_log(
+    artifact_dir: Path, tmp_path: Path, validation_log: Path, named: bool
+) -> None:
+    """Its metrics.json claims +2 % everywhere, its scrambled item embeddings rank worse: refused
+    where the profile names the validation log (both versions re-scored on it), accepted where not."""
+    repo = init_repository(tmp_path / "repo")
+    clone_version(artifact_dir, repo / "v001", "v001")
+    gate: dict[str, Any] = {"enabled": True}
+    if named:
+        gate |= {"validation_logs": str(validation_log), "max_rows": 200}
+    profile = profile_with(gate=gate)
+    async with running_server(profile, repo) as server:
+        scramble_items(publish(artifact_dir, repo / "v002", "v002", claim_better))
+        if not named:
+            assert await server.reload() == "v002"
+            assert server.gate is not None and server.gate.last is not None
+            assert {row.source for row in server.gate.last.rows} == {"metrics"}
+            return
+        with pytest.raises(ArtifactError, match="refused by the offline gate"):
+            await server.reload()
+        assert server.pipeline is not None and server.pipeline.runtime.version == "v001"
+        async with AsyncRecommenderClient(server.address) as client:
+            gate_info = (await client.model_info()).last_gate
+    assert gate_info is not None and not gate_info.accepted
+    verdicts = {v.task: v for v in gate_info.tasks}
+    assert {v.source for v in verdicts.values()} == {"validation_log"}
+    assert all(v.rows == 200 for v in verdicts.values())
+    search = verdicts["search"]
+    assert not search.passed and "drops" in search.reason
+    assert search.relative_change is not None and search.relative_change < -0.05
+    assert search.serving_value is not None and search.serving_value > 0.3  # a real ranking, not noise

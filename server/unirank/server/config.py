@@ -10,6 +10,7 @@ section it would scatter that reference and gain nothing, since nothing here run
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -307,12 +308,26 @@ class GateRule(_Strict):
     """Accept gains above ``max_relative_gain``."""
 
 
+RESCORABLE_METRIC = re.compile(r"^(ndcg|recall)@([1-9][0-9]*)$|^mrr$")
+"""The gate metrics a validation log can be re-scored with (``unirank.server.validation``)."""
+
+
 class GateSection(_Strict):
     """The offline promotion gate (docs/profiles.md, "Lifecycle")."""
 
     enabled: bool = False
     """Judge every new version against the serving one, per served use-case (``[tasks.NAME.gate]``),
     before it serves; a version that fails is refused like a broken one."""
+    validation_logs: str = ""
+    """A directory in the UniRank log format (docs/data.md). Set: both versions are re-scored on its
+    events (each surface click a row of its use-case; docs/rollouts.md) and those values are
+    judged instead of each artifact's metrics.json. Read again at every judgement; a log that
+    cannot be read refuses the version. Relative paths are from the working directory."""
+    max_rows: int = Field(500, ge=1, le=1_000_000)
+    """Validation rows per use-case at most (evenly spaced over the log): bounds a reload's work."""
+    max_candidates: int = Field(2000, ge=10, le=10_000_000)
+    """Candidates a validation row ranks at most: its use-case's candidate set, or where that is
+    larger the positive and a seeded draw from the rest (the same for both versions)."""
 
 
 class RolloutGuards(_Strict):
@@ -651,6 +666,19 @@ class Profile(_Strict):
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; known: {sorted(_TASK_NAMES)}")
         return tasks
+
+    @model_validator(mode="after")
+    def _gate_metrics_rescorable(self) -> Profile:
+        if self.gate.validation_logs:
+            wrong = sorted(
+                name for name, task in self.tasks.items() if not RESCORABLE_METRIC.match(task.gate.metric)
+            )
+            if wrong:
+                raise ValueError(
+                    f"gate.validation_logs re-scores ndcg@K, recall@K or mrr; tasks {wrong} name another "
+                    "[tasks.NAME.gate] metric"
+                )
+        return self
 
     def task(self, name: str) -> TaskConfig | None:
         return self.tasks.get(name)

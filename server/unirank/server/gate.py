@@ -9,6 +9,7 @@ allows, or gains implausibly much (likely a leak between training and test) unle
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unirank.artifact import Artifact, ArtifactError
-from unirank.server.config import GateRule, Profile
+from unirank.server.config import GateRule, GateSection, Profile
+from unirank.server.validation import Rescored, ValidationLogError, read_rows, rescore_tasks
 
 if TYPE_CHECKING:
     from unirank.server.runtime import ModelRuntime
@@ -95,20 +97,32 @@ def judge(
     candidate: Artifact,
     rules: Mapping[str, GateRule],
     serving_per_task: Mapping[str, Artifact] | None = None,
+    rescored: Mapping[str, Rescored] | None = None,
 ) -> GateDecision:
     """The gate's verdict on ``candidate`` replacing ``serving``, for the served tasks ``rules``;
-    a task in ``serving_per_task`` (pinned to another version by a rollout) is compared with that."""
+    a task in ``serving_per_task`` (pinned to another version by a rollout) is compared with that.
+    A task in ``rescored`` is judged on those values (both versions on one validation log), the
+    others on each artifact's metrics."""
     rows = []
     for task, rule in sorted(rules.items()):
-        before = _metric((serving_per_task or {}).get(task, serving).metrics, task, rule.metric)
-        after = _metric(candidate.metrics, task, rule.metric)
-        count = _rows(candidate.metrics, task)
-        rows.append(GateRow(task, rule.metric, before, after, count, *_verdict(rule, before, after, count)))
+        if rescored is not None and task in rescored:
+            before, after, count = rescored[task]
+            source = VALIDATION_LOG
+        else:
+            before = _metric((serving_per_task or {}).get(task, serving).metrics, task, rule.metric)
+            after = _metric(candidate.metrics, task, rule.metric)
+            count, source = _rows(candidate.metrics, task), METRICS
+        verdict = _verdict(rule, before, after, count, source)
+        rows.append(GateRow(task, rule.metric, before, after, count, *verdict, source))
     return GateDecision(candidate.model_version, tuple(rows), serving.model_version)
 
 
-def _verdict(rule: GateRule, before: float | None, after: float | None, count: int) -> tuple[bool, str]:
+def _verdict(
+    rule: GateRule, before: float | None, after: float | None, count: int, source: str
+) -> tuple[bool, str]:
     if after is None:
+        if source == VALIDATION_LOG:
+            return False, "the new version has no trained head for it"
         return False, f"no offline {rule.metric} for it in the new version's metrics"
     if count < rule.min_rows:
         return False, f"evaluated on {count} rows, fewer than min_rows {rule.min_rows}"
@@ -134,6 +148,7 @@ class OfflineGate:
 
     def __init__(self, profile: Profile, telemetry: Telemetry) -> None:
         self.enabled = profile.gate.enabled
+        self.section: GateSection = profile.gate
         self.rules = {name: task.gate for name, task in profile.tasks.items()}
         self._telemetry = telemetry
         self.last: GateDecision | None = None
@@ -147,7 +162,8 @@ class OfflineGate:
         if not self.enabled:
             return
         pinned_artifacts = {task: runtime.artifact for task, runtime in pinned.items()}
-        decision = judge(serving.artifact, candidate.artifact, self.rules, pinned_artifacts)
+        rescored = await self._rescore(candidate, {task: pinned.get(task, serving) for task in self.rules})
+        decision = judge(serving.artifact, candidate.artifact, self.rules, pinned_artifacts, rescored)
         self.last = decision
         for row in decision.rows:
             self._telemetry.count_gate(row.task, row.passed)
@@ -163,3 +179,17 @@ class OfflineGate:
             raise ArtifactError(
                 f"version {candidate.version} is refused by the offline gate: {decision.refusals()}"
             )
+
+    async def _rescore(
+        self, candidate: ModelRuntime, serving: Mapping[str, ModelRuntime]
+    ) -> dict[str, Rescored] | None:
+        """Both versions' values on the profile's validation log (None: the profile names none)."""
+        section = self.section
+        if not section.validation_logs:
+            return None
+        try:
+            rows = await asyncio.to_thread(read_rows, section.validation_logs, section.max_rows)
+        except ValidationLogError as exc:
+            raise ArtifactError(f"version {candidate.version} cannot be judged: {exc}") from exc
+        metrics_by_task = {task: rule.metric for task, rule in self.rules.items()}
+        return await rescore_tasks(rows, serving, candidate, metrics_by_task, section.max_candidates)
