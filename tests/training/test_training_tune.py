@@ -137,3 +137,16 @@ def test_tune_needs_a_positive_budget(tmp_path: Path, capsys: pytest.CaptureFixt
     args = ["tune", "--data", "synthetic", "--budget-minutes", "0", "--out", str(tmp_path / "t.json")]
     assert cli_main(args) == 1
     assert "budget" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("time_features", [True, False])
+def test_the_search_covers_the_time_features_and_reproduces_the_given_config(time_features: bool) -> None:
+    optuna = pytest.importorskip("optuna")
+    from unirank.training.config import TrainConfig
+    from unirank.training.tune import _as_params, suggest
+
+    tasks = ("notification", "category")
+    given = TrainConfig(time_features=time_features, recent_half_life_days=7.0)
+    values = suggest(optuna.trial.FixedTrial(_as_params(given, tasks)), given, tasks)
+    assert values["time_features"] is time_features
+    assert values.get("recent_half_life_days") == (7.0 if time_features else None)

@@ -33,6 +33,8 @@ Progress = Callable[[str], None]
 
 CONFIG_FORMAT = "unirank-tuned-config"
 CONFIG_VERSION = 1
+HALF_LIVES: tuple[float, ...] = (7.0, 30.0, 120.0)
+"""Recent-popularity half-lives (days) the search tries: a week, a month, a season."""
 MIN_TRIAL_SECONDS = 30.0
 """A trial is not started when less than this is left of the budget."""
 
@@ -104,7 +106,10 @@ def suggest(trial: Any, base: TrainConfig, tasks: Sequence[str]) -> dict[str, An
         "task_patience": trial.suggest_int("task_patience", 1, 3),
         "retired_tasks": trial.suggest_categorical("retired_tasks", ["distil", "drop"]),
         "popular_negative_share": trial.suggest_float("popular_negative_share", 0.2, 0.8),
+        "time_features": trial.suggest_categorical("time_features", [True, False]),
     }
+    if values["time_features"]:
+        values["recent_half_life_days"] = trial.suggest_categorical("recent_half_life_days", HALF_LIVES)
     if "new_releases" in tasks:
         values["release_pool_negatives"] = trial.suggest_categorical(
             "release_pool_negatives", [0, 16, 32, 48]
@@ -289,8 +294,12 @@ def _as_params(config: TrainConfig, tasks: Sequence[str]) -> dict[str, Any]:
         "patience": min(max(config.patience, 1), 3),
         "task_patience": min(max(config.task_patience, 1), 3),
         "retired_tasks": config.retired_tasks,
+        "time_features": config.time_features,
         "popular_negative_share": min(max(config.popular_negative_share, 0.2), 0.8),
     }
+    if config.time_features:
+        half_life = config.recent_half_life_days
+        params["recent_half_life_days"] = half_life if half_life in HALF_LIVES else 30.0
     if "new_releases" in tasks:
         pool = config.release_pool_negatives
         params["release_pool_negatives"] = pool if pool in (0, 16, 32, 48) else 48
