@@ -95,14 +95,38 @@ def _traffic(kpis: KpiCounters, canary: tuple[int, int], stable: tuple[int, int]
         stats.events["click"] += clicks
 
 
-def test_a_sample_ratio_mismatch_holds_the_task(tmp_path: Path) -> None:
+def _users(controller: RolloutController, n: int, arm: str | None = None) -> None:
+    """``n`` distinct users answered, each by its routed arm (or all by ``arm``)."""
+    for i in range(n):
+        key = f"user-{i}"
+        controller.answered("search", arm or controller.route("search", key)[1], False, 0.01, key)
+
+
+def test_a_sample_ratio_mismatch_of_users_holds_the_task(tmp_path: Path) -> None:
     controller, kpis = _controller(tmp_path)
-    _traffic(kpis, canary=(900, 90), stable=(300, 30))  # announced 25 %, observed 75 %
+    _users(controller, 300, "canary")  # announced 25 %: half the users reach the canary
+    _users(controller, 300, "stable")
+    _traffic(kpis, canary=(300, 30), stable=(900, 90))  # impressions as announced
     rollout = asyncio.run(controller.look())
     assert rollout is not None
     task = rollout.tasks["search"]
     assert (task.status, task.verdict, task.step) == ("canary", "hold", 0)
-    assert "sample-ratio mismatch" in task.reason
+    assert "sample-ratio mismatch: canary got 300 users, 150 expected" in task.reason
+
+
+def test_heavy_users_do_not_fake_a_sample_ratio_mismatch(tmp_path: Path) -> None:
+    """The split is by user: a few heavy canary users put 75 % of the impressions on the canary at
+    a 25 % step, while the distinct users split as announced; the task is judged, not held."""
+    controller, kpis = _controller(tmp_path)
+    _users(controller, 1_000)
+    split = controller._users.split("search", 0.25)
+    assert 0.2 < split.canary / (split.canary + split.stable) < 0.3
+    _traffic(kpis, canary=(900, 90), stable=(300, 30))
+    rollout = asyncio.run(controller.look())
+    assert rollout is not None
+    task = rollout.tasks["search"]
+    assert task.verdict != "hold" and "sample-ratio" not in task.reason
+    assert task.step == 1  # 100 canary impressions at 25 % with the minimum counts: next step
 
 
 def test_a_guard_rolls_back_and_writes_a_retrain_request(tmp_path: Path) -> None:

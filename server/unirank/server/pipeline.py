@@ -238,11 +238,8 @@ class RankingPipeline:
         task = self.check(request)
         arms = self.arms
         # One version for the whole request, even across a reload; a user keeps one arm.
-        runtime, arm = (
-            (self._runtime, STABLE_ARM)
-            if arms is None
-            else arms.route(task.name, request.context.user_id or request.request_id)
-        )
+        user_key = request.context.user_id or request.request_id
+        runtime, arm = (self._runtime, STABLE_ARM) if arms is None else arms.route(task.name, user_key)
         runtime.in_flight += 1
         trace = self._telemetry.start_request(task.name, request.request_id, runtime.version)
         started = time.perf_counter()
@@ -259,7 +256,7 @@ class RankingPipeline:
             runtime.in_flight -= 1
         trace.finish(response)
         if arms is not None:
-            arms.answered(task.name, arm, response.fallback, time.perf_counter() - started)
+            arms.answered(task.name, arm, response.fallback, time.perf_counter() - started, user_key)
         return response
 
     async def _recommend(

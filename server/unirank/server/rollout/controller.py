@@ -24,6 +24,7 @@ from unirank.artifact.tasks import task_by_name
 from unirank.server.config import RolloutSection
 from unirank.server.rollout.guards import ArmOps, guard_breach
 from unirank.server.rollout.judge import ArmCounts, CanaryJudge, Decision, JudgeKnobs, Verdict
+from unirank.server.rollout.srm import ArmUsers
 from unirank.server.rollout.state import (
     CANARY,
     PROMOTED,
@@ -88,6 +89,8 @@ class RolloutController:
         self.reload: Callable[[], Awaitable[str]] | None = None
         """Looks for a new version (the server's reload): one that passes the gate calls :meth:`begin`."""
         self._ops: dict[tuple[str, str], ArmOps] = {}
+        self._users = ArmUsers()
+        """Per use-case, the distinct users each arm answered at its share: the SRM check's unit."""
         self._seen: dict[tuple[str, str], _Seen] = {}
         """Per (task, arm): the KPI counters at the last look (they restart from 0 with the process)."""
         self._lock = asyncio.Lock()
@@ -166,9 +169,10 @@ class RolloutController:
             ops = self._ops[(task, arm)] = ArmOps()
         return ops
 
-    def answered(self, task: str, arm: str, fallback: bool, seconds: float) -> None:
+    def answered(self, task: str, arm: str, fallback: bool, seconds: float, user_key: str = "") -> None:
         if self.active:
             self._arm_ops(task, arm).answered(fallback, seconds)
+            self._users.saw(task, arm, user_key)
 
     def failed(self, task: str, arm: str) -> None:
         if self.active:
@@ -253,6 +257,7 @@ class RolloutController:
                 state.reason = f"version {canary.version} has no trained head for {task}"
         self.rollout = rollout
         self._ops.clear()
+        self._users.reset()
         self._seen = {key: self._raw(*key) for key in self._keys(rollout)}
         save_rollout(self.state_path, rollout)
         log.info(
@@ -338,12 +343,13 @@ class RolloutController:
         canary_ctr, canary_eng = self._counts(task, CANARY, state)
         stable_ctr, stable_eng = self._counts(task, STABLE, state)
         ctr_judge = CanaryJudge(self.knobs, state.ctr)
-        ctr = ctr_judge.observe(canary_ctr, stable_ctr, share)
+        users = self._users.split(task, share)
+        ctr = ctr_judge.observe(canary_ctr, stable_ctr, share, users)
         state.ctr, state.e_value = ctr_judge.state, ctr.e_value
         decisions: list[Decision] = [ctr]
         if self.section.judge_engagement:
             engagement_judge = CanaryJudge(replace(self.knobs, metric="play rate"), state.engagement)
-            decisions.append(engagement_judge.observe(canary_eng, stable_eng, share))
+            decisions.append(engagement_judge.observe(canary_eng, stable_eng, share, users))
             state.engagement = engagement_judge.state
         breach = guard_breach(self._arm_ops(task, CANARY), self._arm_ops(task, STABLE), self.section.guards)
         rollback = next((d for d in decisions if d.verdict is Verdict.ROLLBACK), None)
@@ -367,6 +373,7 @@ class RolloutController:
         else:
             state.step += 1
             state.step_started_at = canary_ctr.impressions
+            self._users.reset(task)  # users are counted per share
             share = rollout.steps[state.step]
             state.verdict = "continue" if share < 100.0 else "promote"
             state.reason = f"step {state.step + 1}: {share:g} %" + (

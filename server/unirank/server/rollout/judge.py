@@ -134,6 +134,24 @@ class Verdict(enum.Enum):
 
 
 @dataclass(frozen=True)
+class UserSplit:
+    """Distinct users each arm answered at the current share (``share`` in [0, 1]): the sample-ratio
+    check's unit where the split is by user (``unirank.server.rollout.srm`` counts them)."""
+
+    canary: int
+    stable: int
+    share: float
+
+    @property
+    def expected_canary(self) -> float:
+        return (self.canary + self.stable) * self.share
+
+    @property
+    def variance(self) -> float:
+        return (self.canary + self.stable) * self.share * (1.0 - self.share)
+
+
+@dataclass(frozen=True)
 class Decision:
     """A verdict with its reason and the evidence behind it."""
 
@@ -227,11 +245,15 @@ class CanaryJudge:
         top = float(log_terms.max())
         return math.exp(top) * float(np.exp(log_terms - top).sum())
 
-    def observe(self, canary: ArmCounts, stable: ArmCounts, canary_share: float) -> Decision:
+    def observe(
+        self, canary: ArmCounts, stable: ArmCounts, canary_share: float, users: UserSplit | None = None
+    ) -> Decision:
         """Absorb the counts since the last look and decide.
 
         ``canary_share`` is the share of the task's traffic the canary was announced to get over
-        this increment (the current rollout step).
+        this increment (the current rollout step). ``users``: the distinct users each arm answered
+        at this share, the sample-ratio check's unit where given (the split is by user); without
+        it the check counts impressions as independent.
         """
         if not 0.0 <= canary_share <= 1.0:
             raise ValueError(f"canary_share must be in [0, 1], got {canary_share}")
@@ -259,11 +281,16 @@ class CanaryJudge:
         e = self.e_value()
         if e >= 1.0 / self.knobs.alpha and not self.state.crossed:
             self.state = replace(self.state, crossed=True)
-        return self._decide(e)
+        return self._decide(e, users)
 
-    def _decide(self, e: float) -> Decision:
+    def _decide(self, e: float, users: UserSplit | None) -> Decision:
         knobs, state = self.knobs, self.state
-        p_srm = srm_p_value(state.canary.impressions, state.expected_canary, state.expected_var)
+        if users is None:
+            unit, observed, expected = "impressions", state.canary.impressions, state.expected_canary
+            p_srm = srm_p_value(observed, expected, state.expected_var)
+        else:
+            unit, observed, expected = "users", users.canary, users.expected_canary
+            p_srm = srm_p_value(observed, expected, users.variance)
 
         def decision(verdict: Verdict, reason: str) -> Decision:
             return Decision(verdict, reason, e, p_srm, state.canary, state.stable)
@@ -271,8 +298,8 @@ class CanaryJudge:
         if p_srm < knobs.srm_p_value:
             return decision(
                 Verdict.HOLD,
-                f"sample-ratio mismatch: canary got {state.canary.impressions} impressions, "
-                f"{state.expected_canary:.0f} expected (p={p_srm:.2g} < {knobs.srm_p_value})",
+                f"sample-ratio mismatch: canary got {observed} {unit}, "
+                f"{expected:.0f} expected (p={p_srm:.2g} < {knobs.srm_p_value})",
             )
         for arm, counts in (("canary", state.canary), ("stable", state.stable)):
             if counts.impressions < knobs.min_impressions or counts.clicks < knobs.min_clicks:

@@ -14,7 +14,9 @@ class ArmRouter(Protocol):
         """The runtime and arm that answer ``task`` for ``user_key`` (sticky per user)."""
         ...
 
-    def answered(self, task: str, arm: str, fallback: bool, seconds: float) -> None: ...
+    def answered(self, task: str, arm: str, fallback: bool, seconds: float, user_key: str = "") -> None:
+        """An answer of ``arm`` to ``user_key`` (the key :meth:`route` was given)."""
+        ...
 
     def failed(self, task: str, arm: str) -> None:
         """A server-side failure (model or deadline) of ``arm``: counts against its guards."""
