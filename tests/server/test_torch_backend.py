@@ -134,6 +134,22 @@ def test_concat_pads_with_zero_and_split_restores_each_request() -> None:
     assert [p.tolist() for p in parts] == [[[0, 1]], [[4, 5, 6, 7], [8, 9, 10, 11]]]
 
 
+def test_concat_pads_the_time_features_beside_their_candidates() -> None:
+    rng = np.random.default_rng(4)
+    a = make_inputs(rng, rows=1, n_candidates=2, history=3, query=1)
+    b = make_inputs(rng, rows=2, n_candidates=4, history=1, query=2)
+    a.candidate_time = rng.random((1, 2, 3)).astype(np.float32)
+    b.candidate_time = rng.random((2, 4, 3)).astype(np.float32)
+    merged = concat_model_inputs([a, b])
+    assert merged.candidate_time is not None and merged.candidate_time.shape == (3, 4, 3)
+    np.testing.assert_array_equal(merged.candidate_time[0, :2], a.candidate_time[0])
+    assert (merged.candidate_time[0, 2:] == 0).all()
+    np.testing.assert_array_equal(merged.candidate_time[1:], b.candidate_time)
+    b.candidate_time = None
+    with pytest.raises(BackendError, match="time features"):
+        concat_model_inputs([a, b])
+
+
 async def test_cuda_request_falls_back_to_cpu_with_a_warning(
     checkpoint_path: Path,
     model: UniRankModel,
@@ -343,3 +359,29 @@ async def test_threads_are_applied_on_the_inference_thread(
     finally:
         await backend.close()
     assert seen == [1]
+
+
+def test_the_time_input_is_checked_against_the_model() -> None:
+    from unirank.artifact.features import TIME_INPUT
+    from unirank.server.backends.torch_backend import _id_limits, check_model_inputs
+
+    rng = np.random.default_rng(5)
+    inputs = make_inputs(rng, rows=2, n_candidates=3, history=2, query=1)
+    with_time = _id_limits(
+        ModelConfig(
+            n_items=N_ITEMS, n_users=N_USERS, n_tokens=N_TOKENS, n_categories=N_CATEGORIES, time_features=True
+        )
+    )
+    without = _id_limits(
+        ModelConfig(n_items=N_ITEMS, n_users=N_USERS, n_tokens=N_TOKENS, n_categories=N_CATEGORIES)
+    )
+    check_model_inputs(inputs, without)
+    with pytest.raises(BackendError, match=f"{TIME_INPUT}.*missing"):
+        check_model_inputs(inputs, with_time)
+    inputs.candidate_time = np.zeros((2, 2, 3), dtype=np.float32)
+    with pytest.raises(BackendError, match="shape"):
+        check_model_inputs(inputs, with_time)
+    inputs.candidate_time = np.zeros((2, 3, 3), dtype=np.float32)
+    check_model_inputs(inputs, with_time)
+    with pytest.raises(BackendError, match="without time features"):
+        check_model_inputs(inputs, without)
