@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from unirank.server.rollout import ArmCounts, CanaryJudge, JudgeKnobs, JudgeState, Verdict
-from unirank.server.rollout.judge import DEFAULT_PROMOTE_IMPRESSIONS
+from unirank.server.rollout.judge import DEFAULT_PROMOTE_IMPRESSIONS, UserSplit
 
 RUNS = 1_000
 BATCH = 2_000
@@ -148,6 +148,18 @@ def test_a_sample_ratio_mismatch_holds_rather_than_judges() -> None:
     # The same traffic announced at 40 % is judged.
     judge = CanaryJudge(KNOBS)
     assert judge.observe(ArmCounts(40_000, 400), ArmCounts(60_000, 3_000), 0.4).verdict is Verdict.ROLLBACK
+
+
+def test_the_split_of_users_decides_the_hold_where_given() -> None:
+    counts = ArmCounts(40_000, 2_000), ArmCounts(60_000, 3_000)  # 40 % of impressions at 50 %
+    held = CanaryJudge(KNOBS).observe(*counts, 0.5, UserSplit(400, 600, 0.5))
+    assert held.verdict is Verdict.HOLD and "canary got 400 users, 500 expected" in held.reason
+    judged = CanaryJudge(KNOBS).observe(*counts, 0.5, UserSplit(505, 495, 0.5))
+    assert judged.verdict is Verdict.CONTINUE and judged.srm_p_value > 0.1
+    # At 100 % there is no split to test: a user answered by stable across the step change is no
+    # mismatch (the demo's related_items was held at 100 % by 2 such users of 14,403).
+    full = CanaryJudge(KNOBS).observe(*counts, 1.0, UserSplit(14_401, 2, 1.0))
+    assert full.verdict is not Verdict.HOLD and full.srm_p_value == 1.0
 
 
 def test_a_matching_split_is_not_held() -> None:

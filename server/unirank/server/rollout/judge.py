@@ -290,7 +290,9 @@ class CanaryJudge:
             p_srm = srm_p_value(observed, expected, state.expected_var)
         else:
             unit, observed, expected = "users", users.canary, users.expected_canary
-            p_srm = srm_p_value(observed, expected, users.variance)
+            # At a 0 or 100 % share there is no split to test: the odd user on the other arm is a
+            # request routed before the share changed and answered after.
+            p_srm = srm_p_value(observed, expected, users.variance) if users.variance > 0 else 1.0
 
         def decision(verdict: Verdict, reason: str) -> Decision:
             return Decision(verdict, reason, e, p_srm, state.canary, state.stable)
