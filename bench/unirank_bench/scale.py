@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "--use-cases", type=lambda text: text.split(","), default=list(USE_CASES), help="comma-separated"
     )
     parser.add_argument("--train-only", action="store_true", help="build the artifacts, measure nothing")
+    parser.add_argument("--merge", action="store_true", help="keep other sizes' rows of scale.json")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     args.artifacts.mkdir(parents=True, exist_ok=True)
@@ -300,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(items, artifact_dir(args.artifacts, items), work, args)
         row["train_s"] = trained[items]
         rows.append(row)
+    previous = args.out / "scale.json"
+    if args.merge and previous.is_file():  # keep the sizes measured in earlier runs
+        measured = {row["items"] for row in rows}
+        kept = [row for row in json.loads(previous.read_text())["sizes"] if row["items"] not in measured]
+        rows = sorted([*kept, *rows], key=lambda row: int(row["items"]))
     result = {
         "sizes": rows,
         "cores": os.cpu_count(),
