@@ -88,10 +88,11 @@ def artifact_mb(path: Path) -> float:
     return sum((path / name).stat().st_size for name in [*files, "manifest.json"]) / 2**20
 
 
-def recall(path: Path, queries: int, seed: int) -> dict[str, Any]:
+def recall(path: Path, queries: int, seed: int) -> tuple[dict[str, Any], float | None]:
     """recall@200 of the shipped HNSW index against exact inner-product search, per search list,
     on queries like the server's (one item's vector, or the mean of two to five)."""
-    embeddings = load_artifact(path).retrieval.item_embeddings
+    artifact = load_artifact(path)
+    embeddings = artifact.retrieval.item_embeddings
     index = ItemIndex.load(path / "item_index.faiss")
     rng = np.random.default_rng(seed)
     n = len(embeddings) - 1
@@ -111,7 +112,28 @@ def recall(path: Path, queries: int, seed: int) -> dict[str, Any]:
             spent += time.perf_counter() - started
         hits = [len(set(f.tolist()) & set(e.tolist())) / RECALL_K for f, e in zip(found, exact, strict=True)]
         out[str(ef)] = {"recall_at_200": float(np.mean(hits)), "search_us": spent / queries * 1e6}
-    return out
+    return out, related_recall(artifact.retrieval.related_items, embeddings, artifact.catalog.popularity, rng)
+
+
+def related_recall(related: np.ndarray, embeddings: np.ndarray, popularity: Any, rng: Any) -> float | None:
+    """Share of the exact nearest items in the shipped related-items lists, over items nobody played
+    in training (so no co-engaged item comes first: the list is all embedding neighbours). Exact
+    up to 50,000 items by construction; the HNSW index's beyond (training's related_items)."""
+    unplayed = np.flatnonzero(np.asarray(popularity, dtype=np.float64) == 0)
+    unplayed = unplayed[unplayed > 0]
+    if not len(unplayed):
+        return None
+    items = rng.choice(unplayed, size=min(200, len(unplayed)), replace=False)
+    k = related.shape[1]
+    sims = embeddings[items] @ embeddings.T
+    sims[:, 0] = -np.inf
+    sims[np.arange(len(items)), items] = -np.inf
+    exact = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return float(
+        np.mean(
+            [len(set(related[i].tolist()) & set(e.tolist())) / k for i, e in zip(items, exact, strict=True)]
+        )
+    )
 
 
 def scale_profile(work: Path, ef_search: int) -> Path:
@@ -229,7 +251,7 @@ async def closed_loop(
 def measure(items: int, path: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Everything of one size, its server started and stopped here."""
     row: dict[str, Any] = {"items": items, "artifact_mb": artifact_mb(path)}
-    row["recall"] = recall(path, args.queries, args.seed)
+    row["recall"], row["related_recall_at_50"] = recall(path, args.queries, args.seed)
     artifact = load_artifact(path)
     workloads = build_workloads(artifact, args.requests, args.seed, caller_candidates=False)
     del artifact

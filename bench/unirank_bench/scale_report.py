@@ -25,9 +25,10 @@ def tables(result: dict[str, Any]) -> str:
         f"({result['seconds']:g} s per load after {result.get('warmup_s', 1.0):g} s of warm-up; "
         f"approximate `embedding` search at ef {ef}); `{result['command']}`.",
         "",
-        "| items | artifact MB | start-up s (median) | RSS idle / after load / peak MB | "
-        f"recall@200 at ef {ef} | index search µs | C=1 p50 ms (mean of use-cases) | load avg (1 min) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| items | artifact MB | start-up s (median) | RSS idle / after load / peak MB | anon + file MB | "
+        f"recall@200 at ef {ef} | index search µs | related-items recall@50 | "
+        "C=1 p50 ms (mean of use-cases) | load avg (1 min) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         p50 = statistics.mean(u["c1"]["p50_ms"] for u in row["use_cases"].values())
@@ -35,7 +36,9 @@ def tables(result: dict[str, Any]) -> str:
         lines.append(
             f"| {row['items']:,} | {_fmt(row['artifact_mb'], 0)} | {_fmt(startup)} | "
             f"{_fmt(row['rss_idle_mb'], 0)} / {_fmt(row['rss_mb'], 0)} / {_fmt(row['peak_rss_mb'], 0)} | "
+            f"{_fmt(row.get('rss_anon_mb'), 0)} + {_fmt(row.get('rss_file_mb'), 0)} | "
             f"{_fmt(row['recall'][ef]['recall_at_200'], 3)} | {_fmt(row['recall'][ef]['search_us'], 0)} | "
+            f"{_fmt(row.get('related_recall_at_50'), 3)} | "
             f"{_fmt(p50)} | {_fmt(row['loadavg']['before'][0], 1)}–{_fmt(row['loadavg']['after'][0], 1)} |"
         )
     lines += ["", "Per use-case, retrieval on: C = 1 p50 / p99 ms, C = 32 requests/s.", ""]

@@ -29,6 +29,8 @@ def test_one_size_is_measured_and_reported(artifact_dir: Path, tmp_path: Path) -
         assert loads["c1"]["failures"] == loads["c32"]["failures"] == 0
     # Exact and approximate search agree on a tiny catalogue at any search list.
     assert all(r["recall_at_200"] > 0.95 for r in row["recall"].values())
+    # Below 50,000 items the related-items lists hold the exact neighbours of unplayed items.
+    assert row["related_recall_at_50"] is None or row["related_recall_at_50"] > 0.95
     assert row["startup_s"][0] > 0 and row["peak_rss_mb"] >= row["rss_idle_mb"] > 0
     assert row["artifact_mb"] > 0
 
