@@ -67,6 +67,9 @@ async def test_a_caller_that_gave_up_does_not_break_the_thread() -> None:
         threads.close()
 
 
+REQUEST_TIME_MS = 1_767_225_600_000  # 2026-01-01: every server scores at the same time
+
+
 async def test_inline_and_threaded_scoring_rank_the_same(artifact_dir: Path) -> None:
     artifact = load_artifact(artifact_dir)
     anchors = [artifact.catalog.items.key(i) for i in range(1, 6)]
@@ -80,7 +83,10 @@ async def test_inline_and_threaded_scoring_rank_the_same(artifact_dir: Path) -> 
             backend = server.pipeline.runtime.backend
             assert isinstance(backend, OnnxBackend) and backend.inline == (workers == 0 and not batched)
             async with AsyncRecommenderClient(server.address) as client:
-                answers = await asyncio.gather(*(client.related_items(anchor) for anchor in anchors))
+                # One request time for all: time features (recent popularity, age) move with it.
+                answers = await asyncio.gather(
+                    *(client.related_items(anchor, event_time_unix_ms=REQUEST_TIME_MS) for anchor in anchors)
+                )
             stats = backend.batch_stats()
         assert all(a.items and not a.fallback for a in answers)
         assert stats.requests >= len(anchors) and (stats.batches < stats.requests) == batched

@@ -398,7 +398,9 @@ class RankingPipeline:
             raise _Fallback(FallbackReason.NO_CANDIDATES, "no candidate survived retrieval and pre-rules")
         failure: BackendError | BatchingError | None = None
         with trace.stage("inference"):
-            inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
+            # Time features are read at the request's own time (0: now), as training read them.
+            at_ms = request.event_time_unix_ms or None
+            inputs = runtime.encoder.batch([encoded], candidates.items[None, :], at_ms)
             try:
                 scores = (await runtime.backend.score(inputs, deadline, tag=trace.batch_member()))[0]
             except QueueFull as exc:
