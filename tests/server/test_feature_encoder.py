@@ -45,3 +45,29 @@ def test_a_batch_of_one_equals_the_general_path() -> None:
         for name, values in single.as_dict().items():
             assert values.dtype == np.int64 and values.shape[0] == 1, name
             np.testing.assert_array_equal(values, both.as_dict()[name][row : row + 1], err_msg=name)
+
+
+def test_time_features_take_one_time_per_row() -> None:
+    """The offline gate re-scores log rows of different times in one batch: each row's candidates
+    are read at its own time, as a batch of one at that time reads them."""
+    from unirank.artifact.activity import ActivitySpec, ItemActivity
+
+    day = 86_400_000.0
+    activity = ItemActivity(
+        ActivitySpec(),
+        count=np.array([0.0, 5.0, 1.0, 2.0, 0.0]),
+        last_ms=np.array([0.0, 10 * day, 20 * day, 30 * day, 0.0]),
+        first_ms=np.array([0.0, day, 2 * day, 3 * day, 0.0]),
+        release_ms=np.zeros(5),
+    )
+    encoder = FeatureEncoder(_catalog(), max_history=2, max_query_tokens=2, activity=activity)
+    encoded = [encoder.encode(Context(TaskType.NOTIFICATION)) for _ in range(2)]
+    candidates = np.array([[1, 2, 3], [1, 2, 3]], dtype=np.int64)
+    times = np.array([40 * day, 400 * day])
+    both = encoder.batch(encoded, candidates, times).candidate_time
+    assert both is not None
+    for row in range(2):
+        alone = encoder.batch(encoded[row : row + 1], candidates[row : row + 1], float(times[row]))
+        assert alone.candidate_time is not None
+        np.testing.assert_allclose(both[row], alone.candidate_time[0])
+    assert not np.allclose(both[0], both[1])  # the times differ, so do the features

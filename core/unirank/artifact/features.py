@@ -148,16 +148,21 @@ class FeatureEncoder:
         )
 
     def batch(
-        self, encoded: Sequence[EncodedContext], candidates: np.ndarray, at_ms: float | None = None
+        self,
+        encoded: Sequence[EncodedContext],
+        candidates: np.ndarray,
+        at_ms: float | np.ndarray | None = None,
     ) -> ModelInputs:
         """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding); with time
-        features, each candidate's at the request time ``at_ms`` (Unix ms; None: now)."""
+        features, each candidate's at the request time ``at_ms`` (Unix ms, one for the batch or
+        one per row [B]; None: now)."""
         if candidates.ndim != 2 or candidates.shape[0] != len(encoded):
             raise ValueError(f"candidates must be [B={len(encoded)}, N], got {candidates.shape}")
         candidate_time = None
         if self.activity is not None:
-            when = time.time() * 1000.0 if at_ms is None else float(at_ms)
-            candidate_time = self.activity.features(candidates, np.full(len(encoded), when))
+            when = time.time() * 1000.0 if at_ms is None else at_ms
+            times = np.broadcast_to(np.asarray(when, dtype=np.float64), (len(encoded),))
+            candidate_time = self.activity.features(candidates, times)
         # np.array over a list: one C call per input, cheap for the online batch of one and for 64.
         return ModelInputs(
             task=np.array([e.task for e in encoded], dtype=np.int64),

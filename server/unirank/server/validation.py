@@ -239,7 +239,7 @@ def _prepare(
     for i, (items, _) in enumerate(sets):
         matrix[i, : len(items)] = items
     encoded = [runtime.encoder.encode(row.context) for row in chunk]
-    at_ms = float(np.median([row.time_ms for row in chunk]))
+    at_ms = np.array([row.time_ms for row in chunk], dtype=np.float64)  # each row at its own time
     inputs = runtime.encoder.batch(encoded, matrix, at_ms)
     return inputs, np.array([column for _, column in sets], dtype=np.int64), width
 
