@@ -13,7 +13,13 @@ import torch
 
 from tests.conftest import profile_with, running_server
 from unirank.artifact import ArtifactError, Context, TaskType, load_artifact
-from unirank.artifact.activity import ACTIVITY_FILE, DAY_MS, ActivityHistory, release_times_ms
+from unirank.artifact.activity import (
+    ACTIVITY_FILE,
+    DAY_MS,
+    STALE_AFTER_DAYS,
+    ActivityHistory,
+    release_times_ms,
+)
 from unirank.model.net import build_model_from_checkpoint
 from unirank.server.online_store import RecentEvent
 from unirank.training.dataset import item_events
@@ -57,6 +63,19 @@ def test_folding_events_online_equals_reading_them_offline() -> None:
     at = np.array([401 * DAY_MS, 450 * DAY_MS])
     candidates = np.tile(np.arange(40), (2, 1))
     np.testing.assert_allclose(online.features(candidates, at), offline.features(candidates, at), atol=1e-6)
+
+
+def test_a_request_without_a_time_is_read_at_now_or_at_the_newest_event_of_archived_logs() -> None:
+    items, times = _random_events(1, 10, 200, 0, 100)
+    state = ActivityHistory(10, items, times, release_times_ms(np.zeros(10, dtype=np.int64))).final_state()
+    newest = float(times.max())
+    assert state.newest_ms == newest
+    live = newest + 2 * DAY_MS  # events two days ago: live traffic, the clock is the clock
+    assert state.clock_ms(live) == live
+    archived = newest + (STALE_AFTER_DAYS + 1) * DAY_MS  # a month and more without an event
+    assert state.clock_ms(archived) == newest
+    state.record(np.array([3]), np.array([archived - DAY_MS]))  # a recorded event: live again
+    assert state.newest_ms == archived - DAY_MS and state.clock_ms(archived) == archived
 
 
 async def test_same_events_give_the_same_features_and_scores_in_training_and_serving(

@@ -34,6 +34,11 @@ DEFAULT_HALF_LIFE_DAYS = 30.0
 DEFAULT_AGE_SCALE_DAYS = 365.0
 DEFAULT_RECENT_NORM = math.log1p(100.0)
 """About 1 for an item with a hundred recent events."""
+STALE_AFTER_DAYS = 30.0
+"""A state whose newest event is this much older than the clock comes from archived or replayed
+logs (a demo, a benchmark, a public data set), not from live traffic: :meth:`ItemActivity.clock_ms`
+then reads a request without a time of its own at that newest event. Live traffic never goes a
+month without an event."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,18 @@ class ItemActivity:
         self.last_ms = np.asarray(last_ms, dtype=np.float64).copy()
         self.first_ms = np.asarray(first_ms, dtype=np.float64).copy()
         self.release_ms = np.asarray(release_ms, dtype=np.float64).copy()
+        known = self.last_ms[np.isfinite(self.last_ms)]
+        self.newest_ms = float(known.max()) if len(known) else math.nan
+        """The newest event in the state (NaN: none)."""
+
+    def clock_ms(self, now_ms: float) -> float:
+        """The time a request that states none is read at: ``now_ms``, or the newest event when
+        that is more than :data:`STALE_AFTER_DAYS` older (archived logs; otherwise every item's
+        recent popularity and age would have decayed to nothing the model ever saw in training,
+        the way ``new_release_years`` ends the window at a catalogue's newest year)."""
+        if math.isfinite(self.newest_ms) and now_ms - self.newest_ms > STALE_AFTER_DAYS * DAY_MS:
+            return self.newest_ms
+        return now_ms
 
     @property
     def n_items(self) -> int:
@@ -138,6 +155,8 @@ class ItemActivity:
             if not 0 < item < self.n_items:
                 continue
             self.count[item], self.last_ms[item] = fold(self.count[item], self.last_ms[item], at, tau)
+            if not at <= self.newest_ms:  # NaN (no event yet) or newer
+                self.newest_ms = at
             if not at >= self.first_ms[item]:  # NaN (no event yet) or earlier
                 self.first_ms[item] = at
 

@@ -155,12 +155,12 @@ class FeatureEncoder:
     ) -> ModelInputs:
         """Stack encoded contexts with a [B, N] int64 candidate matrix (0 = padding); with time
         features, each candidate's at the request time ``at_ms`` (Unix ms, one for the batch or
-        one per row [B]; None: now)."""
+        one per row [B]; None: now, or the newest event of archived logs, ``ItemActivity.clock_ms``)."""
         if candidates.ndim != 2 or candidates.shape[0] != len(encoded):
             raise ValueError(f"candidates must be [B={len(encoded)}, N], got {candidates.shape}")
         candidate_time = None
         if self.activity is not None:
-            when = time.time() * 1000.0 if at_ms is None else at_ms
+            when = self.activity.clock_ms(time.time() * 1000.0) if at_ms is None else at_ms
             times = np.broadcast_to(np.asarray(when, dtype=np.float64), (len(encoded),))
             candidate_time = self.activity.features(candidates, times)
         # np.array over a list: one C call per input, cheap for the online batch of one and for 64.
