@@ -25,19 +25,10 @@ from pathlib import Path
 
 from unirank.artifact import load_artifact
 from unirank.client import AsyncRecommenderClient, Category, Notification, RecommendationRequest
-from unirank_bench.servers import PROFILES, REPO, serving
+from unirank_bench.servers import PROFILES, REPO, pin_load_generator, serving
 
 PAGE_SIZES = (1, 5, 11)
 """Rows per page: a notification row alone, and with 4 and 10 category rows."""
-
-
-def _pin() -> set[int] | None:
-    """CPU 0 for the server, the rest for this process; None with one CPU."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    if len(cpus) < 2:
-        return None
-    os.sched_setaffinity(0, cpus - {min(cpus)})
-    return {min(cpus)}
 
 
 async def _closed_loop(
@@ -79,7 +70,7 @@ async def measure(
         ]
 
     everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    server_cpus = _pin()
+    server_cpus = pin_load_generator()
     results: dict[str, dict[str, dict[str, list[float]]]] = {}
     try:
         async with (

@@ -36,6 +36,18 @@ WORKERS_TARGET = "cpu-realtime-w2"
 """cpu-realtime served by ``unirank serve --workers 2`` (the scale-out comparison)."""
 
 
+def pin_load_generator() -> set[int] | None:
+    """The server gets CPU 0, this process (the load generator) the others: one cannot take the
+    other's core. The server's CPUs (for ``serving(cpus=...)``); None where there is only one CPU
+    or affinity is not supported. The caller restores its own affinity afterwards."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if len(cpus) < 2:
+        return None
+    server = {min(cpus)}
+    os.sched_setaffinity(0, cpus - server)
+    return server
+
+
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p)

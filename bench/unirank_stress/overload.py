@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from unirank_bench import procstats
 from unirank_bench.loadgen import Load, Outcome, closed_loop, scheduled
-from unirank_bench.servers import serving
+from unirank_bench.servers import pin_load_generator, serving
 
 from tests.conftest import PROFILES, TASK_NAMES, profile_with
 from unirank.artifact import load_artifact
@@ -118,17 +118,6 @@ async def _client_open_loop(
         local = client.throttle.rejected_locally if client.throttle is not None else 0
         local += limit.rejected_locally if limit is not None else 0
     return outcomes, total / (sent_s - begin), local
-
-
-def _pin_load_generator() -> set[int] | None:
-    """The server gets CPU 0, this process (the load generator) the others: one cannot take the
-    other's core. None where there is only one CPU or affinity is not supported."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
-    if len(cpus) < 2:
-        return None
-    server = {min(cpus)}
-    os.sched_setaffinity(0, cpus - server)
-    return server
 
 
 def _refusal_cost_server(artifact: Path, mode: str, ports: Any) -> None:
@@ -327,7 +316,7 @@ async def overload(artifact: Path, workdir: Path, quick: bool) -> list[str]:
     unloaded_s, capacity_s, overload_s = (1.0, 2.0, 3.0) if quick else (3.0, 5.0, 10.0)
     everything = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     load_before = load_average()
-    server_cpus = _pin_load_generator()
+    server_cpus = pin_load_generator()
     try:
         cost = await refusal_cost(artifact, 1000 if quick else 4000, server_cpus)
         shipped = _profile_file(workdir, "measure", None)
