@@ -10,10 +10,11 @@ its unloaded latency before it refuses anything. The clients use both through
 from __future__ import annotations
 
 import collections
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,6 +243,18 @@ def call_kind(request: Any) -> str:
     return type(request).__name__
 
 
+@dataclass
+class CallOutcome:
+    """How a guarded call ended: set by :meth:`answer` once the server's answer (or error) is in;
+    never set for a call cancelled by its caller."""
+
+    answered: bool = False
+    code: grpc.StatusCode | None = None
+
+    def answer(self, code: grpc.StatusCode | None) -> None:
+        self.answered, self.code = True, code
+
+
 @dataclass(frozen=True)
 class OverloadControl:
     """What a client's ``_call`` runs around each call: the limit first, then the throttle."""
@@ -270,3 +283,18 @@ class OverloadControl:
             self.limit.release(call_kind(request), rtt, answered and code in _OVERLOAD_CODES)
         if self.throttle is not None and answered:
             self.throttle.record(code)
+
+    @contextlib.contextmanager
+    def guard(self, request: Any, *, enabled: bool = True) -> Iterator[CallOutcome]:
+        """Around one call: admitted (or refused locally) on entry; on exit the limit and the
+        throttle learn from the :class:`CallOutcome` the call set, and a call that never got an
+        answer (cancelled) only gives its slot back. ``enabled=False``: neither runs."""
+        outcome = CallOutcome()
+        if not enabled:
+            yield outcome
+            return
+        started = self.admit()
+        try:
+            yield outcome
+        finally:
+            self.done(request, started, outcome.code, answered=outcome.answered)

@@ -120,24 +120,15 @@ class RecommenderClient:
     def _call(
         self, method: Callable[..., _Response], request: Any, timeout: float | None, *, throttled: bool = True
     ) -> _Response:
-        control = self._overload if throttled else None
-        started = control.admit() if control is not None else 0.0
-        answered = False
-        try:
-            response = method(
-                request, timeout=self._settings.timeout(timeout), metadata=self._settings.call_metadata()
-            )
-            answered = True
-        except grpc.RpcError as error:
-            answered = True
-            if control is not None:
-                control.done(request, started, getattr(error, "code", lambda: None)())
-            raise error_from_rpc(error) from error
-        finally:
-            if control is not None and not answered:
-                control.done(request, started, None, answered=False)
-        if control is not None:
-            control.done(request, started, None)
+        with self._overload.guard(request, enabled=throttled) as outcome:
+            try:
+                response = method(
+                    request, timeout=self._settings.timeout(timeout), metadata=self._settings.call_metadata()
+                )
+            except grpc.RpcError as error:
+                outcome.answer(getattr(error, "code", lambda: None)())
+                raise error_from_rpc(error) from error
+            outcome.answer(None)
         return response
 
     # One method per use-case -------------------------------------------------------------
