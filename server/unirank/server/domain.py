@@ -114,6 +114,16 @@ class Candidates:
         return int(self.items.shape[0])
 
 
+def in_sorted(values: np.ndarray, sorted_items: np.ndarray) -> np.ndarray:
+    """A bool mask: which of ``values`` are in ``sorted_items`` (ascending). A binary search per
+    value: O(candidates), where a flag table would cost the catalogue and ``np.isin`` sorts both."""
+    if not len(sorted_items):
+        return np.zeros(len(values), dtype=bool)
+    position = np.searchsorted(sorted_items, values)
+    np.minimum(position, len(sorted_items) - 1, out=position)
+    return sorted_items[position] == values
+
+
 @dataclass
 class RuleContext:
     """What a rule may look at besides the candidates."""

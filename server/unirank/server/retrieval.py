@@ -13,7 +13,7 @@ from unirank.artifact import Artifact, ArtifactError, EncodedContext
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex
 from unirank.artifact.catalog import NEW_RELEASE_YEARS, new_release_years
 from unirank.server.config import RetrievalConfig
-from unirank.server.domain import Candidates, Source
+from unirank.server.domain import Candidates, Source, in_sorted
 
 _SOURCES: dict[str, Source] = {
     "caller": Source.CALLER,
@@ -86,9 +86,9 @@ class Retriever:
 
         ``window`` is the request's new-release window (the ``new_releases`` source; default: now).
         """
-        taken = _EMPTY  # every item taken so far: work per request grows with candidates only
+        taken = _EMPTY  # every item taken so far, sorted: work per request grows with candidates only
         items: list[np.ndarray] = []
-        sources: list[np.ndarray] = []
+        sources: list[int] = []
         remaining = config.max_candidates
         for source in config.sources:
             if remaining <= 0:
@@ -104,13 +104,15 @@ class Retriever:
             fresh = _fresh(found, taken, min(source.quota, remaining))
             if not len(fresh):
                 continue
-            taken = np.concatenate([taken, fresh])
             items.append(fresh)
-            sources.append(np.full(len(fresh), _SOURCES[source.source], dtype=np.int8))
+            sources.append(_SOURCES[source.source])
             remaining -= len(fresh)
+            if remaining > 0:  # another source may follow
+                taken = np.sort(np.concatenate([taken, fresh]))
         if not items:
             return Candidates(_EMPTY, np.zeros(0, dtype=np.int8))
-        return Candidates(np.concatenate(items), np.concatenate(sources))
+        counts = [len(x) for x in items]
+        return Candidates(np.concatenate(items), np.repeat(np.array(sources, dtype=np.int8), counts))
 
     @functools.cached_property
     def item_index(self) -> ItemIndex | None:
@@ -219,13 +221,13 @@ def check_item_index(configs: Iterable[RetrievalConfig], retriever: Retriever, v
 
 
 def _fresh(found: np.ndarray, taken: np.ndarray, need: int) -> np.ndarray:
-    """Up to ``need`` items of ``found``, in its order, without repeats or ``taken`` ones (padding 0
-    is never a candidate). Reads a prefix of ``found`` only, doubled until it yields ``need``, so a
-    long list (a whole category of a large catalogue) costs what the request takes from it."""
+    """Up to ``need`` items of ``found``, in its order, without repeats or ``taken`` ones (sorted;
+    padding 0 is never a candidate). Reads a prefix of ``found`` only, doubled until it yields
+    ``need``, so a long list (a whole category of a large catalogue) costs what the request takes."""
     prefix = need + len(taken)
     while True:
         head = found[:prefix]
-        head = head[(head > 0) & ~np.isin(head, taken)]
+        head = head[(head > 0) & ~in_sorted(head, taken)]
         fresh = _unique_in_order(head)
         if len(fresh) >= need or prefix >= len(found):
             return fresh[:need]
@@ -236,4 +238,6 @@ def _unique_in_order(values: np.ndarray) -> np.ndarray:
     if len(values) < 2:
         return values
     _, first = np.unique(values, return_index=True)
+    if len(first) == len(values):  # no repeats (the common case): already in order
+        return values
     return values[np.sort(first)]

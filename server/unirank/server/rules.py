@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from unirank.artifact.catalog import MATURITY_LEVELS
-from unirank.server.domain import Candidates, RuleContext
+from unirank.server.domain import Candidates, RuleContext, in_sorted
 
 Stage = Literal["pre", "post"]
 
@@ -69,10 +69,7 @@ class RuleSpec:
 def exclude_seen(c: Candidates, ctx: RuleContext, _: NoParams) -> Candidates:
     if not len(ctx.history_items):
         return c
-    # A flag per catalogue item: cheaper than np.isin for a few hundred candidates.
-    seen = np.zeros(len(ctx.maturity), dtype=bool)
-    seen[ctx.history_items] = True
-    return c.keep(~seen[c.items])
+    return c.keep(~in_sorted(c.items, np.sort(ctx.history_items)))
 
 
 def exclude_anchor(c: Candidates, ctx: RuleContext, _: NoParams) -> Candidates:
