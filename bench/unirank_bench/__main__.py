@@ -131,7 +131,7 @@ def ensure_artifact(path: Path, size: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from unirank_bench import report
+    from unirank_bench import fullpipeline, report
     from unirank_bench.runner import Bench, Settings
     from unirank_bench.workload import MIXED, USE_CASES
 
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
         rounds=args.rounds,
     )
     results = Bench(settings).run()
-    verdicts = report.evaluate(results)
+    verdicts = report.evaluate(results) + fullpipeline.evaluate(results)
     results["verdicts"] = verdicts
     out_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
@@ -198,7 +198,7 @@ def main(argv: list[str]) -> int:
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, sort_keys=True))
     if markdown is not None:
-        generated = report.markdown(results, verdicts, plots, args.section)
+        generated = report.markdown(results, verdicts, plots, args.section, fullpipeline.markdown(results))
         report.write_markdown(markdown, generated, TEMPLATE, args.section)
     print(f"bench: wrote {json_path}" + (f" and {markdown}" if markdown else ""), flush=True)
     for v in verdicts:

@@ -210,9 +210,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def markdown(
-    results: dict[str, Any], verdicts: list[dict[str, Any]], plots: dict[str, str], section: str = "results"
+    results: dict[str, Any],
+    verdicts: list[dict[str, Any]],
+    plots: dict[str, str],
+    section: str = "results",
+    after_targets: list[str] | None = None,
 ) -> str:
-    """The generated part of docs/benchmarks.md (between the markers)."""
+    """The generated part of docs/benchmarks.md (between the markers); ``after_targets``: lines
+    of Markdown placed after the targets table."""
     begin, end = markers(section)
     lines: list[str] = [begin, ""]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(results["started_unix_s"]))
@@ -252,7 +257,7 @@ def markdown(
         limit = "" if v["limit"] is None else ("≤ " if v["at_most"] else "≥ ") + _fmt(v["limit"])
         rows.append([v["target"], _fmt(v["measured"]), limit, status, v["detail"]])
     lines += _table(["target", "measured", "limit", "verdict", "detail"], rows)
-    lines += ["", "### Floors", ""]
+    lines += ["", *(after_targets or []), "### Floors", ""]
     compute = results.get("floors", {}).get("compute", {})
     rows = []
     for name in [*USE_CASES, MIXED]:

@@ -19,15 +19,16 @@ import numpy as np
 from unirank.server.config import load_profile
 from unirank.server.profile_io import derive_profile, write_profile
 from unirank.training.progress import progress_bar
-from unirank_bench import mlserver_peer, procstats, servers, v2
+from unirank_bench import fullpipeline, mlserver_peer, procstats, servers, v2
+from unirank_bench.fullpipeline import RETRIEVAL_PREFIX, SCORED_PREFIX
 from unirank_bench.loadworkers import Job, LoadGenerator, RunResult
 from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
 from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
 
 CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
 """Quantiles stored per run for the CDF plots (dense up to p99, then the tail)."""
-RETRIEVAL_PREFIX = "retrieval/"
-"""Workloads whose requests carry no candidates: the profile's retrieval picks up to its cap."""
+FULL_PIPELINE_CONCURRENCY = (1, 32)
+"""Closed-loop concurrencies of the full-pipeline runs (issue #18's targets)."""
 
 
 @dataclass
@@ -244,7 +245,13 @@ class Bench:
             plain = build_workloads(
                 artifact, self.s.requests_per_use_case, self.s.seed + 1, caller_candidates=False
             )
+            plain = {k: v for k, v in plain.items() if k in self.s.use_cases}
             workloads.update({RETRIEVAL_PREFIX + k: v for k, v in plain.items()})
+            log("full pipeline: the candidates cpu-realtime scores per request, for the floor")
+            scored = fullpipeline.scored_workloads(
+                self.s.artifact, PROFILES / f"{fullpipeline.PROFILE}.toml", plain
+            )
+            workloads.update({SCORED_PREFIX + k: v for k, v in scored.items()})
         payloads = build_payloads(artifact, workloads, v2_module)
         self.payload_file = self.work / "payloads.pickle"
         payloads.save(self.payload_file)
@@ -325,6 +332,7 @@ class Bench:
                 lambda: servers.start_floor(
                     "aio-ort", ["--artifact", str(self.s.artifact)], self.work / "logs" / "aio-ort.log"
                 ),
+                extra_closed=self._full_pipeline_runs(payloads, SCORED_PREFIX, FULL_PIPELINE_CONCURRENCY),
             ),
         ]  # fmt: skip
         for profile in self.s.profiles:
@@ -332,8 +340,8 @@ class Bench:
             served = list(load_profile(profile_path).tasks)
             workloads = [w for w in caller_workloads if w in served or (w == MIXED and len(served) > 1)]
             extra = []
-            if self.s.retrieval_runs and profile == "cpu-realtime":
-                extra = [(RETRIEVAL_PREFIX + w, c) for w in workloads for c in (1, 32)]
+            if profile == fullpipeline.PROFILE:
+                extra = self._full_pipeline_runs(payloads, RETRIEVAL_PREFIX, FULL_PIPELINE_CONCURRENCY)
             variants = [(profile, profile_path)]
             if profile == "gpu-batched":
                 nobatch = gpu_batched_without_batching(profile_path, self.work / "gpu-batched-nobatch.toml")
@@ -362,9 +370,26 @@ class Bench:
         if self.s.mlserver:
             v2_workloads = [w for w in caller_workloads if w in payloads.v2]
             out.append(
-                Target("mlserver", "peer", v2.MODEL_INFER, "v2", "v2", v2_workloads, self._start_mlserver)
-            )
+                Target(
+                    "mlserver", "peer", v2.MODEL_INFER, "v2", "v2", v2_workloads, self._start_mlserver,
+                    extra_closed=[
+                        run for run in self._full_pipeline_runs(payloads, SCORED_PREFIX, (32,))
+                        if run[0] in payloads.v2
+                    ],
+                )
+            )  # fmt: skip
         return out
+
+    def _full_pipeline_runs(
+        self, payloads: Payloads, prefix: str, concurrency: tuple[int, ...]
+    ) -> list[tuple[str, int]]:
+        """(workload, C) of the full-pipeline comparison for one side: ``retrieval/…`` for UniRank,
+        ``retrieved/…`` (the same requests with the candidates UniRank scores) for the floor."""
+        if not self.s.retrieval_runs:
+            return []
+        return [
+            (prefix + w, c) for w in self.s.use_cases if prefix + w in payloads.unirank for c in concurrency
+        ]
 
     def _start_mlserver(self) -> ServerProcess:
         venv = REPO / "build" / "mlserver-venv"

@@ -38,7 +38,7 @@ def test_quick_bench_writes_results_of_the_documented_shape(artifact_dir: Path, 
         sys.executable, "-m", "unirank_bench", "--quick", "--no-mlserver",
         "--artifact", str(artifact_dir), "--out-dir", str(out), "--markdown", str(out / "benchmarks.md"),
         "--work-dir", str(tmp_path / "work"), "--warmup", "0.1", "--duration", "0.4",
-        "--concurrency", "4", "--open-rate", "40",
+        "--concurrency", "4", "--open-rate", "40", "--retrieval-runs",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -64,5 +64,14 @@ def test_quick_bench_writes_results_of_the_documented_shape(artifact_dir: Path, 
     assert startup["samples_s"] and startup["libtorch_mapped"] is False
     assert len(results["load"]["before"]) == 3
     assert {v["target"] for v in results["verdicts"]} >= {"cpu-realtime never imports torch"}
+    # The full pipeline (retrieval on) against the floor sent the candidates UniRank scores.
+    full = {(r["target"], r["workload"], r["concurrency"]) for r in results["runs"]}
+    for c in (1, 32):
+        assert ("unirank/cpu-realtime", "retrieval/mixed", c) in full
+        assert ("floor/aio-ort", "retrieved/mixed", c) in full
+    assert results["workloads"]["retrieval/mixed"]["candidates_max"] == 0
+    assert 0 < results["workloads"]["retrieved/mixed"]["candidates_mean"] <= 300
+    pipeline_verdicts = [v for v in results["verdicts"] if "full pipeline" in v["target"]]
+    assert len(pipeline_verdicts) == 2 and all(v["measured"] > 0 for v in pipeline_verdicts)
     assert (out / "latency-cdf.png").stat().st_size > 0 and (out / "throughput.png").stat().st_size > 0
     assert "bench:results:begin" in (out / "benchmarks.md").read_text()
