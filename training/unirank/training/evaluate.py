@@ -77,11 +77,21 @@ def trim_padding(values: np.ndarray) -> np.ndarray:
     return values[:, :width]
 
 
-class ModelScorer:
-    """Scores every catalogue item with the model, item vectors computed once."""
+TimeCache = dict[bytes, torch.Tensor | None]
+"""Every item's time features per batch of rows (keyed by the rows), for one model's config: they
+depend on the rows' times and the events only, so a training run's validation passes and its
+calibration rank the same validation rows with features computed once."""
 
-    def __init__(self, model: UniRankModel) -> None:
+
+class ModelScorer:
+    """Scores every catalogue item with the model, item vectors computed once.
+
+    ``time_cache`` (one per model config) keeps the items' time features of each batch of rows, for
+    callers that rank the same rows again (each epoch's validation)."""
+
+    def __init__(self, model: UniRankModel, time_cache: TimeCache | None = None) -> None:
         self.model = model.eval()
+        self.time_cache = time_cache
         with torch.no_grad():
             self.item_table = model.item_table()
 
@@ -96,9 +106,17 @@ class ModelScorer:
                 torch.from_numpy(inputs.anchor_item),
                 torch.from_numpy(inputs.category),
                 item_table=self.item_table,
-                item_time=all_items_time(self.model, batch.dataset, batch.rows),
+                item_time=self._item_time(batch),
             )
         return scores.numpy()
+
+    def _item_time(self, batch: Batch) -> torch.Tensor | None:
+        if self.time_cache is None:
+            return all_items_time(self.model, batch.dataset, batch.rows)
+        key = np.ascontiguousarray(batch.rows, dtype=np.int64).tobytes()
+        if key not in self.time_cache:
+            self.time_cache[key] = all_items_time(self.model, batch.dataset, batch.rows)
+        return self.time_cache[key]
 
 
 def all_items_time(model: UniRankModel, dataset: Dataset, rows: np.ndarray) -> torch.Tensor | None:
@@ -184,10 +202,14 @@ def rank_rows(
 
 
 def validation_ndcg(
-    model: UniRankModel, dataset: Dataset, rows_by_task: dict[int, np.ndarray], catalog: Catalog
+    model: UniRankModel,
+    dataset: Dataset,
+    rows_by_task: dict[int, np.ndarray],
+    catalog: Catalog,
+    time_cache: TimeCache | None = None,
 ) -> dict[int, float]:
     """NDCG@10 per task id on fixed validation rows, full ranking over each task's candidate set."""
-    scorer = ModelScorer(model)
+    scorer = ModelScorer(model, time_cache)
     candidates = CandidateSets(catalog)
     out = {}
     for task, rows in rows_by_task.items():

@@ -27,7 +27,7 @@ from unirank.training.calibration import calibrate_heads
 from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, StratifiedTaskSampler
 from unirank.training.distributed import Distributed
-from unirank.training.evaluate import sample_rows, validation_ndcg
+from unirank.training.evaluate import TimeCache, sample_rows, validation_ndcg
 from unirank.training.loss import RetiredTeachers, multitask_loss, task_weight_vector
 from unirank.training.sampling import BatchMaker, task_ratios
 
@@ -236,6 +236,7 @@ def _train(
         for t in names
     }
     validation_rows = {t: rows for t, rows in validation_rows.items() if len(rows) and weights[t] > 0}
+    time_cache: TimeCache = {}  # the validation rows' time features, computed at the first pass
     log_variance = None
     parameters = [{"params": list(model.parameters()), "weight_decay": config.weight_decay}]
     if config.task_weighting == "uncertainty":
@@ -333,6 +334,7 @@ def _train(
                 log_variance,
                 result,
                 say,
+                time_cache,
             )
             if improved:
                 best_state = copy.deepcopy(model.state_dict())
@@ -382,7 +384,7 @@ def _train(
     model.to("cpu")
     model.eval()
     if primary and config.calibrate_heads:
-        result.calibration = calibrate_heads(model, dataset, validation_rows, catalog, names)
+        result.calibration = calibrate_heads(model, dataset, validation_rows, catalog, names, time_cache)
         if any(result.calibration.values()):
             say(
                 "calibrated on validation: "
@@ -438,11 +440,13 @@ def _end_epoch(
     log_variance: torch.Tensor | None,
     result: TrainResult,
     say: Progress,
+    time_cache: TimeCache | None = None,
 ) -> tuple[bool, bool]:
     """Validate (on the CPU), log the epoch and decide: (stop early, this epoch is the best so far)."""
     train_loss = {names[t]: float(loss_sum[t] / loss_steps[t]) for t in names if loss_steps[t] > 0}
     on_cpu = next(model.parameters()).device.type == "cpu"
-    ndcg = validation_ndcg(model if on_cpu else copy.deepcopy(model).cpu(), dataset, validation_rows, catalog)
+    scored = model if on_cpu else copy.deepcopy(model).cpu()
+    ndcg = validation_ndcg(scored, dataset, validation_rows, catalog, time_cache)
     total_weight = sum(float(weights[t]) for t in ndcg) or 1.0
     selection = sum(float(weights[t]) * v for t, v in ndcg.items()) / total_weight
     seconds = time.perf_counter() - started
