@@ -38,6 +38,17 @@ def test_jobs_give_every_model_the_same_budget() -> None:
     assert next(j for j in jobs if j.variant == "no_imputation").config.impute_context is False
 
 
+def test_ablation_seeds_trains_the_ablations_on_the_first_seeds_only() -> None:
+    config = TrainConfig(epochs=3, steps_per_epoch=8, patience=2)
+    jobs = model_jobs(config, [0, 1, 2], ["no_imputation"], ablation_seeds=1)
+    by_variant: dict[str, list[int]] = {}
+    for job in jobs:
+        by_variant.setdefault(job.variant, []).append(job.seed)
+    assert by_variant["unified"] == [0, 1, 2] and by_variant["single_task:search"] == [0, 1, 2]
+    assert by_variant["no_task_type"] == [0] and by_variant["no_imputation"] == [0]
+    assert len(jobs) == 3 * (1 + len(TASK_NAMES)) + 2
+
+
 def test_summary_has_means_std_deltas_and_targets() -> None:
     runs = []
     for seed, shift in ((0, 0.0), (1, 0.02)):
@@ -74,6 +85,7 @@ def test_compare_end_to_end_on_tiny_synthetic_data(
     out = tmp_path / "compare.json"
     report = tmp_path / "quality.md"
     args = ["--data", "synthetic", "--size", "tiny", "--seeds", "2", "--workers", "2", "--quiet"]
+    args += ["--ablation-seeds", "1"]
     args += ["--set", "epochs=2", "--set", "steps_per_epoch=6", "--set", "validation_rows_per_task=100"]
     args += ["--rows-per-task", "150", "--json", str(out), "--report", str(report)]
     assert cli_main(["compare", *args]) == 0
@@ -88,11 +100,12 @@ def test_compare_end_to_end_on_tiny_synthetic_data(
     assert set(result["tasks"]["notification"]["peers"]) == {"als", "bpr", "item_knn"}
     assert set(result["tasks"]["related_items"]["peers"]) == {"item_knn", "co_occurrence"}
     assert set(result["tasks"]["search"]["peers"]) == {"bm25"}
-    # per seed: unified, no_task_type and one single-task model per task
-    assert (
-        len(result["runs"]) == 2 * (2 + len(TASK_NAMES)) and result["protocol"]["test_rows"]["search"] == 150
-    )
+    # per seed: unified and one single-task model per task; no_task_type on seed 0 only
+    assert len(result["runs"]) == 2 * (1 + len(TASK_NAMES)) + 1
+    assert [run["seed"] for run in result["runs"] if run["variant"] == "no_task_type"] == [0]
+    assert result["protocol"]["test_rows"]["search"] == 150
     text = report.read_text()
+    assert "no_task_type: seed 0 only (--ablation-seeds 1" in text
     assert "| notification | **unified** |" in text and "## Targets" in text
     assert (tmp_path / "quality" / "ndcg.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -100,6 +113,12 @@ def test_compare_end_to_end_on_tiny_synthetic_data(
 def test_compare_rejects_unknown_ablations(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["compare", "--data", "synthetic", "--ablation", "magic", "--no-peers", "--quiet"]) == 1
     assert "unknown ablations" in capsys.readouterr().err
+
+
+def test_compare_rejects_more_ablation_seeds_than_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--data", "synthetic", "--seeds", "2", "--ablation-seeds", "3", "--no-peers", "--quiet"]
+    assert cli_main(["compare", *args]) == 1
+    assert "--ablation-seeds" in capsys.readouterr().err
 
 
 def test_one_report_for_several_data_sets_names_their_skipped_use_cases(tmp_path: Path) -> None:

@@ -271,6 +271,12 @@ def _compare_parser() -> argparse.ArgumentParser:
         default=[],
         help="extra unified variant, e.g. no_imputation (repeatable)",
     )
+    parser.add_argument(
+        "--ablation-seeds",
+        type=int,
+        help="train no_task_type and the --ablation variants on the first N seeds only "
+        "(default: every seed; no target reads them, the report states it)",
+    )
     parser.add_argument("--no-peers", action="store_true", help="skip the classic peers")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     _add_training_flags(parser)
@@ -293,6 +299,7 @@ def _compare(args: argparse.Namespace) -> int:
         workers=args.workers,
         rows_per_task=args.rows_per_task,
         ablations=args.ablation,
+        ablation_seeds=args.ablation_seeds,
         with_peers=not args.no_peers,
         progress=None if args.quiet else _stderr,
     )

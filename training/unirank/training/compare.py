@@ -151,20 +151,24 @@ def model_jobs(
     ablations: Sequence[str] = (),
     tasks: Sequence[str] | None = None,
     single_task: Mapping[str, Mapping[str, Any]] | None = None,
+    ablation_seeds: int | None = None,
 ) -> list[Job]:
     """Every model of the comparison: per seed the unified model, its ablations, and one per task
     of ``tasks`` (None: every task; a skipped use-case gets no model and is evaluated by none).
 
     ``single_task`` holds tuned fields per task (``unirank tune --single-task``) for its model.
+    ``ablation_seeds`` N trains the ablations (``no_task_type`` and ``ablations``) on the first N
+    seeds only (None: every seed); no target reads them, and the report says how many seeds they had.
     """
     names = tuple(tasks) if tasks is not None else tuple(spec.name for spec in TASKS)
     jobs = []
-    for seed in seeds:
+    for index, seed in enumerate(seeds):
         base = config.replace(seed=seed)
         jobs.append(Job(UNIFIED, seed, base, names))
-        jobs.append(Job(NO_TASK_TYPE, seed, base.replace(use_task_type=False), names))
-        for ablation in ablations:
-            jobs.append(Job(ablation, seed, base.replace(**ABLATIONS[ablation]), names))
+        if ablation_seeds is None or index < ablation_seeds:
+            jobs.append(Job(NO_TASK_TYPE, seed, base.replace(use_task_type=False), names))
+            for ablation in ablations:
+                jobs.append(Job(ablation, seed, base.replace(**ABLATIONS[ablation]), names))
         for task in names:
             own = base.replace(**(single_task or {}).get(task, {}))
             jobs.append(Job(f"{SINGLE_TASK}:{task}", seed, single_task_config(own, task), (task,)))
@@ -256,11 +260,13 @@ def run_compare(
     with_peers: bool = True,
     progress: Progress | None = _stderr,
     single_task: Mapping[str, Mapping[str, Any]] | None = None,
+    ablation_seeds: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole comparison on ``data`` and return its JSON-ready result.
 
     ``rows_per_task`` caps the test rows ranked per task (0: all of them); the same rows serve
     every method and seed. ``workers`` > 1 trains that many models at once in subprocesses.
+    ``ablation_seeds`` N trains ``no_task_type`` and the ``ablations`` on seeds 0..N-1 only.
     """
     from unirank.training.pipeline import prepare_data
     from unirank.training.sources import load_logs, parse_data_spec
@@ -271,6 +277,8 @@ def run_compare(
         raise ValueError(f"unknown ablations {unknown}; known: {sorted(ABLATIONS)}")
     if seeds < 1 or workers < 1:
         raise ValueError("seeds and workers must be >= 1")
+    if ablation_seeds is not None and not 1 <= ablation_seeds <= seeds:
+        raise ValueError("--ablation-seeds must be between 1 and --seeds")
     if with_peers:
         from unirank.training.peers import require_peer_libraries
 
@@ -300,7 +308,7 @@ def run_compare(
         ),
     )
     seed_list = list(range(seeds))
-    jobs = model_jobs(config, seed_list, ablations, coverage.trained, single_task)
+    jobs = model_jobs(config, seed_list, ablations, coverage.trained, single_task, ablation_seeds)
     for job in jobs:
         job.verbose = progress is not None
     say(f"[compare] {len(jobs)} models to train ({workers} at a time), then popularity and peers")
@@ -336,6 +344,7 @@ def run_compare(
             "single_task_config": {task: dict(values) for task, values in (single_task or {}).items()},
             "ablations": {name: ABLATIONS[name] for name in ablations},
             "protocol": {
+                "seeds": _seeds_protocol(seed_list, ablation_seeds, ablations),
                 "split": f"per user by time, fractions {list(config.split_fractions)} "
                 "(train/validation/test)",
                 "test_rows": {task: len(rows) for task, rows in prepared.test_rows.items()},
@@ -354,6 +363,18 @@ def run_compare(
     )
     say(f"[compare] finished in {result['seconds']:.0f}s")
     return result
+
+
+def _seeds_protocol(seeds: Sequence[int], ablation_seeds: int | None, ablations: Sequence[str]) -> str:
+    """Which seeds each method trained on, as the report states it."""
+    every = f"unified and single_task: seeds {list(seeds)}"
+    if ablation_seeds is None or ablation_seeds >= len(seeds):
+        return f"{every}; {', '.join([NO_TASK_TYPE, *ablations])}: the same seeds"
+    few = "seed 0 only" if ablation_seeds == 1 else f"seeds {list(seeds[:ablation_seeds])} only"
+    return (
+        f"{every}; {', '.join([NO_TASK_TYPE, *ablations])}: {few} (--ablation-seeds {ablation_seeds}: "
+        "no target reads them; their ± is over those seeds)"
+    )
 
 
 def _only(rows: dict[str, np.ndarray], tasks: set[str]) -> dict[str, np.ndarray]:

@@ -267,6 +267,7 @@ def _section(result: Mapping[str, Any], plots: Path, rel: str, nested: bool) -> 
         f"{h} Protocol",
         "",
         f"- Split: {protocol.get('split', '')}.",
+        *([f"- Seeds: {protocol['seeds']}."] if "seeds" in protocol else []),
         f"- Test rows per task (the same for every method and seed): {protocol.get('test_rows', {})}.",
         f"- Ranking: {protocol.get('ranking', '')}.",
         f"- Selection: {protocol.get('selection', '')}; the test split is ranked once per reported number.",
