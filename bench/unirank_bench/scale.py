@@ -33,6 +33,7 @@ from unirank.artifact.ann import ItemIndex
 from unirank.server.config import load_profile
 from unirank.server.profile_io import derive_profile, write_profile
 from unirank_bench import procstats
+from unirank_bench.scale_repack import needs_repack, repack
 from unirank_bench.scale_report import write_report
 from unirank_bench.servers import REPO, bench_env, wait_serving
 from unirank_bench.workload import USE_CASES, build_workloads, to_unirank
@@ -66,16 +67,23 @@ def training_steps(items: int, steps: int) -> int:
 
 def evaluation_rows(items: int) -> int:
     """Validation and test rows per use-case: each is ranked against the whole catalogue (with the
-    baselines), minutes per hundred rows at 300,000 items; the scale artifacts need no metrics."""
+    baselines), minutes per hundred rows at 300,000 items; the scale artifacts need no metrics (nor,
+    beyond 30,000 items, calibrated heads: ``calibrate_heads=false``, which scores the validation
+    rows again per head and feature and took most of half an hour at a million items)."""
     return 200 if items <= 30_000 else 20
 
 
 def train(items: int, out: Path, steps: int, log: Path) -> float:
-    """``unirank train --items`` into ``out`` unless an artifact of that size is there; seconds taken."""
+    """``unirank train --items`` into ``out`` unless an artifact of that size is there (rewritten in
+    the current format if it is of an older one: :mod:`unirank_bench.scale_repack`); the seconds
+    training took."""
     manifest = out / "manifest.json"
     if manifest.is_file():
         written = json.loads(manifest.read_text())
         if written["training_data"].get("synthetic_items") == items:
+            if needs_repack(out):
+                print(f"  rewriting {out} in the current artifact format ...", flush=True)
+                print(f"  rewritten in {repack(out):.0f} s", flush=True)
             return float(written["training"]["seconds"])
     started = time.monotonic()
     command = [
@@ -84,6 +92,7 @@ def train(items: int, out: Path, steps: int, log: Path) -> float:
         "--set", f"batch_size={batch_size(items)}",
         "--set", f"eval_rows_per_task={evaluation_rows(items)}",
         "--set", f"validation_rows_per_task={evaluation_rows(items)}",
+        *(() if items <= 30_000 else ("--set", "calibrate_heads=false")),
     ]  # fmt: skip
     with log.open("w") as handle:
         subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=bench_env())

@@ -18,14 +18,14 @@ from unirank_bench.servers import run_serve, serving
 from unirank_stress.sigterm import sigterm_under_load
 
 from unirank.artifact import ArtifactError, load_artifact
-from unirank.artifact.store import init_repository, sha256_file
+from unirank.artifact.store import catalog_file, init_repository, sha256_file
 from unirank.client import AsyncRecommenderClient
 
 from ..conftest import PROFILES, running_server
 
 DAMAGES = {
     # damage: (what is done to a copy of the artifact, what the refusal must say)
-    "checksum": ("append a byte to catalog.json", "refusing artifact: .* checksum mismatch for catalog.json"),
+    "checksum": ("append a byte to the catalogue", "refusing artifact: .* checksum mismatch for catalog"),
     "truncated_onnx": ("cut model.onnx in half", "refusing artifact: .* checksum mismatch for model.onnx"),
     "missing_file": ("delete retrieval.npz", "refusing artifact: .* retrieval.npz is missing"),
     "truncated_onnx_resigned": (
@@ -38,7 +38,9 @@ DAMAGES = {
 def damage(artifact: Path, copy: Path, how: str) -> Path:
     shutil.copytree(artifact, copy)
     if how == "checksum":
-        with (copy / "catalog.json").open("a") as handle:
+        with (copy / catalog_file(json.loads((copy / "manifest.json").read_text())["files"])).open(
+            "a"
+        ) as handle:
             handle.write(" ")
     elif how.startswith("truncated_onnx"):
         data = (copy / "model.onnx").read_bytes()

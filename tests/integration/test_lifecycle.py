@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from unirank_bench.servers import run_serve
 
-from unirank.artifact import ArtifactError, load_artifact
-from unirank.artifact.store import REPOSITORY_MARKER, init_repository, sha256_file
+from unirank.artifact import ArtifactError, Catalog, load_artifact
+from unirank.artifact.store import REPOSITORY_MARKER, catalog_file, init_repository, sha256_file
 from unirank.client import AsyncRecommenderClient, UniRankError
 from unirank.server.repository import check_same_family
 
@@ -88,7 +88,7 @@ async def test_corrupt_artifact_is_refused_and_the_old_one_keeps_serving(
     ):
         bad = clone_version(artifact_dir, repo / "v002", "v002")
         if damage == "checksum":
-            with (bad / "catalog.json").open("a") as handle:
+            with (bad / catalog_file(load_artifact(bad).manifest["files"])).open("a") as handle:
                 handle.write(" ")
         elif damage == "truncated_onnx":
             data = (bad / "model.onnx").read_bytes()
@@ -156,11 +156,12 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_ones(artifact_d
 def other_catalogue(src: Path, dst: Path, version: str) -> Path:
     """A copy of ``src`` whose items have other ids: another data set's version (checksums updated)."""
     clone_version(src, dst, version)
-    catalog = json.loads((dst / "catalog.json").read_text())
-    catalog["items"] = [f"other-{key}" if key else key for key in catalog["items"]]
-    (dst / "catalog.json").write_text(json.dumps(catalog))
     manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["files"]["catalog.json"] = sha256_file(dst / "catalog.json")
+    name = catalog_file(manifest["files"])
+    catalog = Catalog.load(dst / name).to_json()
+    catalog["items"] = [f"other-{key}" if key else key for key in catalog["items"]]
+    Catalog.from_json(catalog).save(dst / name)
+    manifest["files"][name] = sha256_file(dst / name)
     (dst / "manifest.json").write_text(json.dumps(manifest))
     return dst
 

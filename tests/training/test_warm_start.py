@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from unirank.artifact import TASKS, load_artifact
-from unirank.artifact.store import CATALOG, MANIFEST, MODEL_ONNX, MODEL_TORCH
+from unirank.artifact.store import MANIFEST, MODEL_ONNX, MODEL_TORCH
 from unirank.training.cli import main as cli_main
 from unirank.training.config import WARM_START_LR_SCALE
 from unirank.training.logwriter import write_logs
@@ -135,8 +135,8 @@ def test_refit_is_bounded_by_max_steps(refit: tuple[Path, str]) -> None:
 
 def test_refit_keeps_the_parents_vocabularies_and_inputs(artifact_dir: Path, refit: tuple[Path, str]) -> None:
     out = refit[0]
-    parent = json.loads((artifact_dir / CATALOG).read_text())
-    child = json.loads((out / CATALOG).read_text())
+    parent = load_artifact(artifact_dir).catalog.to_json()
+    child = load_artifact(out).catalog.to_json()
     assert "brand-new" not in child["items"]
     for key in parent:
         if key != "popularity":  # a statistic of the logs, recomputed from the new ones

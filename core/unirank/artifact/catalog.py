@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from unirank.artifact.catalog_file import load_columns, save_columns
 from unirank.artifact.text import tokenize
 
 MATURITY_LEVELS: tuple[str, ...] = ("all", "7+", "13+", "16+", "18+")
@@ -75,6 +76,17 @@ class Vocab:
                 self._index[key] = len(self.keys)
                 self.keys.append(key)
 
+    @classmethod
+    def of_unique(cls, keys: list[str]) -> Vocab:
+        """The vocabulary whose keys are ``keys`` (``keys[0]`` the reserved ""), each distinct and
+        non-empty (else ValueError): one dict built at C speed, for a stored catalogue's items."""
+        vocab = cls(())
+        index = dict(zip(keys[1:], range(1, len(keys)), strict=True))
+        if not keys or keys[0] != "" or len(index) != len(keys) - 1 or "" in index:
+            raise ValueError("vocabulary keys must be distinct and non-empty after the reserved first")
+        vocab.keys, vocab._index = keys, index
+        return vocab
+
     def __len__(self) -> int:
         """Number of slots including the reserved 0."""
         return len(self.keys)
@@ -123,11 +135,11 @@ class Catalog:
     """
 
     items: Vocab
-    titles: list[str]
-    item_categories: list[list[str]]
-    maturity: list[int]
-    release_year: list[int]
-    popularity: list[float]
+    titles: Sequence[str]
+    item_categories: Sequence[list[str]]
+    maturity: Sequence[int] | np.ndarray
+    release_year: Sequence[int] | np.ndarray
+    popularity: Sequence[float] | np.ndarray
     users: Vocab
     tokens: Vocab
     categories: Vocab
@@ -135,6 +147,8 @@ class Catalog:
     max_item_categories: int = 4
     _title_tokens: np.ndarray | None = field(default=None, repr=False)
     _category_matrix: np.ndarray | None = field(default=None, repr=False)
+    _category_index: tuple[list[int], np.ndarray, list[str]] | None = field(default=None, repr=False)
+    """A stored catalogue's item categories as (indptr, index into names, names): a CSR."""
 
     @classmethod
     def build(
@@ -191,7 +205,7 @@ class Catalog:
     @property
     def newest_release_year(self) -> int:
         """The latest known release year of the catalogue (0 when no year is known)."""
-        return max(self.release_year)
+        return int(np.max(np.asarray(self.release_year)))
 
     def title_token_matrix(self) -> np.ndarray:
         """int64 [n_items + 1, max_title_tokens]: token indices of each title, 0-padded."""
@@ -206,6 +220,8 @@ class Catalog:
 
     def category_matrix(self) -> np.ndarray:
         """int64 [n_items + 1, max_item_categories]: category indices of each item, 0-padded."""
+        if self._category_matrix is None and self._category_index is not None:
+            self._category_matrix = self._category_matrix_of_index(*self._category_index)
         if self._category_matrix is None:
             out = np.zeros((len(self.items), self.max_item_categories), dtype=np.int64)
             for i, cats in enumerate(self.item_categories):
@@ -214,6 +230,16 @@ class Catalog:
             self._category_matrix = out
         return self._category_matrix
 
+    def _category_matrix_of_index(self, indptr: list[int], index: np.ndarray, names: list[str]) -> np.ndarray:
+        bounds = np.asarray(indptr, dtype=np.int64)
+        rows = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
+        position = np.arange(len(index)) - bounds[rows]
+        keep = position < self.max_item_categories
+        out = np.zeros((len(self.items), self.max_item_categories), dtype=np.int64)
+        lookup = np.fromiter(map(self.categories.index, names), dtype=np.int64, count=len(names))
+        out[rows[keep], position[keep]] = lookup[np.asarray(index, dtype=np.int64)[keep]]
+        return out
+
     def primary_category(self, item_index: int) -> str:
         cats = self.item_categories[item_index]
         return cats[0] if cats else ""
@@ -221,11 +247,11 @@ class Catalog:
     def to_json(self) -> dict[str, Any]:
         return {
             "items": self.items.keys[1:],
-            "titles": self.titles[1:],
-            "item_categories": self.item_categories[1:],
-            "maturity": self.maturity[1:],
-            "release_year": self.release_year[1:],
-            "popularity": self.popularity[1:],
+            "titles": list(self.titles[1:]),
+            "item_categories": [list(c) for c in self.item_categories[1:]],
+            "maturity": [int(m) for m in self.maturity[1:]],
+            "release_year": [int(y) for y in self.release_year[1:]],
+            "popularity": [float(p) for p in self.popularity[1:]],
             "users": self.users.keys[1:],
             "tokens": self.tokens.keys[1:],
             "categories": self.categories.keys[1:],
@@ -252,8 +278,31 @@ class Catalog:
         return catalog
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+        """``catalog.npz`` (columns of arrays, :mod:`unirank.artifact.catalog_file`), or JSON for a
+        path ending in ``.json``."""
+        if path.suffix == ".json":
+            path.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+        else:
+            save_columns(self, path)
 
     @classmethod
     def load(cls, path: Path) -> Catalog:
-        return cls.from_json(json.loads(path.read_text()))
+        """A catalogue saved by :meth:`save`: the columns of ``catalog.npz`` are read as arrays and
+        one text per string column, not built into an object per item."""
+        if path.suffix == ".json":
+            return cls.from_json(json.loads(path.read_text()))
+        fields = load_columns(path)
+        return cls(
+            items=Vocab.of_unique(fields["item_ids"]),
+            titles=fields["titles"],
+            item_categories=fields["item_categories"],
+            maturity=fields["maturity"],
+            release_year=fields["release_year"],
+            popularity=fields["popularity"],
+            users=Vocab(fields["users"]),
+            tokens=Vocab(fields["tokens"]),
+            categories=Vocab(fields["categories"]),
+            max_title_tokens=fields["max_title_tokens"],
+            max_item_categories=fields["max_item_categories"],
+            _category_index=fields["category_index"],
+        )

@@ -8,23 +8,29 @@ Layout (names are fixed; ``manifest.json`` lists each other file with its sha256
     model.onnx.data the graph's large tables as ONNX external data, when the graph would pass
                     ``EXTERNAL_DATA_ABOVE_BYTES`` (large catalogues; protobuf stops at 2 GB)
     model.pt        the same weights for the torch backend (load with ``weights_only=True``)
-    catalog.json    items, titles, categories, maturity, years, popularity, vocabularies
+    catalog.npz     items, titles, categories, maturity, years, popularity, vocabularies, as
+                    columns of arrays (:mod:`unirank.artifact.catalog_file`); artifacts written
+                    before it have ``catalog.json`` instead, still read
     retrieval.npz   item embeddings, related-item lists, popularity, lexical and category indexes
+                    (mapped, not read: :mod:`unirank.artifact.arrays`)
     metrics.json    per-task offline metrics of this version and of the baselines it beat
     item_index.faiss  approximate nearest-neighbour index of the item embeddings (optional: older
                     artifacts lack it and serve exact embedding retrieval only)
     item_activity.npz the items' recent activity at the end of the training logs, for a model with
                     time features (``model_config.time_features``; older artifacts have neither)
 
-Checksums are verified before any file is parsed, so a tampered file is never deserialised.
+Checksums are verified before any file is parsed, so a tampered file is never deserialised; the
+files are hashed in parallel (hashlib releases the GIL), largest first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import numpy as np
 
 from unirank.artifact.activity import ACTIVITY_FILE, ItemActivity
 from unirank.artifact.ann import ITEM_INDEX
+from unirank.artifact.arrays import load_arrays, write_arrays
 from unirank.artifact.catalog import Catalog
 from unirank.artifact.features import FeatureEncoder
 
@@ -43,24 +50,31 @@ MODEL_ONNX_DATA = "model.onnx.data"
 """The graph's external data (ONNX Runtime finds it beside ``model.onnx``); listed in the manifest
 like any file, so a server verifies it before the graph is read."""
 MODEL_TORCH = "model.pt"
-CATALOG = "catalog.json"
+CATALOG = "catalog.npz"
+CATALOG_JSON = "catalog.json"
+"""The catalogue of artifacts written before :data:`CATALOG`: read when it is the one listed."""
 RETRIEVAL = "retrieval.npz"
 METRICS = "metrics.json"
-REQUIRED_FILES: tuple[str, ...] = (MODEL_ONNX, MODEL_TORCH, CATALOG, RETRIEVAL, METRICS)
+REQUIRED_FILES: tuple[str, ...] = (MODEL_ONNX, MODEL_TORCH, RETRIEVAL, METRICS)
+"""Listed in every manifest, with one of :data:`CATALOG` and :data:`CATALOG_JSON`."""
+INDEX_DTYPE = np.int32
+"""Item and token indices as stored in ``retrieval.npz`` (half of int64: a million items' related
+lists are 200 MB, not 400); older artifacts' int64 arrays load as they are."""
 
 RETRIEVAL_ARRAYS: tuple[str, ...] = (
     "item_embeddings",  # float32 [n_items+1, d], L2-normalised, row 0 zeros
-    "related_items",  # int64 [n_items+1, K] co-engagement neighbours, best first, 0-padded
-    "popular_items",  # int64 [P] item indices, most popular first
+    "related_items",  # int32 [n_items+1, K] co-engagement neighbours, best first, 0-padded
+    "popular_items",  # int32 [P] item indices, most popular first
     "lexical_indptr",  # int64 [n_tokens+1]: CSR over token index -> items (most popular first)
-    "lexical_items",  # int64 [nnz]
+    "lexical_items",  # int32 [nnz]
     "category_indptr",  # int64 [n_categories+1]: CSR over category index -> items (popular first)
-    "category_items",  # int64 [nnz]
+    "category_items",  # int32 [nnz]
 )
 OPTIONAL_RETRIEVAL_ARRAYS: tuple[str, ...] = (
     "user_history_indptr",  # int64 [n_users+1]: CSR over user index -> the user's training history
-    "user_history_items",  # int64 [nnz], each user's distinct played items, oldest first
+    "user_history_items",  # int32 [nnz], each user's distinct played items, oldest first
 )
+"""(int64 where artifacts written before :data:`INDEX_DTYPE` stored them so.)"""
 """Arrays that artifacts written before them lack: they load as empty (no stored histories)."""
 
 
@@ -88,10 +102,15 @@ def init_repository(path: Path) -> Path:
     return path
 
 
+def catalog_file(files: dict[str, Any]) -> str:
+    """The catalogue a manifest's ``files`` list: :data:`CATALOG`, else the older :data:`CATALOG_JSON`."""
+    return CATALOG if CATALOG in files or CATALOG_JSON not in files else CATALOG_JSON
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -110,7 +129,12 @@ def write_manifest(
     ``extra_files`` (names relative to ``directory``, e.g. training plots) are checksummed too,
     so :func:`verify_artifact` covers everything the artifact ships.
     """
-    names = list(dict.fromkeys([*REQUIRED_FILES, *extra_files]))
+    catalog = (
+        CATALOG
+        if (directory / CATALOG).is_file() or not (directory / CATALOG_JSON).is_file()
+        else CATALOG_JSON
+    )
+    names = list(dict.fromkeys([*REQUIRED_FILES, catalog, *extra_files]))
     bad = [name for name in names if name == MANIFEST or Path(name).is_absolute() or ".." in Path(name).parts]
     if bad:
         raise ArtifactError(f"{directory}: cannot list {bad} in the manifest")
@@ -168,17 +192,24 @@ class Retrieval:
         ]
 
     def save(self, path: Path) -> None:
-        names = (*RETRIEVAL_ARRAYS, *OPTIONAL_RETRIEVAL_ARRAYS)
-        np.savez(path, **{name: getattr(self, name) for name in names})
+        """Item indices as :data:`INDEX_DTYPE`, aligned for :meth:`load` to map."""
+        arrays = {name: getattr(self, name) for name in (*RETRIEVAL_ARRAYS, *OPTIONAL_RETRIEVAL_ARRAYS)}
+        for name, array in arrays.items():
+            if not name.endswith(("_indptr", "_embeddings")):
+                if len(array) and int(np.max(array)) > np.iinfo(INDEX_DTYPE).max:
+                    raise ArtifactError(f"{name}: an index past {np.dtype(INDEX_DTYPE).name}")
+                arrays[name] = np.asarray(array, dtype=INDEX_DTYPE)
+        write_arrays(path, arrays)
 
     @classmethod
     def load(cls, path: Path) -> Retrieval:
-        with np.load(path, allow_pickle=False) as data:
-            missing = [name for name in RETRIEVAL_ARRAYS if name not in data]
-            if missing:
-                raise ArtifactError(f"{path}: missing arrays {missing}")
-            present = [*RETRIEVAL_ARRAYS, *(name for name in OPTIONAL_RETRIEVAL_ARRAYS if name in data)]
-            return cls(**{name: np.ascontiguousarray(data[name]) for name in present})
+        """The arrays as read-only maps of the file (only the pages a request reads are loaded)."""
+        data = load_arrays(path)
+        missing = [name for name in RETRIEVAL_ARRAYS if name not in data]
+        if missing:
+            raise ArtifactError(f"{path}: missing arrays {missing}")
+        present = [*RETRIEVAL_ARRAYS, *(name for name in OPTIONAL_RETRIEVAL_ARRAYS if name in data)]
+        return cls(**{name: data[name] for name in present})
 
 
 @dataclass
@@ -240,7 +271,7 @@ def verify_artifact(path: Path) -> dict[str, Any]:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ArtifactError(f"{manifest_path}: no 'files' table")
-    for name in REQUIRED_FILES:
+    for name in (*REQUIRED_FILES, catalog_file(files)):
         if name not in files:
             raise ArtifactError(f"{manifest_path}: {name} not listed")
     for name, expected in files.items():
@@ -248,21 +279,41 @@ def verify_artifact(path: Path) -> dict[str, Any]:
             raise ArtifactError(f"{manifest_path}: file name {name!r} is not a plain name in the artifact")
         if not isinstance(expected, str):
             raise ArtifactError(f"{manifest_path}: checksum of {name} is {expected!r}, not a sha256 string")
-        file_path = path / name
-        if not file_path.is_file():
+        if not (path / name).is_file():
             raise IncompleteArtifact(f"{path}: {name} is missing")
-        try:
-            actual = sha256_file(file_path)
-        except FileNotFoundError as exc:  # removed between the check and the read
-            raise IncompleteArtifact(f"{path}: {name} is missing") from exc
-        except OSError as exc:  # unreadable (permissions, I/O error)
-            raise ArtifactError(f"{path}: cannot read {name}: {exc}") from exc
+    for name, (expected, actual) in zip(files, _hash_all(path, files), strict=True):
+        if isinstance(actual, FileNotFoundError):  # removed between the check and the read
+            raise IncompleteArtifact(f"{path}: {name} is missing") from actual
+        if isinstance(actual, OSError):  # unreadable (permissions, I/O error)
+            raise ArtifactError(f"{path}: cannot read {name}: {actual}") from actual
         if actual != expected:
             raise ArtifactError(
                 f"{path}: checksum mismatch for {name} (manifest {expected[:12]}…, file {actual[:12]}…)"
             )
     check_manifest(manifest, manifest_path)
     return manifest
+
+
+def _hash_all(path: Path, files: dict[str, str]) -> list[tuple[str, str | OSError]]:
+    """(expected, actual sha256 or the error reading it) per file of ``files``, in its order; the
+    files hashed on a thread per core, largest first, so the largest does not start last."""
+
+    def digest(name: str) -> str | OSError:
+        try:
+            return sha256_file(path / name)
+        except OSError as exc:
+            return exc
+
+    def size(name: str) -> int:
+        try:
+            return (path / name).stat().st_size
+        except OSError:
+            return 0
+
+    order = sorted(files, key=size, reverse=True)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(order), os.cpu_count() or 1))) as pool:
+        found = dict(zip(order, pool.map(digest, order), strict=True))
+    return [(files[name], found[name]) for name in files]
 
 
 def _is_int(value: Any, minimum: int = 0) -> bool:
@@ -341,7 +392,7 @@ def load_artifact(path: str | Path) -> Artifact:
     root = Path(path)
     manifest = verify_artifact(root)
     try:
-        catalog = Catalog.load(root / CATALOG)
+        catalog = Catalog.load(root / catalog_file(manifest["files"]))
         retrieval = Retrieval.load(root / RETRIEVAL)
         metrics = json.loads((root / METRICS).read_text())
         check_metrics(metrics, root / METRICS)

@@ -19,6 +19,10 @@ def serving_model(model: UniRankModel) -> ServingModel:
     return ServingModel(model).eval()
 
 
+INDEX_DTYPE = torch.int32
+"""Item and token indices in the tables (neighbours, title tokens): half of int64, about 230 MB of
+``model.onnx.data`` less at a million items; gathered rows are cast to int64 where they index."""
+
 CATEGORY_COLUMNS_MAX = 64
 """Up to this many categories (padding aside) the serving graph matches them as one-hot columns of item rows;
 with more (where those columns would outgrow the item vector) it compares a candidate's category ids."""
@@ -76,7 +80,6 @@ class ServingModel(nn.Module):
     head_bias: torch.Tensor
     neighbours: torch.Tensor
     anchor_neighbour_values: torch.Tensor
-    history_neighbour_weights: torch.Tensor
     padding_score: torch.Tensor
 
     def __init__(self, model: UniRankModel, category_columns_max: int = CATEGORY_COLUMNS_MAX) -> None:
@@ -149,18 +152,18 @@ class ServingModel(nn.Module):
         )
         self.register_buffer("token_rows", rows)  # [tokens, d + 1]: embedding and 1, zero for padding
         self.register_buffer("title_rows", rows[model.title_tokens].sum(1))  # their sums over each title
-        self.register_buffer("title_tokens", model.title_tokens.clone())
+        self.register_buffer("title_tokens", model.title_tokens.to(INDEX_DTYPE))
         self.register_buffer("token_real", real.clone())
         self.register_buffer("token_zeros", torch.zeros(1, cfg.n_tokens, device=device))
 
     def _neighbour_tables(self, model: UniRankModel, device: torch.device) -> None:
         real = (torch.arange(self.config.n_items, device=device) > 0).to(torch.float32)[:, None]
-        self.register_buffer("neighbours", model.item_neighbours.clone())
+        self.register_buffer("neighbours", model.item_neighbours.to(INDEX_DTYPE))
         values = (
             torch.stack([model.item_neighbour_weights, model.item_neighbour_shares], 1) * real[:, :, None]
         )
-        self.register_buffer("anchor_neighbour_values", values)  # [items, 2, K]
-        self.register_buffer("history_neighbour_weights", model.item_neighbour_weights * real)
+        # [items, 2, K]: an anchor reads both rows, a history item the weights (row 0) alone.
+        self.register_buffer("anchor_neighbour_values", values)
         self.register_buffer("item_zeros", torch.zeros(1, self.config.n_items, device=device))
 
     def _fuse_heads(self, model: UniRankModel) -> None:
@@ -220,7 +223,7 @@ class ServingModel(nn.Module):
             # No query: the anchor's title words.
             no_query = query_sum[:, d:] == 0
             query_sum = query_sum + torch.where(no_query, self.title_rows[anchor_item], 0.0)
-            title = torch.where(no_query, self.title_tokens[anchor_item], 0)
+            title = torch.where(no_query, self.title_tokens[anchor_item].long(), 0)
             query_tokens = torch.cat([query_tokens, title], 1)
         anchor_row = (self.item_rows if self.anchor_rows is None else self.anchor_rows)[anchor_item]
         context = torch.cat(
@@ -252,17 +255,17 @@ class ServingModel(nn.Module):
         # overlap weight over its size, read at the candidates' (distinct) title tokens.
         hot = (self.token_zeros * history_count).scatter(1, query_tokens, self.token_real[query_tokens])
         hot = hot * (weight[:, width + 4 : width + 5] / hot.sum(1, keepdim=True).clamp(min=1.0))
-        cand_tokens = self.title_tokens[candidates]
+        cand_tokens = self.title_tokens[candidates].long()
         scores = scores + hot.gather(1, cand_tokens.flatten(1)).view_as(cand_tokens).sum(-1)
 
         # Co-engagement with the anchor (weight and share) and the history (mean weight), weighted.
         anchor_values = torch.matmul(
             head[:, :, width + 5 : width + 7], self.anchor_neighbour_values[anchor_item]
         )
-        history_values = self.history_neighbour_weights[history].flatten(1) * (
+        history_values = self.anchor_neighbour_values[history][:, :, 0].flatten(1) * (
             weight[:, width + 7 : width + 8] / history_count.clamp(min=1.0)
         )
-        index = torch.cat([self.neighbours[anchor_item], self.neighbours[history].flatten(1)], 1)
+        index = torch.cat([self.neighbours[anchor_item], self.neighbours[history].flatten(1)], 1).long()
         values = torch.cat([anchor_values.flatten(1), history_values], 1)
         co = (self.item_zeros * history_count).scatter_add(1, index, values)
         scores = scores + co.gather(1, candidates)

@@ -146,7 +146,7 @@ def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMappin
     )
     items = ItemTable(
         item_ids=catalog.items.keys[1:],
-        titles=catalog.titles[1:],
+        titles=list(catalog.titles[1:]),
         categories=[list(c) for c in catalog.item_categories[1:]],
         maturity=np.asarray(catalog.maturity[1:], dtype=np.int64),
         release_year=np.asarray(catalog.release_year[1:], dtype=np.int64),

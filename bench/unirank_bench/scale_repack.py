@@ -1,0 +1,80 @@
+"""Re-export a scale artifact of an older format in the current one, without training it again.
+
+``make bench-scale`` keeps its artifacts between runs (a million items take most of an hour to
+generate and train). When the artifact format changes (the catalogue as columns, int32 indices in
+the retrieval arrays and the graph's tables), the kept artifacts are rewritten by the current
+writer (:func:`unirank.training.export.write_artifact`) from their own verified files: the same
+weights (``model.pt``), catalogue, retrieval data, index, metrics and item activity, the graph
+exported again and its parity with the weights checked again. The manifest records the version it
+was rewritten from (``repacked_from``). Bench-only: a served artifact is retrained, not rewritten.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from unirank.artifact import load_artifact
+from unirank.artifact.ann import ITEM_INDEX, ItemIndex
+from unirank.artifact.store import CATALOG_JSON
+
+WRITTEN = ("schema_version", "model_version", "created_unix_ms", "model_config", "encoder",
+           "training_data", "files", "onnx")  # fmt: skip
+"""Manifest entries :func:`write_artifact` writes itself; the rest are carried over."""
+
+
+def needs_repack(path: Path) -> bool:
+    """Written before ``catalog.npz`` (and the int32 tables that came with it)."""
+    import json
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    return CATALOG_JSON in manifest.get("files", {})
+
+
+def repack(path: Path) -> float:
+    """Rewrite the artifact at ``path`` in the current format, in place (atomically); seconds taken."""
+    import torch
+
+    from unirank.model.net import build_model_from_checkpoint
+    from unirank.training.export import write_artifact
+    from unirank.training.plots import TASK_METRICS, TRAINING_CURVES
+    from unirank.training.train import torch_threads
+
+    started = time.monotonic()
+    artifact = load_artifact(path)
+    manifest = artifact.manifest
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.repack-", dir=path.parent))
+    staging.chmod(0o755)
+    try:
+        plots = [name for name in (TRAINING_CURVES, TASK_METRICS) if name in manifest["files"]]
+        for name in plots:
+            shutil.copy2(path / name, staging / name)
+        with torch_threads(1):
+            checkpoint = torch.load(artifact.torch_path, map_location="cpu", weights_only=True)
+            write_artifact(
+                staging,
+                build_model_from_checkpoint(checkpoint),
+                artifact.catalog,
+                artifact.retrieval,
+                artifact.metrics,
+                encoder_config=manifest["encoder"],
+                training_data=manifest["training_data"],
+                extra={
+                    **{key: value for key, value in manifest.items() if key not in WRITTEN},
+                    "repacked_from": manifest["model_version"],
+                },
+                extra_files=tuple(plots),
+                item_index=ItemIndex.load(path / ITEM_INDEX),
+                activity=artifact.activity,
+            )
+        load_artifact(staging)
+        old = path.with_name(f".{path.name}.old-{time.time_ns()}")
+        path.rename(old)
+        staging.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return time.monotonic() - started
