@@ -350,7 +350,9 @@ def run_compare(
                 "test_rows": {task: len(rows) for task, rows in prepared.test_rows.items()},
                 "ranking": "full ranking over each task's candidate set; seen items excluded where the "
                 "use-case never recommends them; one positive set per row",
-                "selection": "early stopping and peer hyperparameters on the validation split only",
+                "selection": "early stopping, head calibration and peer hyperparameters on the validation "
+                f"split only (at most {config.validation_rows_per_task} rows per use-case, drawn per seed, "
+                "the same rows at every epoch)",
                 "budget": "every model: the same maximum steps, batch size and negatives; a single-task "
                 "model spends all of it on its task and is validated as often per row of its task "
                 f"(every steps_per_epoch / {len(TASKS)} steps, rounded; patience and max epochs scaled to "
