@@ -11,6 +11,7 @@ was rewritten from (``repacked_from``). Bench-only: a served artifact is retrain
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -25,12 +26,20 @@ WRITTEN = ("schema_version", "model_version", "created_unix_ms", "model_config",
 """Manifest entries :func:`write_artifact` writes itself; the rest are carried over."""
 
 
+OLDER_TABLES = frozenset({"item_rows", "title_rows", "history_neighbour_weights"})
+"""Tables of graphs exported before the anchor and history rows were read from ``item_columns``."""
+
+
 def needs_repack(path: Path) -> bool:
-    """Written before ``catalog.npz`` (and the int32 tables that came with it)."""
-    import json
+    """Written before ``catalog.npz`` (and the int32 tables that came with it), or with a graph
+    that still has a table the serving model no longer exports."""
+    import onnx
 
     manifest = json.loads((path / "manifest.json").read_text())
-    return CATALOG_JSON in manifest.get("files", {})
+    if CATALOG_JSON in manifest.get("files", {}):
+        return True
+    graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
+    return any(tensor.name in OLDER_TABLES for tensor in graph.initializer)
 
 
 def repack(path: Path) -> float:

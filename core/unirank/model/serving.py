@@ -50,24 +50,24 @@ class ServingModel(nn.Module):
 
         [ item vector (d) | log popularity | 1 if a real item | one-hot of categories 1..C ]
 
-    A candidate's row has its vector, popularity and categories; an anchor / history row its vector
-    and the real-item 1, so one summed gather gives the history's vector sum and its length; a
-    category's row its one-hot. The heads are fused into one linear layer and the row's task picks
-    its block of outputs: the query vector and the popularity weight in the same layout, then the
-    weights of the other features (:meth:`_fuse_heads`). A candidate's score is then one product of
-    its row with ``query + w_anchor * anchor + w_history * history + w_category * category``: the
-    head's dot product, both similarities, popularity and the category match at once. Lexical
-    overlap reads a multi-hot query as in training; the three co-engagement rows over the catalogue
-    become one scatter whose values already carry the head's weights.
+    A candidate's row has its vector, popularity and categories (``item_columns``, the one table of
+    ``E`` floats per item); an anchor / history row, built from the same table's vectors, its
+    vector and the real-item 1 (the history's: the mean vector and 1 when it has items); a
+    category's row its one-hot. An anchor's title words are summed from ``token_rows`` per call.
+    The heads are fused into one linear layer and the row's task picks its block of outputs: the
+    query vector and the popularity weight in the same layout, then the weights of the other
+    features (:meth:`_fuse_heads`). A candidate's score is then one product of its row with
+    ``query + w_anchor * anchor + w_history * history + w_category * category``: the head's dot
+    product, both similarities, popularity and the category match at once. Lexical overlap reads a
+    multi-hot query as in training; the three co-engagement rows over the catalogue become one
+    scatter whose values already carry the head's weights.
     """
 
     item_columns: torch.Tensor
-    item_rows: torch.Tensor
-    anchor_rows: torch.Tensor | None
+    row_basis: torch.Tensor
     category_columns: torch.Tensor | None
     item_categories: torch.Tensor | None
     token_rows: torch.Tensor
-    title_rows: torch.Tensor
     title_tokens: torch.Tensor
     token_real: torch.Tensor
     token_zeros: torch.Tensor
@@ -115,16 +115,10 @@ class ServingModel(nn.Module):
     def _item_tables(self, model: UniRankModel, device: torch.device) -> None:
         cfg, d, width = self.config, self.config.dim, self.width
         table = model.item_table()
-        real = (torch.arange(cfg.n_items, device=device) > 0).to(table.dtype)
-        rows = torch.zeros(cfg.n_items, width, device=device)
-        rows[:, :d] = table * real[:, None]  # the history mean skips padding
-        rows[:, d + 1] = real
-        self.register_buffer("item_rows", rows)
-        anchor_rows = None
-        if bool(table[0].any()):  # anchor 0 reads the padding item's vector, zero unless trained otherwise
-            anchor_rows = rows.clone()
-            anchor_rows[0, :d] = table[0]
-        self.register_buffer("anchor_rows", anchor_rows)
+        basis = torch.zeros(d + 1, width, device=device)
+        basis[torch.arange(d), torch.arange(d)] = 1.0
+        basis[d, d + 1] = 1.0
+        self.register_buffer("row_basis", basis)  # [vector | real] -> [vector | 0 | real | 0...]
         columns = torch.zeros(cfg.n_items, width, device=device)
         columns[:, :d] = table
         columns[:, d] = model.item_log_pop
@@ -151,7 +145,6 @@ class ServingModel(nn.Module):
             torch.cat([model.token_emb.weight, torch.ones(cfg.n_tokens, 1, device=device)], 1) * real[:, None]
         )
         self.register_buffer("token_rows", rows)  # [tokens, d + 1]: embedding and 1, zero for padding
-        self.register_buffer("title_rows", rows[model.title_tokens].sum(1))  # their sums over each title
         self.register_buffer("title_tokens", model.title_tokens.to(INDEX_DTYPE))
         self.register_buffer("token_real", real.clone())
         self.register_buffer("token_zeros", torch.zeros(1, cfg.n_tokens, device=device))
@@ -165,6 +158,12 @@ class ServingModel(nn.Module):
         # [items, 2, K]: an anchor reads both rows, a history item the weights (row 0) alone.
         self.register_buffer("anchor_neighbour_values", values)
         self.register_buffer("item_zeros", torch.zeros(1, self.config.n_items, device=device))
+
+    def _item_row(self, vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """An anchor / history row [B, width] from item vectors [B, d] and the real-item share
+        [B, 1] (placed by a 0/1 matrix: exact, and one node), read from the candidates' table
+        (``item_columns``) rather than a second table of items."""
+        return torch.matmul(torch.cat([vectors, real], 1), self.row_basis)
 
     def _fuse_heads(self, model: UniRankModel) -> None:
         """One linear layer for every head; each head's block of ``width + 8 (+ 3)`` outputs is
@@ -212,9 +211,11 @@ class ServingModel(nn.Module):
         """Scores [B, N], as :meth:`UniRankModel.forward` (``candidate_time`` [B, N, 3] with time
         features)."""
         d, width = self.config.dim, self.width
-        history_sum = self.item_rows[history].sum(1)  # [B, width]
-        history_count = history_sum[:, d + 1 : d + 2]
-        history_row = history_sum / history_count.clamp(min=1.0)
+        real = (history > 0).to(torch.float32).unsqueeze(-1)  # [B, H, 1]: the history mean skips padding
+        history_count = real.sum(1)
+        per_item = history_count.clamp(min=1.0)
+        history_vectors = (self.item_columns[history][:, :, :d] * real).sum(1)
+        history_row = self._item_row(history_vectors / per_item, history_count / per_item)
         query_sum = self.token_rows[query_tokens].sum(1)  # [B, d + 1]: embeddings, count
         if self.config.impute_context:
             # No anchor: the latest history item (history is left-aligned, latest last).
@@ -222,10 +223,13 @@ class ServingModel(nn.Module):
             anchor_item = torch.where(anchor_item > 0, anchor_item, latest)
             # No query: the anchor's title words.
             no_query = query_sum[:, d:] == 0
-            query_sum = query_sum + torch.where(no_query, self.title_rows[anchor_item], 0.0)
-            title = torch.where(no_query, self.title_tokens[anchor_item].long(), 0)
-            query_tokens = torch.cat([query_tokens, title], 1)
-        anchor_row = (self.item_rows if self.anchor_rows is None else self.anchor_rows)[anchor_item]
+            title = self.title_tokens[anchor_item].long()
+            query_sum = query_sum + torch.where(no_query, self.token_rows[title].sum(1), 0.0)
+            query_tokens = torch.cat([query_tokens, torch.where(no_query, title, 0)], 1)
+        # The anchor's row has its vector, also the padding item's (zero unless trained otherwise).
+        anchor_row = self._item_row(
+            self.item_columns[anchor_item][:, :d], (anchor_item > 0).to(torch.float32).unsqueeze(1)
+        )
         context = torch.cat(
             [
                 self.user_rows[user],
