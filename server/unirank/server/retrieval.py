@@ -235,9 +235,14 @@ def _fresh(found: np.ndarray, taken: np.ndarray, need: int) -> np.ndarray:
 
 
 def _unique_in_order(values: np.ndarray) -> np.ndarray:
+    """``values`` without later repeats (a stable sort puts each value's first place first)."""
     if len(values) < 2:
         return values
-    _, first = np.unique(values, return_index=True)
-    if len(first) == len(values):  # no repeats (the common case): already in order
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    repeat = ordered[1:] == ordered[:-1]
+    if not repeat.any():  # the common case: already unique
         return values
-    return values[np.sort(first)]
+    keep = np.ones(len(values), dtype=bool)
+    keep[order[1:][repeat]] = False
+    return values[keep]

@@ -96,7 +96,10 @@ def _rank_in_group(keys: np.ndarray) -> np.ndarray:
 
 
 def dedupe_titles(c: Candidates, ctx: RuleContext, _: NoParams) -> Candidates:
-    return c.keep(_rank_in_group(ctx.title_keys[c.items]) == 0)
+    _, first = np.unique(ctx.title_keys[c.items], return_index=True)  # each title's first place
+    keep = np.zeros(len(c), dtype=bool)
+    keep[first] = True
+    return c.keep(keep)
 
 
 def max_per_category(c: Candidates, ctx: RuleContext, p: MaxPerCategoryParams) -> Candidates:
