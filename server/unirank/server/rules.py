@@ -96,7 +96,7 @@ def _rank_in_group(keys: np.ndarray) -> np.ndarray:
 
 
 def dedupe_titles(c: Candidates, ctx: RuleContext, _: NoParams) -> Candidates:
-    _, first = np.unique(ctx.title_keys[c.items], return_index=True)  # each title's first place
+    first = np.unique(ctx.title_keys[c.items], return_index=True)[1]  # each title's first place
     keep = np.zeros(len(c), dtype=bool)
     keep[first] = True
     return c.keep(keep)
