@@ -15,11 +15,12 @@ import json
 import shutil
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from unirank.artifact import load_artifact
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex
-from unirank.artifact.store import CATALOG_JSON
+from unirank.artifact.store import CATALOG, CATALOG_JSON
 
 WRITTEN = ("schema_version", "model_version", "created_unix_ms", "model_config", "encoder",
            "training_data", "files", "onnx")  # fmt: skip
@@ -31,13 +32,16 @@ OLDER_TABLES = frozenset({"item_rows", "title_rows", "history_neighbour_weights"
 
 
 def needs_repack(path: Path) -> bool:
-    """Written before ``catalog.npz`` (and the int32 tables that came with it), or with a graph
-    that still has a table the serving model no longer exports."""
+    """Written before ``catalog.npz`` (and the int32 tables that came with it) or its title keys,
+    or with a graph that still has a table the serving model no longer exports."""
     import onnx
 
     manifest = json.loads((path / "manifest.json").read_text())
     if CATALOG_JSON in manifest.get("files", {}):
         return True
+    with zipfile.ZipFile(path / CATALOG) as catalog:
+        if "title_keys.npy" not in catalog.namelist():  # the first catalog.npz had no title keys
+            return True
     graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
     return any(tensor.name in OLDER_TABLES for tensor in graph.initializer)
 

@@ -14,6 +14,7 @@ import pytest
 
 from unirank.artifact import ArtifactError, Catalog, load_artifact
 from unirank.artifact.arrays import ALIGN, load_arrays, write_arrays
+from unirank.artifact.catalog import title_key
 from unirank.artifact.store import (
     CATALOG,
     CATALOG_JSON,
@@ -64,10 +65,16 @@ def test_catalogue_columns_equal_the_catalogue(artifact_dir: Path, tmp_path: Pat
     assert np.array_equal(stored.category_matrix(), reference.category_matrix())
     assert np.array_equal(stored.title_token_matrix(), reference.title_token_matrix())
     assert stored.newest_release_year == reference.newest_release_year
+    assert stored._title_keys is not None  # stored, not hashed again at load
+    assert np.array_equal(stored.title_keys(), reference.title_keys())
     last = stored.n_items
     assert stored.titles[last] == reference.titles[last] and stored.titles[-1] == reference.titles[-1]
     assert stored.item_categories[last] == reference.item_categories[last]
     assert stored.items.index(reference.items.key(last)) == last
+
+
+def test_titles_that_differ_in_case_and_spacing_share_a_key() -> None:
+    assert title_key("The  Big\tSleep ") == title_key("the big sleep") != title_key("the big sleepy")
 
 
 def test_retrieval_indices_are_int32_maps(artifact_dir: Path) -> None:

@@ -7,6 +7,7 @@ model input of 0 always means "absent".
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -62,6 +63,14 @@ def is_new_release(
     first, last = new_release_years(time_ms, newest_year, window_years)
     year = np.asarray(release_year)
     return (year > 0) & (year >= first) & (year <= last)
+
+
+def title_key(title: str) -> int:
+    """An id of the title's normalised form (lower case, each run of whitespace one space): titles
+    that differ only so share it (the ``dedupe_titles`` rule). 64 bits of blake2b, so a million
+    titles do not share one by chance (32-bit CRCs would, about a hundred pairs)."""
+    digest = hashlib.blake2b(" ".join(title.lower().split()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 class Vocab:
@@ -148,6 +157,7 @@ class Catalog:
     _title_tokens: np.ndarray | None = field(default=None, repr=False)
     _category_matrix: np.ndarray | None = field(default=None, repr=False)
     _category_index: tuple[list[int], np.ndarray, list[str]] | None = field(default=None, repr=False)
+    _title_keys: np.ndarray | None = field(default=None, repr=False)
     """A stored catalogue's item categories as (indptr, index into names, names): a CSR."""
 
     @classmethod
@@ -240,6 +250,14 @@ class Catalog:
         out[rows[keep], position[keep]] = lookup[np.asarray(index, dtype=np.int64)[keep]]
         return out
 
+    def title_keys(self) -> np.ndarray:
+        """int64 [n_items + 1]: :func:`title_key` of each title (``catalog.npz`` stores them, so a
+        server of a million items does not hash every title at start-up)."""
+        if self._title_keys is None:
+            keys = np.fromiter(map(title_key, self.titles), dtype=np.int64, count=len(self.titles))
+            self._title_keys = keys
+        return self._title_keys
+
     def primary_category(self, item_index: int) -> str:
         cats = self.item_categories[item_index]
         return cats[0] if cats else ""
@@ -305,4 +323,5 @@ class Catalog:
             max_title_tokens=fields["max_title_tokens"],
             max_item_categories=fields["max_item_categories"],
             _category_index=fields["category_index"],
+            _title_keys=fields["title_keys"],
         )

@@ -110,6 +110,7 @@ def catalog_arrays(catalog: Any) -> dict[str, np.ndarray]:
         "popularity": np.asarray(catalog.popularity, dtype=np.float64),
         "item_category_indptr": indptr,
         "item_category_index": np.fromiter((j for cats in lists for j in cats), np.int32, int(indptr[-1])),
+        "title_keys": catalog.title_keys(),
     }
     columns = {
         "items": catalog.items.keys,
@@ -144,6 +145,8 @@ def load_columns(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: an item category is outside the category names")
     columns = {name: np.asarray(arrays[name]) for name in ("maturity", "release_year", "popularity")}
     sized: list[tuple[str, Sized]] = [("titles", strings["titles"]), *columns.items()]
+    if "title_keys" in arrays:
+        sized.append(("title_keys", arrays["title_keys"]))
     for name, column in sized:
         if len(column) != n:
             raise ValueError(f"{path}: {name} has {len(column)} rows, the items {n}")
@@ -153,6 +156,7 @@ def load_columns(path: Path) -> dict[str, Any]:
         "titles": strings["titles"],
         "item_categories": CategoryLists(indptr, index, names),
         "category_index": (indptr, index, names),
+        "title_keys": np.asarray(arrays["title_keys"]) if "title_keys" in arrays else None,
         **columns,
         "users": list(strings["users"]),
         "tokens": list(strings["tokens"]),

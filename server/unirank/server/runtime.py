@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,9 +132,6 @@ class ModelRuntime:
     ) -> ModelRuntime:
         catalog = artifact.catalog
         categories = catalog.category_matrix()[:, 0]
-        title_keys = np.array(
-            [zlib.crc32(" ".join(t.lower().split()).encode()) for t in catalog.titles], dtype=np.int64
-        )
         encoder = artifact.encoder()
         retriever = Retriever(artifact)
         observer = batch_observer(artifact.model_version) if batch_observer is not None else None
@@ -147,7 +143,7 @@ class ModelRuntime:
             maturity=np.asarray(catalog.maturity, dtype=np.int64),
             release_year=np.asarray(catalog.release_year, dtype=np.int64),
             primary_category=categories.astype(np.int64),
-            title_keys=title_keys,
+            title_keys=catalog.title_keys(),
         )
 
     async def warm_up(self, requests: int) -> None:
