@@ -156,7 +156,7 @@ class Catalog:
     max_item_categories: int = 4
     _title_tokens: np.ndarray | None = field(default=None, repr=False)
     _category_matrix: np.ndarray | None = field(default=None, repr=False)
-    _category_index: tuple[list[int], np.ndarray, list[str]] | None = field(default=None, repr=False)
+    _category_index: tuple[np.ndarray, np.ndarray, list[str]] | None = field(default=None, repr=False)
     _title_keys: np.ndarray | None = field(default=None, repr=False)
     """A stored catalogue's item categories as (indptr, index into names, names): a CSR."""
 
@@ -240,7 +240,9 @@ class Catalog:
             self._category_matrix = out
         return self._category_matrix
 
-    def _category_matrix_of_index(self, indptr: list[int], index: np.ndarray, names: list[str]) -> np.ndarray:
+    def _category_matrix_of_index(
+        self, indptr: np.ndarray, index: np.ndarray, names: list[str]
+    ) -> np.ndarray:
         bounds = np.asarray(indptr, dtype=np.int64)
         rows = np.repeat(np.arange(len(bounds) - 1), np.diff(bounds))
         position = np.arange(len(index)) - bounds[rows]

@@ -26,8 +26,8 @@ T = TypeVar("T")
 class _Rows(Sequence[T]):
     """Rows ``0 .. len - 1`` read from a CSR (``bounds[i]:bounds[i + 1]``) by :meth:`_row`."""
 
-    def __init__(self, bounds: list[int]) -> None:
-        self._bounds = bounds
+    def __init__(self, bounds: np.ndarray) -> None:
+        self._bounds = bounds  # a map of the file: no Python int per row
 
     def _row(self, start: int, end: int) -> T:
         raise NotImplementedError
@@ -46,10 +46,10 @@ class _Rows(Sequence[T]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self._row(self._bounds[index], self._bounds[index + 1])
+        return self._row(int(self._bounds[index]), int(self._bounds[index + 1]))
 
     def __iter__(self) -> Iterator[T]:
-        return (self._row(a, b) for a, b in pairwise(self._bounds))
+        return (self._row(a, b) for a, b in pairwise(self._bounds.tolist()))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -60,7 +60,7 @@ class _Rows(Sequence[T]):
 class TextColumn(_Rows[str]):
     """Strings read from one text: ``text[starts[i]:starts[i + 1]]`` is string ``i``."""
 
-    def __init__(self, text: str, starts: list[int]) -> None:
+    def __init__(self, text: str, starts: np.ndarray) -> None:
         super().__init__(starts)
         self._text = text
 
@@ -71,7 +71,7 @@ class TextColumn(_Rows[str]):
 class CategoryLists(_Rows[list[str]]):
     """Each item's category names, read from a CSR over a table of names."""
 
-    def __init__(self, indptr: list[int], index: np.ndarray, names: Sequence[str]) -> None:
+    def __init__(self, indptr: np.ndarray, index: np.ndarray, names: Sequence[str]) -> None:
         super().__init__(indptr)
         self._index = index
         self._names = names
@@ -89,8 +89,8 @@ def _strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_strings(arrays: dict[str, np.ndarray], name: str) -> TextColumn:
     text = arrays[f"{name}_text"].tobytes().decode()
-    starts = arrays[f"{name}_starts"].tolist()
-    if not starts or starts[0] != 0 or starts[-1] != len(text) or any(np.diff(starts) < 0):
+    starts = np.asarray(arrays[f"{name}_starts"])
+    if not len(starts) or starts[0] != 0 or starts[-1] != len(text) or bool((np.diff(starts) < 0).any()):
         raise ValueError(f"catalogue column {name}: string starts do not fit its text")
     return TextColumn(text, starts)
 
@@ -136,10 +136,15 @@ def load_columns(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: catalogue format {int(arrays['format'][0])}, expected {FORMAT}")
     strings = {name: _read_strings(arrays, name) for name in STRING_COLUMNS}
     n = len(strings["items"])
-    indptr = arrays["item_category_indptr"].tolist()
+    indptr = np.asarray(arrays["item_category_indptr"])
     index = np.asarray(arrays["item_category_index"])
     names = list(strings["category_names"])
-    if len(indptr) != n + 1 or indptr[0] != 0 or indptr[-1] != len(index) or any(np.diff(indptr) < 0):
+    if (
+        len(indptr) != n + 1
+        or indptr[0] != 0
+        or indptr[-1] != len(index)
+        or bool((np.diff(indptr) < 0).any())
+    ):
         raise ValueError(f"{path}: item categories do not fit the items")
     if len(index) and not 0 <= int(index.min()) <= int(index.max()) < len(names):
         raise ValueError(f"{path}: an item category is outside the category names")
