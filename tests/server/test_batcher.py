@@ -376,27 +376,3 @@ def test_the_batchers_own_errors_are_not_backend_errors() -> None:
     # reached the model: counting it as a backend error hides overload as a broken model.
     for error in (DeadlineDropped, QueueFull, BatcherClosed, BadBatchResult):
         assert not issubclass(error, BackendError), error
-
-
-async def test_run_if_idle_runs_a_lone_request_at_once_as_a_batch_of_one() -> None:
-    infos: list[BatchInfo] = []
-    handler = Recorder(blocked=True)
-    batcher = make(handler, max_queue_delay_ms=0.0, observer=infos.append)
-    assert batcher.run_if_idle(5, lambda x: x * 10, request_id="alone") == 50
-    assert [(i.size, i.request_ids, i.error) for i in infos] == [(1, ("alone",), None)]
-    assert batcher.stats().batches == 1 and not handler.batches  # the handler never ran
-    with pytest.raises(DeadlineDropped):
-        batcher.run_if_idle(5, lambda x: x, deadline=asyncio.get_running_loop().time() - 1)
-    # A batch executing, or requests waiting for one: nothing runs, the caller submits instead.
-    running = asyncio.ensure_future(batcher.submit(1))
-    await asyncio.wait_for(handler.entered.wait(), GUARD_S)
-    waiting = asyncio.ensure_future(batcher.submit(2))
-    await asyncio.sleep(0)
-    assert batcher.run_if_idle(3, lambda x: x) is None
-    handler.release.set()
-    assert await asyncio.wait_for(asyncio.gather(running, waiting), GUARD_S) == [10, 20]
-    assert batcher.run_if_idle(4, lambda x: -x) == -4
-    # Batches that wait for late arrivals are never bypassed, nor is a closed batcher.
-    assert make(Recorder(), max_queue_delay_ms=5.0).run_if_idle(1, lambda x: x) is None
-    await batcher.close()
-    assert batcher.run_if_idle(1, lambda x: x) is None

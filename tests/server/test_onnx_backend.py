@@ -118,37 +118,3 @@ async def test_a_request_the_model_refuses_fails_alone_in_its_batch(artifact_dir
         assert backend.batch_stats().batches == 1  # one batch, answered member by member
     finally:
         await backend.close()
-
-
-async def test_a_lone_request_is_scored_at_once_on_the_callers_thread(artifact_dir: Path) -> None:
-    from unirank.server.runtime import ModelRuntime
-
-    profile = profile_with(
-        model={"inference_workers": 1, "batching": {"enabled": True, "max_queue_delay_ms": 0}}
-    )
-    runtime = await ModelRuntime.load(artifact_dir, profile.model)
-    try:
-        backend = runtime.backend
-        assert isinstance(backend, OnnxBackend)
-        encoder = runtime.encoder
-        inputs = encoder.batch([encoder.encode(Context(TaskType.NOTIFICATION))], np.array([[1, 2, 3, 4]]))
-        expected = backend.score_sync(inputs)
-        callers: list[str] = []
-        real = backend.score_sync
-
-        def spy(model_inputs: object) -> np.ndarray:
-            callers.append(threading.current_thread().name)
-            return real(model_inputs)  # type: ignore[arg-type]
-
-        backend.score_sync = spy  # type: ignore[method-assign]  # the scoring thread keeps the real one
-        before = backend.batch_stats().batches
-        runtime.in_flight = 1  # alone: scored here, at once, and still counted as a batch of one
-        np.testing.assert_array_equal(await runtime.score(inputs, None, None), expected)
-        assert callers == [threading.current_thread().name]
-        assert backend.batch_stats().batches == before + 1
-        runtime.in_flight = 2  # others in flight: through the batcher and its scoring thread
-        np.testing.assert_array_equal(await runtime.score(inputs, None, None), expected)
-        assert callers == [threading.current_thread().name]
-    finally:
-        runtime.in_flight = 0
-        await runtime.close()

@@ -154,7 +154,6 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._in_flight = 0  # pass-through mode: calls not yet finished
-        self._executing = False  # a formed batch is in the handler
         self._closing = False
         self._batches = 0
         self._requests = 0
@@ -206,34 +205,6 @@ class DynamicBatcher(Generic[T, R]):
             deadline_dropped=self._deadline_dropped,
             cancelled=self._cancelled,
         )
-
-    def run_if_idle(
-        self, item: T, call: Callable[[T], R], deadline: float | None = None, *, request_id: Hashable = None
-    ) -> R | None:
-        """``call(item)`` run at once on the caller's thread when nothing waits for a batch, no
-        batch executes and batches wait for no late arrivals (``max_queue_delay_ms`` 0), recorded
-        as a batch of one; None (nothing run) otherwise, or when closed. For a caller that knows no
-        other request is coming: the worker would form this very batch of one, at the cost of turns
-        of the loop (and the handler's hand-off to its thread).
-
-        Raises :class:`DeadlineDropped` as :meth:`submit` does, and whatever ``call`` raises.
-        """
-        loop = self._bind_loop()
-        busy = self._executing or self._pending or self._in_flight
-        if busy or self._closing or self.max_queue_delay_s > 0:
-            return None
-        if deadline is not None and loop.time() >= deadline:
-            self._deadline_dropped += 1
-            raise DeadlineDropped("deadline passed before the request was queued")
-        rid: Hashable = next(self._ids) if request_id is None else request_id
-        started = loop.time()
-        try:
-            result = call(item)
-        except Exception as exc:
-            self._record(BatchInfo(1, (rid,), (0.0,), started, loop.time() - started, exc))
-            raise
-        self._record(BatchInfo(1, (rid,), (0.0,), started, loop.time() - started, None))
-        return result
 
     async def submit(self, item: T, deadline: float | None = None, *, request_id: Hashable = None) -> R:
         """Score ``item`` in some batch and return its own result.
@@ -389,7 +360,6 @@ class DynamicBatcher(Generic[T, R]):
         started = loop.time()
         waits = tuple(started - r.enqueued_at for r in batch)
         error: BaseException | None = None
-        self._executing = True
         try:
             results = await self._invoke([r.item for r in batch])
         except BaseException as exc:
@@ -409,7 +379,6 @@ class DynamicBatcher(Generic[T, R]):
                 else:
                     request.future.set_result(result)
         finally:
-            self._executing = False
             ids = tuple(r.request_id for r in batch)
             self._record(BatchInfo(len(batch), ids, waits, started, loop.time() - started, error))
 

@@ -402,7 +402,7 @@ class RankingPipeline:
             at_ms = request.event_time_unix_ms or None
             inputs = runtime.encoder.batch([encoded], candidates.items[None, :], at_ms)
             try:
-                scores = (await runtime.score(inputs, deadline, trace.batch_member()))[0]
+                scores = (await runtime.backend.score(inputs, deadline, tag=trace.batch_member()))[0]
             except QueueFull as exc:
                 raise Overloaded(f"model queue full: {exc}") from exc
             except DeadlineDropped as exc:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from unirank.artifact import Artifact, FeatureEncoder, ModelInputs, load_artifact
+from unirank.artifact import Artifact, FeatureEncoder, load_artifact
 from unirank.artifact.store import ArtifactError
 from unirank.artifact.tasks import TASKS, TaskSpec
 from unirank.server.backends.base import BackendError, InvalidScores, ScoringBackend
@@ -177,20 +177,6 @@ class ModelRuntime:
                         f"warm-up request {i} ({len(single[0])} candidates) scores differently alone and "
                         f"in a batch (largest difference {gap:.3g}): the graph mixes rows of a batch"
                     )
-
-    async def score(self, inputs: ModelInputs, deadline: float | None, tag: Hashable) -> np.ndarray:
-        """The backend's scores for ``inputs``. With no other request in flight in this version,
-        on the caller's thread at once where the backend offers it (``score_if_idle``: an idle
-        batcher), since handing a batch of one to a scoring thread and back only adds latency;
-        else through ``score`` (the batcher, the scoring threads)."""
-        backend = self.backend
-        if self.in_flight == 1:
-            score_if_idle = getattr(backend, "score_if_idle", None)
-            if score_if_idle is not None:
-                scores: np.ndarray | None = score_if_idle(inputs, deadline, tag=tag)
-                if scores is not None:
-                    return scores
-        return await backend.score(inputs, deadline, tag=tag)
 
     async def close(self) -> None:
         await self.backend.close()

@@ -21,10 +21,6 @@ class ScoringBackend(Protocol):
     may drop the request before executing it and raise :class:`DeadlineDropped`. ``tag`` names
     the request to a batching backend's observer (telemetry passes a ``BatchMember``); other
     backends ignore it.
-
-    A backend may also offer ``score_if_idle(inputs, deadline, *, tag)``: the scores computed at
-    once on the caller's thread when its model is idle, None when busy (``OnnxBackend``; the
-    runtime uses it for a request that is alone, ``ModelRuntime.score``).
     """
 
     name: str

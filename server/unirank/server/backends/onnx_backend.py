@@ -155,19 +155,6 @@ class OnnxBackend:
         self._direct_calls += 1
         return check_scores(await self._call(inputs), inputs)
 
-    def score_if_idle(
-        self, inputs: ModelInputs, deadline: float | None = None, *, tag: Hashable = None
-    ) -> np.ndarray | None:
-        """Scores on the caller's thread at once when the batcher is idle (nothing queued, no batch
-        running); None when busy, or without batching. For a caller that knows no other request is
-        being ranked: the hand-off to the scoring thread and back would only add latency."""
-        if self._session is None:
-            raise BackendError("backend not started")
-        if self._batcher is None:
-            return None
-        scores = self._batcher.run_if_idle(inputs, self.score_sync, deadline, request_id=tag)
-        return None if scores is None else check_scores(scores, inputs)
-
     async def _score_batch(self, requests: list[ModelInputs]) -> list[np.ndarray | MemberFailed]:
         """One model call for a formed batch: stacked, scored (on a scoring thread), split again."""
         if len(requests) == 1:
