@@ -19,9 +19,12 @@ from unirank.artifact.store import (
     CATALOG,
     CATALOG_JSON,
     MANIFEST,
+    MODEL_ONNX,
+    MODEL_TORCH,
     OPTIONAL_RETRIEVAL_ARRAYS,
     RETRIEVAL,
     RETRIEVAL_ARRAYS,
+    IncompleteArtifact,
     sha256_file,
 )
 
@@ -113,3 +116,23 @@ def test_an_artifact_of_the_older_format_loads_the_same(artifact_dir: Path, tmp_
         handle.write(" ")
     with pytest.raises(ArtifactError, match=f"checksum mismatch for {CATALOG_JSON}"):
         load_artifact(tmp_path / "old")
+
+
+def test_a_file_the_reader_never_opens_is_not_hashed_but_must_be_there(
+    artifact_dir: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact_dir, copy)
+    with (copy / MODEL_TORCH).open("ab") as handle:  # what an ONNX Runtime server never reads
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match=f"checksum mismatch for {MODEL_TORCH}"):
+        load_artifact(copy)
+    assert (
+        load_artifact(copy, unread=(MODEL_TORCH,)).model_version == load_artifact(artifact_dir).model_version
+    )
+    with pytest.raises(ArtifactError, match=f"checksum mismatch for {MODEL_ONNX}"):  # the rest still is
+        (copy / MODEL_ONNX).write_bytes((copy / MODEL_ONNX).read_bytes()[:-1])
+        load_artifact(copy, unread=(MODEL_TORCH,))
+    (copy / MODEL_TORCH).unlink()
+    with pytest.raises(IncompleteArtifact, match=f"{MODEL_TORCH} is missing"):
+        load_artifact(copy, unread=(MODEL_TORCH,))

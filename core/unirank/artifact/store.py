@@ -20,7 +20,9 @@ Layout (names are fixed; ``manifest.json`` lists each other file with its sha256
                     time features (``model_config.time_features``; older artifacts have neither)
 
 Checksums are verified before any file is parsed, so a tampered file is never deserialised; the
-files are hashed in parallel (hashlib releases the GIL), largest first.
+files are hashed in parallel (hashlib releases the GIL), largest first. A reader that never opens
+some listed files (a server's other backend's model: ``model.pt`` under ONNX Runtime, 745 MB at a
+million items) names them ``unread``: they must be there, and are not hashed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,8 +258,9 @@ class Artifact:
         )
 
 
-def verify_artifact(path: Path) -> dict[str, Any]:
-    """Read the manifest and check every file's sha256; returns the manifest."""
+def verify_artifact(path: Path, unread: Collection[str] = ()) -> dict[str, Any]:
+    """Read the manifest and check every file's sha256 (``unread`` ones: that they are there);
+    returns the manifest."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact directory)")
@@ -281,7 +284,8 @@ def verify_artifact(path: Path) -> dict[str, Any]:
             raise ArtifactError(f"{manifest_path}: checksum of {name} is {expected!r}, not a sha256 string")
         if not (path / name).is_file():
             raise IncompleteArtifact(f"{path}: {name} is missing")
-    for name, (expected, actual) in zip(files, _hash_all(path, files), strict=True):
+    read = {name: expected for name, expected in files.items() if name not in unread}
+    for name, (expected, actual) in zip(read, _hash_all(path, read), strict=True):
         if isinstance(actual, FileNotFoundError):  # removed between the check and the read
             raise IncompleteArtifact(f"{path}: {name} is missing") from actual
         if isinstance(actual, OSError):  # unreadable (permissions, I/O error)
@@ -387,10 +391,11 @@ def check_metrics(metrics: Any, source: Path) -> None:
         raise ArtifactError(f"{source}: malformed metrics: {'; '.join(problems)}")
 
 
-def load_artifact(path: str | Path) -> Artifact:
-    """Verify checksums, then load the catalogue, retrieval data and metrics."""
+def load_artifact(path: str | Path, unread: Collection[str] = ()) -> Artifact:
+    """Verify checksums (of every file but ``unread`` ones, which the caller never opens), then
+    load the catalogue, retrieval data and metrics."""
     root = Path(path)
-    manifest = verify_artifact(root)
+    manifest = verify_artifact(root, unread)
     try:
         catalog = Catalog.load(root / catalog_file(manifest["files"]))
         retrieval = Retrieval.load(root / RETRIEVAL)

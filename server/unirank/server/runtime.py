@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from unirank.artifact import Artifact, FeatureEncoder, load_artifact
-from unirank.artifact.store import ArtifactError
+from unirank.artifact.store import MODEL_ONNX, MODEL_ONNX_DATA, MODEL_TORCH, ArtifactError
 from unirank.artifact.tasks import TASKS, TaskSpec
 from unirank.server.backends.base import BackendError, InvalidScores, ScoringBackend
 from unirank.server.backends.stacking import concat_model_inputs, split_scores
@@ -103,7 +103,9 @@ class ModelRuntime:
 
         ``batch_observer(model_version)`` gives the observer of this version's batches, if any.
         """
-        artifact = await asyncio.to_thread(load_artifact, path)
+        # The files this server never opens (the other backend's model) are not hashed.
+        unread = (MODEL_TORCH,) if section.backend == "onnxruntime" else (MODEL_ONNX, MODEL_ONNX_DATA)
+        artifact = await asyncio.to_thread(load_artifact, path, unread)
         try:
             runtime = cls._assemble(artifact, section, batch_observer)
         except (ArtifactError, BackendError):
