@@ -6,9 +6,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unirank.server.config import ProfileError, load_profile
 from unirank_bench.servers import PROFILES, WORKERS_TARGET
 from unirank_bench.workload import MIXED, USE_CASES
+
+CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
+"""Quantiles stored per run (results.json ``cdf_ms``) for the CDF plots (dense up to p99, then the tail)."""
 
 
 def markers(section: str) -> tuple[str, str]:
@@ -465,7 +470,6 @@ def plot(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     panels = [ax for row in grid for ax in row]
     concurrencies = [c for c in (1, 32) if c in results["settings"]["concurrency"]]
     concurrencies = concurrencies or results["settings"]["concurrency"][:1]
-    from unirank_bench.runner import CDF_POINTS
 
     for ax, workload in zip(panels, workloads, strict=False):
         for target in targets:

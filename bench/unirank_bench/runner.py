@@ -22,11 +22,10 @@ from unirank.training.progress import progress_bar
 from unirank_bench import fullpipeline, mlserver_peer, procstats, servers, v2
 from unirank_bench.fullpipeline import RETRIEVAL_PREFIX, SCORED_PREFIX
 from unirank_bench.loadworkers import Job, LoadGenerator, RunResult
+from unirank_bench.report import CDF_POINTS
 from unirank_bench.servers import PROFILES, REPO, SOURCE, UNIRANK_METHOD, WORKERS_TARGET, ServerProcess
 from unirank_bench.workload import MIXED, USE_CASES, Payloads, build_payloads, build_workloads
 
-CDF_POINTS = np.concatenate([np.linspace(0.0, 0.98, 50), [0.99, 0.995, 0.999, 1.0]])
-"""Quantiles stored per run for the CDF plots (dense up to p99, then the tail)."""
 FULL_PIPELINE_CONCURRENCY = (1, 32)
 """Closed-loop concurrencies of the full-pipeline runs (issue #18's targets)."""
 
