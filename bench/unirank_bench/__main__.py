@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifact", type=Path, help="artifact directory (trained when missing)")
     p.add_argument("--out-dir", type=Path, help="results.json and the plots")
-    p.add_argument("--markdown", type=Path, help="Markdown report to update ('' for none)")
+    p.add_argument("--markdown", help="Markdown report to update ('' for none)")
     p.add_argument("--work-dir", type=Path, help="payloads, logs, generated code, MLServer repository")
     p.add_argument("--profiles", help="comma-separated shipped profiles")
     p.add_argument("--concurrency", type=_csv_ints, help="closed-loop concurrencies, e.g. 1,8,32,64")
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
         ensure_artifact(artifact, "tiny" if quick else "default")
     out_dir = args.out_dir or (build / "bench-quick" if quick else REPO / "docs" / "benchmarks")
     if args.markdown is not None:
-        markdown = Path(args.markdown) if str(args.markdown) else None
+        markdown = Path(args.markdown) if args.markdown else None  # '' (not Path('') = '.') is none
     else:
         markdown = out_dir / "benchmarks.md" if quick else REPO / "docs" / "benchmarks.md"
     workloads = args.workloads.split(",") if args.workloads else ([MIXED] if quick else [*USE_CASES, MIXED])
