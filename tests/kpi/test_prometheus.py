@@ -62,6 +62,14 @@ class Prometheus:
             r["metric"].get("unirank_task_type", ""): float(r["value"][1]) for r in body["data"]["result"]
         }
 
+    def ready(self) -> bool:
+        """Prometheus answers ``/-/ready`` (its storage is open and it scrapes)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(10)
@@ -119,6 +127,8 @@ async def test_prometheus_reads_the_per_task_ctr_back(artifact_dir: Path, tmp_pa
 
                 # The series must exist before the clicks: a rate counts what happens after its first sample.
                 await traffic(4, click=False)
+                # Prometheus's own start (storage, WAL) took over 20 s once on CI's loaded 2 cores.
+                await _until(prometheus.ready, timeout_s=90.0)
                 await _until(lambda: len(prometheus.query("unirank_kpi_impressions_total")) == 2)
                 for _ in range(4):  # a few seconds of traffic, scraped every second
                     await traffic(40, click=True)
