@@ -12,6 +12,7 @@ Older files written by ``np.savez`` (uncompressed, unaligned) map too; a compres
 
 from __future__ import annotations
 
+import io
 import mmap
 import struct
 import zipfile
@@ -51,8 +52,6 @@ def write_arrays(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _npy_header(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(buffer, np.lib.format.header_data_from_array_1_0(array))
     return buffer.getvalue()

@@ -157,8 +157,9 @@ class Catalog:
     _title_tokens: np.ndarray | None = field(default=None, repr=False)
     _category_matrix: np.ndarray | None = field(default=None, repr=False)
     _category_index: tuple[np.ndarray, np.ndarray, list[str]] | None = field(default=None, repr=False)
-    _title_keys: np.ndarray | None = field(default=None, repr=False)
     """A stored catalogue's item categories as (indptr, index into names, names): a CSR."""
+    _title_keys: np.ndarray | None = field(default=None, repr=False)
+    """A stored catalogue's :meth:`title_keys`."""
 
     @classmethod
     def build(

@@ -76,8 +76,8 @@ OPTIONAL_RETRIEVAL_ARRAYS: tuple[str, ...] = (
     "user_history_indptr",  # int64 [n_users+1]: CSR over user index -> the user's training history
     "user_history_items",  # int32 [nnz], each user's distinct played items, oldest first
 )
-"""(int64 where artifacts written before :data:`INDEX_DTYPE` stored them so.)"""
-"""Arrays that artifacts written before them lack: they load as empty (no stored histories)."""
+"""Arrays that artifacts written before them lack: they load as empty (no stored histories).
+(int64 where artifacts written before :data:`INDEX_DTYPE` stored them so.)"""
 
 
 class ArtifactError(Exception):
@@ -104,8 +104,9 @@ def init_repository(path: Path) -> Path:
     return path
 
 
-def catalog_file(files: dict[str, Any]) -> str:
-    """The catalogue a manifest's ``files`` list: :data:`CATALOG`, else the older :data:`CATALOG_JSON`."""
+def catalog_file(files: Collection[str]) -> str:
+    """The catalogue among ``files`` (a manifest's, or a directory's): :data:`CATALOG`, else the
+    older :data:`CATALOG_JSON`."""
     return CATALOG if CATALOG in files or CATALOG_JSON not in files else CATALOG_JSON
 
 
@@ -131,11 +132,7 @@ def write_manifest(
     ``extra_files`` (names relative to ``directory``, e.g. training plots) are checksummed too,
     so :func:`verify_artifact` covers everything the artifact ships.
     """
-    catalog = (
-        CATALOG
-        if (directory / CATALOG).is_file() or not (directory / CATALOG_JSON).is_file()
-        else CATALOG_JSON
-    )
+    catalog = catalog_file({name for name in (CATALOG, CATALOG_JSON) if (directory / name).is_file()})
     names = list(dict.fromkeys([*REQUIRED_FILES, catalog, *extra_files]))
     bad = [name for name in names if name == MANIFEST or Path(name).is_absolute() or ".." in Path(name).parts]
     if bad:
