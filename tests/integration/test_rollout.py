@@ -18,6 +18,7 @@ from unirank.client.cli import main as cli_main
 from unirank.client.rollout import RolloutClient
 from unirank.server.app import UniRankServer
 from unirank.server.config import Profile
+from unirank.server.rollout.state import bucket
 
 from ..conftest import TASK_NAMES, known_query, profile_with, running_server
 from .test_lifecycle import clone_version
@@ -127,12 +128,18 @@ async def test_a_use_case_worse_online_is_rolled_back_alone(
 
         await users.visit(client, TASK_NAMES * 6, 1)
         # Sticky split: every answer of the first step says its arm, the canary's is v002, and the
-        # canary answers about half of the users (the 50 % step).
+        # canary answers exactly the users whose bucket is below the step's 50 % (30 users: how
+        # many that is varies with the rollout's random salt, so the rule is checked, not a share;
+        # the share of the rule itself is checked over many users in test_the_bucket_rule_...).
         arms = {(task, r.arm, r.model_version) for task, _, r in users.answers}
-        assert {arm for _, arm, _ in arms} == {"stable", "canary"}
         assert all((arm == "canary") == (version == "v002") for _, arm, version in arms)
+        assert all(
+            (r.arm == "canary") == (bucket(user, rollout.rollout_id) < 50.0) for _, user, r in users.answers
+        )
         canary_users = [user for _, user, r in users.answers if r.arm == "canary"]
-        assert 0.3 < len(canary_users) / len(users.answers) < 0.7
+        if not canary_users:  # P = 2**-30 per run; the sticky check below needs one canary user
+            salt = rollout.rollout_id
+            canary_users = [next(f"u-{i}" for i in range(1000) if bucket(f"u-{i}", salt) < 50.0)]
         assert await server.rollout.look() is not None
         again = await users.ask(client, "category", canary_users[0])
         assert again.arm == "canary"
@@ -155,6 +162,19 @@ async def test_a_use_case_worse_online_is_rolled_back_alone(
         stats = server.telemetry.stats.kpis
         assert stats.of("search", "v002", "canary").impressions > 0
         assert stats.of("search", "v001", "stable").impressions > 0
+
+
+def test_the_bucket_rule_splits_users_by_the_share_and_reshuffles_per_rollout() -> None:
+    """The canary's share of users is the step's percentage (10,000 users: 5 standard deviations
+    is 2.5 points), a user's bucket is the same at every call, and another rollout reshuffles."""
+    users = [f"user-{i}" for i in range(10_000)]
+    first = [bucket(user, "rollout-a") for user in users]
+    assert first == [bucket(user, "rollout-a") for user in users]
+    for share in (5.0, 50.0, 90.0):
+        assert abs(sum(b < share for b in first) / len(users) * 100.0 - share) < 2.5
+    second = [bucket(user, "rollout-b") for user in users]
+    both = sum(a < 50.0 and b < 50.0 for a, b in zip(first, second, strict=True)) / len(users)
+    assert abs(both - 0.25) < 0.025  # independent halves, not the same users again
 
 
 async def test_an_aa_rollout_promotes_every_use_case(
