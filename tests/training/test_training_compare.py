@@ -142,3 +142,29 @@ def test_one_report_for_several_data_sets_names_their_skipped_use_cases(tmp_path
     assert "- **new_releases**: no labels in the data: no item has a release year" in text
     assert (tmp_path / "quality" / "synthetic-sparse" / "ndcg.png").read_bytes()[:4] == b"\x89PNG"
     assert "(quality/ml/ndcg.png)" in text
+
+
+def test_compare_trains_its_models_with_what_unirank_train_gives_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The models compared are the model `unirank train` ships: with the training split's
+    # co-engagement (its co-engagement features), and with the training plays an ALS init fits.
+    import unirank.training.train as train_module
+    from unirank.training.compare import run_compare
+
+    given: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def record(*args: object, **kwargs: object) -> None:
+        given.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train_module, "train_model", record)
+    config = TrainConfig.tiny(item_init="als")
+    with pytest.raises(Stop):
+        run_compare("synthetic", seeds=1, config=config, with_peers=False, progress=None)
+    co_engagement, plays = given["co_engagement"], given["plays"]
+    assert co_engagement is not None and len(co_engagement.neighbours) > 0  # type: ignore[attr-defined]
+    assert plays is not None and plays.user_items.nnz > 0  # type: ignore[attr-defined]

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from unirank.artifact import TASKS, Catalog
-from unirank.training.baselines import TaskAwarePopularityScorer
+from unirank.training.baselines import CoEngagement, TaskAwarePopularityScorer
 from unirank.training.compare_report import (
     NO_TASK_TYPE,
     POPULARITY,
@@ -48,6 +48,7 @@ from unirank.training.config import TrainConfig
 from unirank.training.coverage import plan_tasks
 from unirank.training.dataset import Dataset
 from unirank.training.evaluate import evaluate_scorers, evaluation_rows
+from unirank.training.examples import TrainingPlays
 from unirank.training.progress import progress_bar
 from unirank.training.scoring import Scorer
 
@@ -88,7 +89,11 @@ class Prepared:
     catalog: Catalog
     test_rows: dict[str, np.ndarray]
     validation_rows: dict[str, np.ndarray]
+    co_engagement: CoEngagement | None = None
+    """The training split's co-engagement, the model's co-engagement features (as ``unirank train``'s)."""
     peer_data: Any = None
+    plays: Any = None
+    """The training plays (``TrainingPlays``) an ``item_init`` other than random fits; None if unused."""
 
 
 _WORKER_STATE: dict[str, Prepared] = {}
@@ -109,7 +114,12 @@ def _run_job(job: Job, say: Progress | None = None) -> JobResult:
     emit = say or (_stderr if job.verbose else _quiet)
     with torch_threads(job.config.threads):
         result = train_model(
-            prepared.dataset, prepared.catalog, job.config, progress=lambda line: emit(f"{label} {line}")
+            prepared.dataset,
+            prepared.catalog,
+            job.config,
+            progress=lambda line: emit(f"{label} {line}"),
+            co_engagement=prepared.co_engagement,
+            plays=prepared.plays,
         )
         scores = evaluate_scorers(
             {"model": ModelScorer(result.model)},
@@ -287,7 +297,13 @@ def run_compare(
     spec = parse_data_spec(data)
     config = (config or TrainConfig()).replace(data=str(spec))
     log = load_logs(spec, size=config.size, seed=0)
-    data_prep = prepare_data(log, config.max_history, config.max_query_tokens, config.split_fractions)
+    data_prep = prepare_data(
+        log,
+        config.max_history,
+        config.max_query_tokens,
+        config.split_fractions,
+        co_engagement_window=config.co_engagement_window,
+    )
     dataset, catalog = data_prep.dataset, data_prep.catalog
     counts = dataset.counts()
     say(
@@ -306,11 +322,14 @@ def run_compare(
         validation_rows=_only(
             evaluation_rows(dataset, "validation", config.validation_rows_per_task, 0), trained
         ),
+        co_engagement=data_prep.co_engagement,
     )
     seed_list = list(range(seeds))
     jobs = model_jobs(config, seed_list, ablations, coverage.trained, single_task, ablation_seeds)
     for job in jobs:
         job.verbose = progress is not None
+    if any(job.config.item_init != "random" for job in jobs):
+        prepared.plays = TrainingPlays.from_logs(log, data_prep.split, catalog)
     say(f"[compare] {len(jobs)} models to train ({workers} at a time), then popularity and peers")
     runs = _run_jobs(jobs, prepared, workers, say)
 

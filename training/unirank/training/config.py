@@ -18,6 +18,7 @@ WARM_START_MAX_STEPS = 200
 
 TASK_SAMPLINGS = ("sqrt", "equal", "proportional")
 RETIRED_TASKS = ("distil", "drop")
+ITEM_INITS = ("random", "als", "als_users")
 
 
 def _equal_per_task() -> dict[str, float]:
@@ -74,6 +75,10 @@ class TrainConfig:
     batches and learn the scores of the task's best-validation snapshot, so the task does not
     drift as the shared layers change) or ``drop`` (they leave the batches, their share goes to
     the others). Distributed training always drops."""
+    item_init: str = "random"
+    """How the item embeddings start: ``random`` (normal, std 0.05), ``als`` (from ALS item factors
+    of the training split's plays, rescaled to that spread: ``unirank.training.item_init``) or
+    ``als_users`` (the users' embeddings from its user factors too). Needs ``implicit``."""
     calibrate_heads: bool = True
     """After training, raise a task head's weight on popularity and co-engagement where that
     raises the task's validation NDCG (``unirank.training.calibration.calibrate_heads``)."""
@@ -186,6 +191,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', not {self.device!r}")
         if self.retired_tasks not in RETIRED_TASKS:
             raise ValueError(f"retired_tasks must be one of {RETIRED_TASKS}, not {self.retired_tasks!r}")
+        if self.item_init not in ITEM_INITS:
+            raise ValueError(f"item_init must be one of {ITEM_INITS}, not {self.item_init!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         self.split_fractions = tuple(float(f) for f in self.split_fractions)  # type: ignore[assignment]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from unirank.artifact import Context
+from unirank.artifact import Catalog, Context
 from unirank.training.logs import EventType, LogData
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -262,3 +263,28 @@ def cap_evaluation_rows(examples: Examples, limit: int, seed: int) -> Examples:
 def events_split(log: LogData, split: UserSplit) -> np.ndarray:
     """int8 split of every event of ``log.events``."""
     return split.assign(log.events.user, log.events.timestamp_ms)
+
+
+@dataclass
+class TrainingPlays:
+    """Who played what in the training split: the matrix the classic peers and ALS init learn from."""
+
+    user_items: Any
+    """scipy CSR [n_users, n_items + 1] over log users x catalogue columns: 1 where played (once)."""
+    user_index: np.ndarray
+    """int64 per log user: its catalogue (model) index."""
+
+    @classmethod
+    def from_logs(cls, log: LogData, split: UserSplit, catalog: Catalog) -> TrainingPlays:
+        from scipy.sparse import csr_matrix
+
+        plays = PlayHistory(log)
+        to_index = np.array([catalog.items.index(x) for x in log.items.item_ids], dtype=np.int64)
+        train = split.assign(plays.user, plays.time) == TRAIN
+        users, items = plays.user[train], to_index[plays.item[train]]
+        matrix = csr_matrix(
+            (np.ones(len(users), dtype=np.float32), (users, items)), shape=(log.n_users, len(catalog.items))
+        )
+        matrix.data[:] = 1.0  # repeated plays count once
+        user_index = np.array([catalog.users.index(x) for x in log.user_ids], dtype=np.int64)
+        return cls(user_items=matrix, user_index=user_index)

@@ -29,7 +29,7 @@ import numpy as np
 from unirank.artifact import Catalog, TaskType
 from unirank.artifact.text import tokenize
 from unirank.training.baselines import CoEngagement, popularity_score
-from unirank.training.examples import TRAIN, PlayHistory, UserSplit, events_split
+from unirank.training.examples import TRAIN, TrainingPlays, UserSplit, events_split
 from unirank.training.logs import LogData
 from unirank.training.scoring import Batch, Scorer
 
@@ -84,16 +84,8 @@ class PeerData:
 
     @classmethod
     def build(cls, log: LogData, split: UserSplit, catalog: Catalog) -> PeerData:
-        from scipy.sparse import csr_matrix
-
-        plays = PlayHistory(log)
+        matrix = TrainingPlays.from_logs(log, split, catalog).user_items
         to_index = np.array([catalog.items.index(x) for x in log.items.item_ids], dtype=np.int64)
-        train = split.assign(plays.user, plays.time) == TRAIN
-        users, items = plays.user[train], to_index[plays.item[train]]
-        matrix = csr_matrix(
-            (np.ones(len(users), dtype=np.float32), (users, items)), shape=(log.n_users, len(catalog.items))
-        )
-        matrix.data[:] = 1.0  # repeated plays count once
         texts: list[list[str]] = [tokenize(title) for title in catalog.titles]
         tags = log.texts
         for r in np.flatnonzero(split.assign(tags.user, tags.timestamp_ms) == TRAIN).tolist():

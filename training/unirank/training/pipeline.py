@@ -25,6 +25,7 @@ from unirank.training.distributed import Distributed
 from unirank.training.evaluate import offline_metrics
 from unirank.training.examples import TRAIN, UserSplit, events_split
 from unirank.training.export import write_artifact
+from unirank.training.item_init import plays_if_needed
 from unirank.training.label_rows import LabelConfig
 from unirank.training.labels import make_examples
 from unirank.training.logs import LogData
@@ -136,8 +137,9 @@ def _train_artifact(
         + describe_counts(data.dataset)
     )
     config, _ = plan_tasks(data.dataset.counts(), config, log, say)
+    plays = plays_if_needed(config.item_init, data.log, data.split, data.catalog)
     result = train_model(
-        data.dataset, data.catalog, config, progress, data.co_engagement, distributed=distributed
+        data.dataset, data.catalog, config, progress, data.co_engagement, distributed=distributed, plays=plays
     )
     if distributed is not None and not distributed.primary:
         return out_dir

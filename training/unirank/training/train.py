@@ -28,6 +28,8 @@ from unirank.training.config import TrainConfig
 from unirank.training.dataset import Dataset, StratifiedTaskSampler
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import TimeCache, sample_rows, validation_ndcg
+from unirank.training.examples import TrainingPlays
+from unirank.training.item_init import init_from_als
 from unirank.training.loss import RetiredTeachers, multitask_loss, task_weight_vector
 from unirank.training.sampling import BatchMaker, task_ratios
 
@@ -183,17 +185,21 @@ def train_model(
     initial: UniRankModel | None = None,
     distributed: Distributed | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    plays: TrainingPlays | None = None,
 ) -> TrainResult:
     """Train on the dataset's train split, early-stopping on its validation split.
 
-    ``co_engagement`` (from the training split) feeds the model's co-engagement feature.
+    ``co_engagement`` (from the training split) feeds the model's co-engagement feature; ``plays``
+    (the training split's user x item plays) is what ``item_init`` other than ``random`` fits.
     ``initial`` is a model to continue from (a warm start) instead of a fresh one; it must have been
     built for ``catalog``. With ``distributed`` this process trains its share of every batch under
     DDP; only the primary process's result holds the selected weights. ``on_epoch`` sees each
     epoch's log after its validation (a tuner prunes a trial by raising from it).
     """
     with torch_threads(config.threads):
-        return _train(dataset, catalog, config, progress, co_engagement, initial, distributed, on_epoch)
+        return _train(
+            dataset, catalog, config, progress, co_engagement, initial, distributed, on_epoch, plays
+        )
 
 
 def _train(
@@ -205,6 +211,7 @@ def _train(
     initial: UniRankModel | None,
     distributed: Distributed | None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    plays: TrainingPlays | None = None,
 ) -> TrainResult:
     say = progress or (lambda _message: None)
     live = progress is print_progress and sys.stderr.isatty()
@@ -212,6 +219,10 @@ def _train(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     model = initial if initial is not None else build_model(catalog, config, co_engagement)
+    if initial is None and config.item_init != "random":
+        if plays is None:
+            raise ValueError(f"item_init {config.item_init!r} needs the training plays (train_model's plays)")
+        init_from_als(model, plays, config.item_init, config.seed)
     device = distributed.device if distributed is not None else torch.device(config.device)
     model.to(device)
     primary = distributed is None or distributed.primary

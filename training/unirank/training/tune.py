@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unirank.artifact import TASKS
-from unirank.training.config import TrainConfig
+from unirank.training.config import ITEM_INITS, TrainConfig
 
 if TYPE_CHECKING:
     from unirank.training.sources import DataSpec
@@ -107,6 +107,7 @@ def suggest(trial: Any, base: TrainConfig, tasks: Sequence[str]) -> dict[str, An
         "retired_tasks": trial.suggest_categorical("retired_tasks", ["distil", "drop"]),
         "popular_negative_share": trial.suggest_float("popular_negative_share", 0.2, 0.8),
         "time_features": trial.suggest_categorical("time_features", [True, False]),
+        "item_init": trial.suggest_categorical("item_init", list(ITEM_INITS)),
     }
     if values["time_features"]:
         values["recent_half_life_days"] = trial.suggest_categorical("recent_half_life_days", HALF_LIVES)
@@ -213,6 +214,7 @@ def _study(
     name: str,
     say: Progress,
 ) -> tuple[dict[str, Any], Any]:
+    from unirank.training.item_init import plays_if_needed
     from unirank.training.train import train_model
 
     deadline = time.perf_counter() + budget_s
@@ -239,8 +241,15 @@ def _study(
             if time.perf_counter() > deadline + budget_s * 0.25:
                 raise optuna.TrialPruned()  # far over the budget: stop rather than overrun it
 
+        plays = plays_if_needed(trial_config.item_init, prepared.log, prepared.split, prepared.catalog)
         result = train_model(
-            prepared.dataset, prepared.catalog, trial_config, None, prepared.co_engagement, on_epoch=on_epoch
+            prepared.dataset,
+            prepared.catalog,
+            trial_config,
+            None,
+            prepared.co_engagement,
+            on_epoch=on_epoch,
+            plays=plays,
         )
         score = validation_score(result.history, result.best_epoch, tasks)
         params = json.dumps(trial.params, sort_keys=True)
@@ -295,6 +304,7 @@ def _as_params(config: TrainConfig, tasks: Sequence[str]) -> dict[str, Any]:
         "task_patience": min(max(config.task_patience, 1), 3),
         "retired_tasks": config.retired_tasks,
         "time_features": config.time_features,
+        "item_init": config.item_init,
         "popular_negative_share": min(max(config.popular_negative_share, 0.2), 0.8),
     }
     if config.time_features:
