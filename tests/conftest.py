@@ -69,6 +69,7 @@ async def running_server(profile: Profile | str, artifact: Path) -> AsyncIterato
     server = UniRankServer(profile, artifact, host="127.0.0.1", port=0)
     await server.start()
     try:
+        await server.drift_reference_ready()  # measured after SERVING; tests see drift from the first request
         yield server
     finally:
         await server.stop(grace_s=1.0)

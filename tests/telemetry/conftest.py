@@ -73,6 +73,7 @@ async def traced_server(
     server = UniRankServer(profile, artifact, host="127.0.0.1", port=0, telemetry=telemetry)
     await server.start()
     try:
+        await server.drift_reference_ready()  # measured after SERVING; tests see drift from the first request
         yield server, Captured(spans, reader, telemetry)
     finally:
         await server.stop(grace_s=1.0)

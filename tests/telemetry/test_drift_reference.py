@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import profile_with, running_server
 from unirank.artifact import load_artifact
 from unirank.client import AsyncRecommenderClient
 from unirank.client.monitor import StatsClient
+from unirank.server.app import UniRankServer
 from unirank.server.reference import REFERENCE_REQUESTS
+from unirank.server.telemetry import ScoreReference
 
 REQUESTS = 150
 
@@ -58,3 +62,34 @@ async def test_healthy_traffic_is_stable_against_the_served_reference(artifact_d
     # catalogue's, so the offline reference calls the same healthy traffic drift.
     assert offline["related_items"] is not None and offline["related_items"] > 1.0, offline
     assert offline["category"] is not None and offline["category"] > 1.0, offline
+
+
+async def test_the_server_serves_before_its_reference_is_measured_and_drift_follows(
+    artifact_dir: Path,
+) -> None:
+    """Start-up scores only the first CHECK_REQUESTS reference requests per use-case; SERVING comes
+    before the rest (5 CPU seconds at a million items), and drift is measured once they are in."""
+    profile = profile_with("cpu-realtime", telemetry={"drift_window": 10, "drift_min_samples": 1})
+    server = UniRankServer(profile, artifact_dir, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        stats = server.telemetry.stats
+        assert stats.task("related_items").drift is None  # measured use-cases: no reference yet
+        assert stats.task("notification").drift is None
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        await server.drift_reference_ready()
+        artifact = load_artifact(artifact_dir)
+        item = artifact.catalog.items.key(int(artifact.retrieval.popular_items[0]))
+        async with AsyncRecommenderClient(server.address) as client:
+            await client.related_items(item)
+        drift = stats.task("related_items").drift
+        assert drift is not None and drift.samples == 1 and drift.psi() is not None
+        # Its reference is the served one, 200 requests' top scores, not the artifact's offline one.
+        offline = ScoreReference.from_metrics(artifact.metrics)["related_items"]
+        assert drift.reference != offline
+    finally:
+        await server.stop(grace_s=1.0)

@@ -22,7 +22,13 @@ from unirank.server.gate import OfflineGate
 from unirank.server.interceptors import ErrorInterceptor
 from unirank.server.online_store import FeatureStore, LoggedFeatureStore, make_feature_store
 from unirank.server.pipeline import RankingPipeline
-from unirank.server.reference import score_references
+from unirank.server.reference import (
+    CHECK_REQUESTS,
+    REFERENCE_REQUESTS,
+    measured_tasks,
+    references_of,
+    top_scores,
+)
 from unirank.server.repository import Fingerprint, check_same_family, fingerprint, resolve_artifact
 from unirank.server.retrieval import check_item_index
 from unirank.server.rollout.controller import RolloutController
@@ -107,6 +113,8 @@ class UniRankServer:
         self._retrying = False
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
+        self._reference_ready: asyncio.Task[None] | None = None
+        """Measuring the started version's drift reference, after SERVING (:meth:`drift_reference_ready`)."""
         self.reloads = 0
         self.reload_failures = 0
         self.poll_errors = 0
@@ -169,7 +177,11 @@ class UniRankServer:
             rollout.on_finished, rollout.reload = self._rollout_finished, self.reload
             self._loaded = stamp if runtime.version in rollout.runtimes else None  # else: it waits
             runtime = rollout.default
-        self._announce(runtime, await self._references(runtime))
+        # The served drift reference scores a thousand requests (5 CPU seconds at a million items):
+        # the first few per use-case now, the rest after SERVING; until then those use-cases
+        # measure no drift.
+        checked = await self._check_references(runtime)
+        self._announce(runtime, self._references_before_measured(runtime))
         limits = self.profile.server
         self.first_message = FirstMessageGuard(limits.connections.first_message_timeout_ms / 1000.0)
         server = grpc.aio.server(
@@ -234,7 +246,47 @@ class UniRankServer:
             self._spawn(self._poll_artifacts(interval))
         if self.rollout is not None:
             self._spawn(self.rollout.run(self.profile.rollout.judge_interval_s))
+        self._reference_ready = asyncio.get_running_loop().create_task(
+            self._measure_references(runtime, checked)
+        )
+        self._background.add(self._reference_ready)
+        self._reference_ready.add_done_callback(self._background.discard)
         log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
+
+    async def drift_reference_ready(self) -> None:
+        """Returns once the drift reference of the version started with is measured (or given up)."""
+        if self._reference_ready is not None:
+            await asyncio.shield(self._reference_ready)
+
+    async def _check_references(self, runtime: ModelRuntime) -> dict[str, list[float]] | None:
+        """The first :data:`CHECK_REQUESTS` top scores per use-case of the served drift reference,
+        scored before SERVING (a graph that fails on requests like its traffic is refused); None
+        where the reference is the artifact's offline one."""
+        if self.profile.telemetry.drift_reference == "offline":
+            return None
+        assert self.pipeline is not None
+        return await top_scores(self.pipeline, runtime, 0, CHECK_REQUESTS)
+
+    async def _measure_references(
+        self, runtime: ModelRuntime, checked: dict[str, list[float]] | None
+    ) -> None:
+        """The served drift reference of the version started with, its remaining requests scored
+        while it serves; set unless another version took over meanwhile (which brought its own,
+        measured before its swap)."""
+        if checked is None or self.pipeline is None:
+            return
+        started = asyncio.get_running_loop().time()
+        try:
+            rest = await top_scores(self.pipeline, runtime, CHECK_REQUESTS, REFERENCE_REQUESTS)
+        except Exception:
+            log.exception("drift reference not measured; drift stays off for the served use-cases")
+            return
+        tops = {name: checked.get(name, []) + scores for name, scores in rest.items()}
+        if self.pipeline.runtime is runtime:
+            offline = ScoreReference.from_metrics(runtime.artifact.metrics)
+            self.telemetry.set_references({**offline, **references_of(tops)})
+            elapsed = asyncio.get_running_loop().time() - started
+            log.info("drift reference of %s measured in %.1f s", runtime.version, elapsed)
 
     async def _set_serving(self, serving: bool) -> None:
         if not self.admission.draining:
@@ -345,6 +397,16 @@ class UniRankServer:
             self._spawn(self._retire(old))
             return runtime.version
 
+    def _references_before_measured(self, runtime: ModelRuntime) -> dict[str, ScoreReference]:
+        """The offline references of the use-cases :meth:`_references` will not measure on served
+        candidate sets: all of them when ``[telemetry] drift_reference`` is offline."""
+        offline = ScoreReference.from_metrics(runtime.artifact.metrics)
+        if self.profile.telemetry.drift_reference == "offline":
+            return offline
+        assert self.pipeline is not None
+        measured = {task.name for _, task in measured_tasks(self.pipeline, runtime)}
+        return {name: reference for name, reference in offline.items() if name not in measured}
+
     async def _references(self, runtime: ModelRuntime) -> dict[str, ScoreReference]:
         """The drift references of ``runtime`` (``[telemetry] drift_reference``): measured on this
         profile's served candidate sets, the artifact's offline ones where that is off or impossible."""
@@ -352,7 +414,7 @@ class UniRankServer:
         if self.profile.telemetry.drift_reference == "offline":
             return offline
         assert self.pipeline is not None
-        return {**offline, **await score_references(self.pipeline, runtime)}
+        return {**offline, **references_of(await top_scores(self.pipeline, runtime))}
 
     def _check_fits(self, runtime: ModelRuntime, serving: ModelRuntime | None) -> None:
         """Refuse a version this profile cannot serve as configured, or (on a reload, unless the

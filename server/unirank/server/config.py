@@ -474,9 +474,10 @@ class TelemetrySection(_Strict):
     distribution (PSI)."""
     drift_reference: Literal["served", "offline"] = "served"
     """What live top scores are compared with: ``served``, the top scores of candidate sets this
-    profile's own retrieval and pre-rules give requests like its traffic, scored at load (200 per
-    use-case); ``offline``, the artifact's validation top scores over the whole catalogue, which
-    sit above any retrieved subset's (healthy traffic then reads as drift). ``served`` falls back to
+    profile's own retrieval and pre-rules give requests like its traffic (200 per use-case: the
+    first 10 scored at load, the rest once it serves, drift waiting for them); ``offline``, the
+    artifact's validation top scores over the whole catalogue, which sit above any retrieved
+    subset's (healthy traffic then reads as drift). ``served`` falls back to
     ``offline`` for a use-case it cannot ask."""
     drift_min_samples: int = Field(200, ge=1, le=1_000_000)
     """PSI is reported once a task's window holds this many scores; fewer would be noise."""

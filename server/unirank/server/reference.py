@@ -17,10 +17,14 @@ from unirank.artifact.text import tokenize
 from unirank.server.domain import RankRequest
 from unirank.server.pipeline import RankingPipeline
 from unirank.server.runtime import ModelRuntime
+from unirank.server.task_runtime import TaskRuntime
 from unirank.server.telemetry import ScoreReference
 
 REFERENCE_REQUESTS = 200
-"""Requests per use-case the server scores at load to measure its reference."""
+"""Requests per use-case the server scores to measure its reference."""
+CHECK_REQUESTS = 10
+"""Of those, how many per use-case a starting server scores before it says SERVING (a graph that
+fails on requests like its traffic never serves); the rest are scored while it serves."""
 MIN_REFERENCE_SCORES = 20
 """Fewer top scores than this would make quantile bins of one or two scores: the use-case keeps its
 offline reference."""
@@ -70,24 +74,36 @@ def reference_contexts(artifact: Artifact, task: TaskType, count: int, seed: int
     return []
 
 
-async def score_references(
-    pipeline: RankingPipeline, runtime: ModelRuntime, requests_per_task: int = REFERENCE_REQUESTS
-) -> dict[str, ScoreReference]:
-    """Per served task, the distribution of ``runtime``'s top score over the candidates the
-    pipeline's retrieval and pre-rules give requests like its traffic (:func:`reference_contexts`):
-    the reference live top scores are compared with (drift, PSI). Tasks it cannot ask are left out."""
-    references: dict[str, ScoreReference] = {}
-    for task_type, task in pipeline.tasks.items():
-        if not runtime.has_head(task_by_type(task_type)):
-            continue
+def measured_tasks(pipeline: RankingPipeline, runtime: ModelRuntime) -> list[tuple[TaskType, TaskRuntime]]:
+    """The served tasks whose reference :func:`top_scores` measures: those ``runtime`` has a head for."""
+    return [(t, task) for t, task in pipeline.tasks.items() if runtime.has_head(task_by_type(t))]
+
+
+async def top_scores(
+    pipeline: RankingPipeline, runtime: ModelRuntime, first: int = 0, last: int = REFERENCE_REQUESTS
+) -> dict[str, list[float]]:
+    """Per measured task (:func:`measured_tasks`), ``runtime``'s top score over the candidates the
+    pipeline's retrieval and pre-rules give requests ``first`` to ``last`` of those like its traffic
+    (:func:`reference_contexts`, the same for the same artifact), one request at a time. A graph
+    that fails on them raises the backend's error."""
+    tops: dict[str, list[float]] = {}
+    for task_type, task in measured_tasks(pipeline, runtime):
         window = runtime.retriever.release_window(0, 0) if task.uses_release_window else None
-        tops = []
-        for context in reference_contexts(runtime.artifact, task_type, requests_per_task):
+        found_tops = tops.setdefault(task.name, [])
+        for context in reference_contexts(runtime.artifact, task_type, REFERENCE_REQUESTS)[first:last]:
             found = pipeline.candidates_for(RankRequest(context=context), task, runtime, window)
             if found is not None and len(found[1]):
                 encoded, candidates = found
                 inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
-                tops.append(float((await runtime.backend.score(inputs))[0].max()))
-        if len(tops) >= MIN_REFERENCE_SCORES:
-            references[task.name] = ScoreReference.from_scores(tops)
-    return references
+                found_tops.append(float((await runtime.backend.score(inputs))[0].max()))
+    return tops
+
+
+def references_of(tops: dict[str, list[float]]) -> dict[str, ScoreReference]:
+    """The drift references of the top scores per task (:func:`top_scores`): the reference live
+    top scores are compared with (PSI). Tasks with too few scores are left out."""
+    return {
+        name: ScoreReference.from_scores(scores)
+        for name, scores in tops.items()
+        if len(scores) >= MIN_REFERENCE_SCORES
+    }

@@ -163,6 +163,10 @@ class Telemetry:
         }
         self.stats.set_references(references)
 
+    def set_references(self, references: dict[str, ScoreReference]) -> None:
+        """The serving model's drift references, measured after it was announced: drift restarts."""
+        self.stats.set_references(references)
+
     def span_attributes(self, task: str, model_version: str) -> dict[str, Any]:
         """What every span carries."""
         return span_attributes(task, self.profile_name, model_version)
