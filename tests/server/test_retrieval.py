@@ -12,6 +12,7 @@ import pytest
 
 from unirank.artifact import Artifact, ArtifactError, Context, TaskType, load_artifact
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex, build_item_index
+from unirank.server import retrieval
 from unirank.server.config import RetrievalConfig, RetrievalSourceConfig
 from unirank.server.domain import Source
 from unirank.server.retrieval import Retriever, check_item_index
@@ -125,3 +126,38 @@ def test_a_version_without_the_index_is_refused_when_the_profile_asks_for_it(
     check_item_index([approximate.model_copy(update={"embedding_search": "exact"})], retriever, "v")
     with pytest.raises(ArtifactError, match=r"ships no item_index\.faiss"):
         check_item_index([approximate], retriever, "v")
+
+
+def test_the_lexical_top_is_the_whole_merge_s_first_items() -> None:
+    """Several words' lists merged from the shorter lists and the heads (``_top_lexical``) give
+    the same first n items, in the same order, as merging the whole lists (``_merged_lexical``):
+    random lists in one popularity order, long and short, overlapping and not, ties in place."""
+    rng = np.random.default_rng(0)
+    n_items = 600
+    by_rank = rng.permutation(np.arange(1, n_items)).astype(np.int32)
+    rank = np.full(n_items, len(by_rank), dtype=np.int32)
+    rank[by_rank] = np.arange(len(by_rank), dtype=np.int32)
+    for _ in range(300):
+        lists = []
+        for _ in range(int(rng.integers(2, 5))):
+            size = int(rng.choice([1, 5, 40, 300, 590]))
+            places = np.sort(rng.choice(len(by_rank), size=size, replace=False))
+            lists.append(by_rank[places])
+        n = int(rng.integers(1, 400))
+        merged = retrieval._merged_lexical(lists)
+        assert retrieval._top_lexical(lists, rank, by_rank, n).tolist() == merged[:n].tolist()
+
+
+def test_multi_word_search_lists_the_whole_merge_s_first_items(artifact: Artifact) -> None:
+    retriever = Retriever(artifact)
+    assert retriever._popularity_rank is not None  # training writes the lists in popularity order
+    tokens, rng = artifact.catalog.tokens, np.random.default_rng(1)
+    for _ in range(100):
+        words = rng.choice(np.arange(1, len(tokens)), size=int(rng.integers(2, 5)), replace=False)
+        query = " ".join(tokens.key(int(w)) for w in words)
+        encoded = artifact.encoder().encode(Context(task=TaskType.SEARCH, query=query))
+        lists = [artifact.retrieval.lexical(int(t)) for t in np.unique(encoded.query_tokens)]
+        lists = [x for x in lists if len(x)]
+        merged = retrieval._merged_lexical(lists) if len(lists) > 1 else np.concatenate([*lists, []])
+        quota = int(rng.integers(1, 150))
+        assert retriever._lexical(encoded, quota).tolist() == merged[: 2 * quota].tolist()

@@ -149,20 +149,29 @@ class Retriever:
         return row[row > 0]
 
     def _lexical(self, enc: EncodedContext, quota: int) -> np.ndarray:
+        """Items whose titles hold the query's words: those holding more of them first, then by
+        their best place (popularity rank) in a word's list; the first ``2 * quota`` of that order
+        when the query has several words."""
         tokens = np.unique(enc.query_tokens[enc.query_tokens > 0])
-        if not len(tokens):
-            return _EMPTY
-        lists = [self._data.lexical(int(t)) for t in tokens]
-        if len(lists) == 1:
-            return lists[0]
-        # Items matching more query tokens first, then by popularity rank within their list.
-        flat = np.concatenate(lists)
-        ranks = np.concatenate([np.arange(len(x)) for x in lists])
-        unique, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-        best_rank = np.full(len(unique), np.iinfo(np.int64).max)
-        np.minimum.at(best_rank, inverse, ranks)
-        order = np.lexsort((best_rank, -counts))
-        return unique[order]
+        lists = [found for t in tokens if len(found := self._data.lexical(int(t)))]
+        if len(lists) < 2:
+            return lists[0] if lists else _EMPTY
+        if self._popularity_rank is None:
+            return _merged_lexical(lists)
+        return _top_lexical(lists, self._popularity_rank, self._data.popular_items, quota * 2)
+
+    @functools.cached_property
+    def _popularity_rank(self) -> np.ndarray | None:
+        """Each item's place in ``popular_items`` (int32), when every word's list is in that order
+        (as training writes them), which lets a query's lists be matched by binary search; else None."""
+        popular = self._data.popular_items
+        rank = np.full(len(self._embeddings), len(popular), dtype=np.int32)
+        rank[popular] = np.arange(len(popular), dtype=np.int32)
+        ranks = rank[self._data.lexical_items]
+        starts = np.zeros(len(ranks), dtype=bool)
+        starts[self._data.lexical_indptr[:-1][self._data.lexical_indptr[:-1] < len(ranks)]] = True
+        ordered = bool(((np.diff(ranks) > 0) | starts[1:]).all()) if len(ranks) else True
+        return rank if ordered else None
 
     def _embedding(self, enc: EncodedContext, quota: int) -> np.ndarray:
         query = self._embedding_query(enc)
@@ -218,6 +227,52 @@ def check_item_index(configs: Iterable[RetrievalConfig], retriever: Retriever, v
             f"the profile asks for approximate embedding retrieval, but version {version} ships no "
             f'{ITEM_INDEX} (an older artifact): retrain it, or set embedding_search = "exact"'
         )
+
+
+def _merged_lexical(lists: list[np.ndarray]) -> np.ndarray:
+    """Every item of the words' ``lists``: those in more lists first, then by their best place in
+    one, then by item index: work in the lists' whole length (:func:`_top_lexical` does less)."""
+    flat = np.concatenate(lists)
+    ranks = np.concatenate([np.arange(len(x)) for x in lists])
+    unique, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    best_rank = np.full(len(unique), np.iinfo(np.int64).max)
+    np.minimum.at(best_rank, inverse, ranks)
+    return unique[np.lexsort((best_rank, -counts))]
+
+
+def _top_lexical(lists: list[np.ndarray], rank: np.ndarray, by_rank: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of :func:`_merged_lexical`'s order, the same items, from two or more lists in
+    popularity order (``rank`` each item's place, ``by_rank`` the items by place). Work in the
+    lists but the longest, not in the catalogue: an item in two or more lists is in one of the
+    shorter ones, where its lists are found by binary search; an item in one list is among the
+    best ``n`` of those only if fewer than ``n`` items of its list come before it."""
+    ranks = [rank[items] for items in lists]  # each ascending
+    longest = max(range(len(ranks)), key=lambda i: len(ranks[i]))
+    shorter = [r for i, r in enumerate(ranks) if i != longest]
+    pool = shorter[0] if len(shorter) == 1 else np.unique(np.concatenate(shorter))
+    counts, best = _list_matches(pool, ranks)
+    several = counts >= 2
+    if several.sum() < n:
+        # Every item before a single-list one in its list ranks before it: only the first n can count.
+        pool = np.union1d(pool[several], np.concatenate([r[:n] for r in ranks]))
+        counts, best = _list_matches(pool, ranks)
+    else:
+        pool, counts, best = pool[several], counts[several], best[several]
+    items = by_rank[pool].astype(np.int64)
+    return items[np.lexsort((items, best, -counts))[:n]]
+
+
+def _list_matches(pool: np.ndarray, ranks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """For ascending popularity places ``pool``: in how many of the ascending ``ranks`` each is,
+    and its best place in one of them."""
+    counts = np.zeros(len(pool), dtype=np.int64)
+    best = np.full(len(pool), np.iinfo(np.int64).max)
+    for r in ranks:
+        at = np.searchsorted(r, pool)
+        found = r[np.minimum(at, len(r) - 1)] == pool
+        counts += found
+        best = np.where(found, np.minimum(best, at), best)
+    return counts, best
 
 
 def _fresh(found: np.ndarray, taken: np.ndarray, need: int) -> np.ndarray:
