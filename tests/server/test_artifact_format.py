@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from unirank.artifact import ArtifactError, Catalog, load_artifact
+from unirank.artifact import catalog as catalog_module
 from unirank.artifact.arrays import ALIGN, load_arrays, write_arrays
-from unirank.artifact.catalog import title_key
+from unirank.artifact.catalog import HashedVocab, title_key
+from unirank.artifact.catalog_file import TextColumn
 from unirank.artifact.store import (
     CATALOG,
     CATALOG_JSON,
@@ -74,6 +76,32 @@ def test_catalogue_columns_equal_the_catalogue(artifact_dir: Path, tmp_path: Pat
     assert stored.titles[last] == reference.titles[last] and stored.titles[-1] == reference.titles[-1]
     assert stored.item_categories[last] == reference.item_categories[last]
     assert stored.items.index(reference.items.key(last)) == last
+
+
+def test_hashed_item_ids_find_what_a_dict_finds(
+    artifact_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large catalogue's item ids (HashedVocab: hashes beside the id column, no dict) answer
+    every lookup as the dict of a small one does, and repeated or empty ids are refused."""
+    catalog = load_artifact(artifact_dir).catalog
+    catalog.save(tmp_path / CATALOG)
+    monkeypatch.setattr(catalog_module, "HASHED_VOCAB_MIN", 0)
+    hashed = Catalog.load(tmp_path / CATALOG).items
+    assert isinstance(hashed, HashedVocab)
+    plain = catalog.items
+    keys = [*plain.keys[1:], "", "no-such-item", plain.key(1).upper(), plain.key(1) + " "]
+    keys = [keys[i] for i in np.random.default_rng(0).permutation(len(keys))]
+    assert hashed.indices(keys).tolist() == plain.indices(keys).tolist()
+    assert hashed.known_indices(keys) == plain.known_indices(keys)
+    assert [hashed.index(k) for k in keys] == [plain.index(k) for k in keys]
+    assert [k in hashed for k in keys] == [k in plain for k in keys]
+    assert hashed.index_ignoring_case(plain.key(3).upper()) == plain.index_ignoring_case(plain.key(3).upper())
+    assert len(hashed) == len(plain) and hashed.key(len(plain) - 1) == plain.key(len(plain) - 1)
+    for bad in (["", "a", "b", "a"], ["", "a", "", "b"], ["x", "a"]):
+        text = "".join(bad)
+        starts = np.cumsum([0, *map(len, bad)])
+        with pytest.raises(ValueError, match="vocabulary keys"):
+            HashedVocab(TextColumn(text, starts))
 
 
 def test_titles_that_differ_in_case_and_spacing_share_a_key() -> None:

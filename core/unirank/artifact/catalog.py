@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from unirank.artifact.catalog_file import load_columns, save_columns
+from unirank.artifact.catalog_file import TextColumn, load_columns, save_columns
 from unirank.artifact.text import tokenize
 
 MATURITY_LEVELS: tuple[str, ...] = ("all", "7+", "13+", "16+", "18+")
@@ -77,13 +77,14 @@ class Vocab:
     """An ordered set of string keys with index 0 reserved for missing."""
 
     def __init__(self, keys: Iterable[str]) -> None:
-        self.keys: list[str] = [""]
+        ordered = [""]
         self._index: dict[str, int] = {}
         self._folded: dict[str, int] | None = None
         for key in keys:
             if key and key not in self._index:
-                self._index[key] = len(self.keys)
-                self.keys.append(key)
+                self._index[key] = len(ordered)
+                ordered.append(key)
+        self.keys: Sequence[str] = ordered
 
     @classmethod
     def of_unique(cls, keys: list[str]) -> Vocab:
@@ -134,6 +135,77 @@ class Vocab:
     def closest(self, key: str, n: int = 3) -> list[str]:
         """Up to ``n`` known keys that look like ``key`` (for "did you mean" hints)."""
         return difflib.get_close_matches(key, self.keys[1:], n=n, cutoff=0.6)
+
+
+HASHED_VOCAB_MIN = 100_000
+"""From this many items a stored catalogue finds item ids by hash (:class:`HashedVocab`) instead
+of a dict: about 110 MB less at a million items, a few µs more per request that names 200 ids."""
+
+
+class HashedVocab(Vocab):
+    """A large stored catalogue's item ids: the ids stay in their column (one text) and are found
+    by their hashes, sorted beside the index of each: 12 bytes an item, where a dict of str keys and
+    int values takes about 120. A lookup is a binary search and one comparison of the id."""
+
+    def __init__(self, keys: TextColumn) -> None:
+        """``keys[0]`` is the reserved ""; the others distinct and non-empty (else ValueError)."""
+        hashes = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+        order = np.argsort(hashes, kind="stable")
+        self.keys = keys
+        self._folded = None
+        self._hashes = hashes[order]
+        self._order = order.astype(np.int32)
+        self._column = keys
+        if not len(keys) or keys[0] != "":
+            raise ValueError("vocabulary keys must start with the reserved empty key")
+        # Repeats, and empty keys (of the reserved key's hash), can only be where hashes are equal.
+        same = np.flatnonzero(self._hashes[1:] == self._hashes[:-1])
+        empty = np.flatnonzero(self._hashes == hash(""))
+        suspects = np.unique(np.concatenate([self._order[same], self._order[same + 1], self._order[empty]]))
+        texts = keys.rows(suspects)  # suspects[0] is the reserved 0
+        if "" in texts[1:] or len(set(texts)) != len(texts):
+            raise ValueError("vocabulary keys must be distinct and non-empty after the reserved first")
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.index(key) > 0
+
+    def index(self, key: str) -> int:
+        """The index of ``key``, 0 when unknown."""
+        hashes, wanted = self._hashes, hash(key)
+        at = int(hashes.searchsorted(wanted))
+        while at < len(hashes) and hashes[at] == wanted:
+            found = int(self._order[at])
+            if found and self.keys[found] == key:
+                return found
+            at += 1
+        return 0
+
+    def indices(self, keys: Sequence[str]) -> np.ndarray:
+        """int64 indices of ``keys`` (0 where unknown): one binary search for them all."""
+        wanted = np.fromiter(map(hash, keys), dtype=np.int64, count=len(keys))
+        at = np.minimum(np.searchsorted(self._hashes, wanted), len(self._hashes) - 1)
+        found = np.where(self._hashes[at] == wanted, self._order[at], 0).astype(np.int64)
+        stored = self._column.rows(found)
+        for i, (key, text, index) in enumerate(zip(keys, stored, found.tolist(), strict=True)):
+            if index and key != text:  # another id of the same hash (or an earlier one of it)
+                found[i] = self.index(key)
+        return found
+
+    def known_indices(self, keys: Iterable[str]) -> list[int]:
+        """Indices of the known ``keys``, in order (unknown ones dropped)."""
+        return [i for i in self.indices(list(keys)).tolist() if i]
+
+    def index_ignoring_case(self, key: str) -> int:
+        """As :meth:`Vocab.index_ignoring_case` (its table of folded keys built from the column)."""
+        found = self.index(key)
+        if found or not key:
+            return found
+        if self._folded is None:
+            counts = Counter(k.casefold() for k in self.keys)
+            self._folded = {
+                k.casefold(): i for i, k in enumerate(self.keys) if i and counts[k.casefold()] == 1
+            }
+        return self._folded.get(key.casefold(), 0)
 
 
 @dataclass
@@ -314,7 +386,11 @@ class Catalog:
             return cls.from_json(json.loads(path.read_text()))
         fields = load_columns(path)
         return cls(
-            items=Vocab.of_unique(fields["item_ids"]),
+            items=(
+                HashedVocab(item_ids)
+                if len(item_ids := fields["item_ids"]) > HASHED_VOCAB_MIN
+                else Vocab.of_unique(list(item_ids))
+            ),
             titles=fields["titles"],
             item_categories=fields["item_categories"],
             maturity=fields["maturity"],

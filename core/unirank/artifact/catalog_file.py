@@ -67,6 +67,13 @@ class TextColumn(_Rows[str]):
     def _row(self, start: int, end: int) -> str:
         return self._text[start:end]
 
+    def rows(self, indices: np.ndarray) -> list[str]:
+        """Strings ``indices`` (in range), with one Python call for them all."""
+        text, bounds = self._text, self._bounds
+        return [
+            text[a:b] for a, b in zip(bounds[indices].tolist(), bounds[indices + 1].tolist(), strict=True)
+        ]
+
 
 class CategoryLists(_Rows[list[str]]):
     """Each item's category names, read from a CSR over a table of names."""
@@ -157,7 +164,7 @@ def load_columns(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: {name} has {len(column)} rows, the items {n}")
     limits = arrays["limits"].tolist()
     return {
-        "item_ids": list(strings["items"]),
+        "item_ids": strings["items"],
         "titles": strings["titles"],
         "item_categories": CategoryLists(indptr, index, names),
         "category_index": (indptr, index, names),

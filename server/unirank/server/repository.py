@@ -11,7 +11,6 @@ polling or on demand (SIGHUP, :meth:`UniRankServer.reload`).
 
 from __future__ import annotations
 
-from itertools import islice
 from pathlib import Path
 
 from unirank.artifact.store import MANIFEST, REPOSITORY_MARKER, Artifact, ArtifactError
@@ -63,7 +62,7 @@ def check_same_family(serving: Artifact, new: Artifact) -> None:
             f"version {new.model_version} is a {after!r} model, the serving one a {before!r} model; "
             "set [model] allow_catalog_change = true to switch model families"
         )
-    sample = list(islice(serving.catalog.items.keys[1:], _CATALOGUE_SAMPLE))
+    sample = list(serving.catalog.items.keys[1 : _CATALOGUE_SAMPLE + 1])
     if sample:
         kept = sum(key in new.catalog.items for key in sample) / len(sample)
         if kept < SAME_CATALOGUE_SHARE:

@@ -145,7 +145,7 @@ def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMappin
         timestamp_ms=texts.timestamp_ms[keep_text],
     )
     items = ItemTable(
-        item_ids=catalog.items.keys[1:],
+        item_ids=list(catalog.items.keys[1:]),
         titles=list(catalog.titles[1:]),
         categories=[list(c) for c in catalog.item_categories[1:]],
         maturity=np.asarray(catalog.maturity[1:], dtype=np.int64),
@@ -154,7 +154,7 @@ def map_onto_catalog(log: LogData, catalog: Catalog) -> tuple[LogData, LogMappin
     mapped = LogData(
         items=items,
         user_ids=user_ids,
-        category_ids=catalog.categories.keys[1:],
+        category_ids=list(catalog.categories.keys[1:]),
         events=kept_events,
         source=log.source,
         provenance=dict(log.provenance),
