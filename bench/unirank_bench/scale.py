@@ -192,6 +192,18 @@ class Server:
             self.stop()
             raise RuntimeError(f"the server of {artifact} never reported SERVING; see {log}")
         self.startup_s = time.monotonic() - started
+        self._log_path = log
+
+    def wait_for_drift_reference(self, timeout_s: float = 120.0) -> float | None:
+        """Seconds until the server logs its drift reference measured (it scores those requests
+        after SERVING, 5 CPU seconds at a million items, which would otherwise share the first
+        load's cores); None if it did not within ``timeout_s``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if "drift reference of" in self._log_path.read_text(errors="replace"):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        return None
 
     def memory(self) -> dict[str, float]:
         """VmRSS, VmHWM and RSS split into anonymous memory and mapped file pages (MB): the
@@ -279,6 +291,7 @@ def measure(items: int, path: Path, work: Path, args: argparse.Namespace) -> dic
         if attempt + 1 < args.startups:
             server.stop()
     row["startup_s"] = startups
+    row["drift_reference_after_serving_s"] = server.wait_for_drift_reference()
     row["rss_idle_mb"] = server.memory()["VmRSS"]
     loadavg_before = procstats.loadavg()
     try:
