@@ -49,8 +49,10 @@ class Retriever:
         self._index_path = artifact.item_index_path
         catalog = artifact.catalog
         self._newest_year = catalog.newest_release_year
-        self._by_popularity = 1 + np.argsort(-np.asarray(catalog.popularity[1:]), kind="stable")
-        self._years_by_popularity = np.asarray(catalog.release_year, dtype=np.int64)[self._by_popularity]
+        # int32, as the artifact's item lists: 8 MB less than int64 at a million items.
+        by_popularity = 1 + np.argsort(-np.asarray(catalog.popularity[1:]), kind="stable")
+        self._by_popularity = by_popularity.astype(np.int32)
+        self._years_by_popularity = np.asarray(catalog.release_year, dtype=np.int32)[by_popularity]
         self._new_releases: dict[ReleaseWindow, np.ndarray] = {}
         self._fns: dict[str, Callable[[EncodedContext, int], np.ndarray]] = {
             "history": self._history,
