@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from unirank.training.calibration import calibrated_features
 from unirank.training.config import ITEM_INITS, TrainConfig
 from unirank.training.examples import TRAIN, PlayHistory, TrainingPlays
-from unirank.training.item_init import INIT_STD, als_factors, init_from_als
+from unirank.training.item_init import ALS_PARAMS, INIT_STD, als_factors, init_from_als, mf_item_factors
 from unirank.training.pipeline import PreparedData, prepare_data
 from unirank.training.sources import load_logs
 from unirank.training.train import build_model, train_model
@@ -69,13 +70,35 @@ def test_the_knob_is_validated_needs_the_plays_and_is_searched(data: PreparedDat
     with pytest.raises(ValueError, match="item_init"):
         TrainConfig(item_init="svd")
     config = TrainConfig.tiny(item_init="als", epochs=1)
-    with pytest.raises(ValueError, match="needs the training plays"):
+    with pytest.raises(ValueError, match="need the training plays"):
         train_model(data.dataset, data.catalog, config, progress=None)
     optuna = pytest.importorskip("optuna")
     from unirank.training.tune import _as_params, suggest
 
     tasks = ("notification", "category")
-    for init in ITEM_INITS:
-        given = TrainConfig(item_init=init)
-        assert suggest(optuna.trial.FixedTrial(_as_params(given, tasks)), given, tasks)["item_init"] == init
+    for init, factors in zip(ITEM_INITS, (0, 16, 0, 16), strict=True):
+        given = TrainConfig(item_init=init, mf_factors=factors)
+        values = suggest(optuna.trial.FixedTrial(_as_params(given, tasks)), given, tasks)
+        assert (values["item_init"], values["mf_factors"]) == (init, factors)
     assert TrainConfig(**config.to_dict()).item_init == "als"  # the manifest records it
+
+
+def test_the_mf_table_scores_a_history_as_als_fold_in_without_confidence(
+    data: PreparedData, plays: TrainingPlays
+) -> None:
+    table = mf_item_factors(plays, 8, seed=0)
+    _, items = als_factors(plays.user_items, 8, seed=0)
+    played = np.asarray(plays.user_items.sum(axis=0)).ravel() > 0
+    played[0] = False
+    y = np.where(played[:, None], items, 0.0).astype(np.float64)
+    fold_in = y @ np.linalg.inv(y.T @ y + ALS_PARAMS["regularization"] * np.eye(8)) @ y.T
+    got = (table.astype(np.float64) @ table.T.astype(np.float64))[played][:, played]
+    want = fold_in[played][:, played]
+    scale = float((got * want).sum() / (want * want).sum())
+    # z_h . z_c = scale * y_h' G^-1 y_c for every pair of played items
+    assert scale > 0 and np.abs(got - scale * want).max() < 1e-4 * np.abs(got).max()
+    assert not table[~played].any()
+    assert float((table[played] ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
+    model = build_model(data.catalog, TrainConfig.tiny(mf_factors=8), data.co_engagement, table)
+    assert ("mf", model.config.mf_index, (1.0, 2.0, 4.0, 8.0)) in calibrated_features(model)
+    assert torch.equal(model.item_factors, torch.as_tensor(table))

@@ -44,6 +44,7 @@ def _model(seed: int = 0, n_categories: int = 6, **options: object) -> UniRankMo
         item_neighbours=neighbours,
         item_neighbour_weights=rng.random((N_ITEMS, 5)).astype(np.float32),
         item_neighbour_shares=rng.random((N_ITEMS, 5)).astype(np.float32),
+        item_factors=rng.normal(size=(N_ITEMS, config.mf_factors)) if config.mf_factors else None,
     ).eval()
 
 
@@ -52,8 +53,9 @@ OPTIONS = [
     {"architecture": "mmoe", "n_experts": 3},
     {"impute_context": True},
     {"architecture": "mmoe", "impute_context": True, "use_task_type": False},
+    {"mf_factors": 4, "impute_context": True},
 ]
-OPTION_IDS = ["shared", "mmoe", "impute", "mmoe-impute-no-task"]
+OPTION_IDS = ["shared", "mmoe", "impute", "mmoe-impute-no-task", "mf-impute"]
 SERVED_NODES = 120
 """Most operators an exported graph may have (Constant left out): the serving form exports these
 options to 89-116 (72-97 before its index tables held int32, cast where they index, and its anchor
@@ -222,3 +224,26 @@ def test_pool_negatives_come_from_the_rows_candidate_pool() -> None:
     assert set(items[1].tolist()) <= {0, 3, 4} and set(items[1].tolist()) & {3, 4}  # y minus b
     assert not items[2].any() and not log_q[2].any()  # notification rows get no pool
     assert log_q[0, 0] == pytest.approx(np.log(20 / 2))
+
+
+def test_the_mf_score_is_the_candidates_factors_against_the_history_mean_and_serves() -> None:
+    # With time features too: the MF weight is the head's last output, after the time weights.
+    model = _model(mf_factors=4, time_features=True)
+    assert model.config.n_cross == 12 and model.config.mf_index == 11
+    inputs = random_inputs(model, batch=5, history=6, query=3, candidates=9, seed=3)
+    tensors = {k: torch.from_numpy(v) for k, v in inputs.as_dict().items() if v is not None}
+    factors = model.item_factors.numpy()
+    history = inputs.history
+    played = (history > 0)[:, :, None]
+    mean = (factors[history] * played).sum(1) / np.maximum(played.sum(1), 1)
+    expected = np.einsum("bnk,bk->bn", factors[inputs.candidates], mean)
+    serving = serving_model(model)
+    with torch.no_grad():
+        before = model(**tensors)
+        torch.testing.assert_close(serving(**tensors), before, rtol=0, atol=1e-5)
+        for head in model.heads:
+            head.cross.bias[model.config.mf_index] += 1.0
+        raised = model(**tensors)
+        torch.testing.assert_close(serving_model(model)(**tensors), raised, rtol=0, atol=1e-5)
+    real = inputs.candidates > 0
+    np.testing.assert_allclose((raised - before).numpy()[real], expected[real], atol=1e-5)

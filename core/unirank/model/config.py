@@ -13,7 +13,8 @@ from unirank.artifact.activity import DEFAULT_HALF_LIFE_DAYS, N_TIME_FEATURES
 
 # lexical overlap, category match, log popularity, similarity to the anchor, similarity to the history,
 # co-engagement with the anchor (log count, and share of the anchor's co-engagements), co-engagement
-# with the history (mean over its items); with time features, the candidate's three time inputs after them
+# with the history (mean over its items); with time features, the candidate's three time inputs after them;
+# with item factors, the matrix-factorisation score (the candidate's factors . the history's mean) last
 N_CROSS_FEATURES = 8
 ARCHITECTURES: tuple[str, ...] = ("shared_bottom", "mmoe")
 
@@ -47,10 +48,19 @@ class ModelConfig:
     ``candidate_time``, :mod:`unirank.artifact.activity`); False in checkpoints older than them."""
     recent_half_life_days: float = DEFAULT_HALF_LIFE_DAYS
     """The recent-popularity half-life the time features were computed with."""
+    mf_factors: int = 0
+    """Width of the fixed item-factor table (a matrix factorisation of the training plays) whose
+    score, the candidate's factors against the history's mean, is one more cross feature; 0: none
+    (checkpoints older than it)."""
 
     @property
     def n_cross(self) -> int:
-        """Cross features a head weighs: the eight base ones, then the time features if any."""
+        """Cross features a head weighs: the eight base ones, the time features, the MF score."""
+        return N_CROSS_FEATURES + (N_TIME_FEATURES if self.time_features else 0) + (self.mf_factors > 0)
+
+    @property
+    def mf_index(self) -> int:
+        """Index of the MF score among the cross features (the last one; only with ``mf_factors``)."""
         return N_CROSS_FEATURES + (N_TIME_FEATURES if self.time_features else 0)
 
     def __post_init__(self) -> None:
@@ -58,6 +68,8 @@ class ModelConfig:
             raise ValueError(f"architecture must be one of {ARCHITECTURES}, not {self.architecture!r}")
         if self.n_experts < 1:
             raise ValueError("n_experts must be >= 1")
+        if self.mf_factors < 0:
+            raise ValueError("mf_factors must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -92,6 +92,7 @@ class UniRankModel(nn.Module):
     item_neighbour_weights: torch.Tensor
     item_neighbour_shares: torch.Tensor
     real_token: torch.Tensor
+    item_factors: torch.Tensor | None
 
     def __init__(
         self,
@@ -102,10 +103,12 @@ class UniRankModel(nn.Module):
         item_neighbours: np.ndarray | None = None,
         item_neighbour_weights: np.ndarray | None = None,
         item_neighbour_shares: np.ndarray | None = None,
+        item_factors: np.ndarray | None = None,
     ) -> None:
         """``item_neighbours`` [n_items, K] (0-padded): each item's most co-engaged items in
         training, with ``item_neighbour_weights`` (log counts scaled to [0, 1]) and
-        ``item_neighbour_shares`` (count / the item's total); without them those features are 0."""
+        ``item_neighbour_shares`` (count / the item's total); without them those features are 0.
+        ``item_factors`` [n_items, mf_factors]: the fixed table of the MF score (zeros without it)."""
         super().__init__()
         self.config = config
         d = config.dim
@@ -147,6 +150,14 @@ class UniRankModel(nn.Module):
             self.register_buffer(
                 name, torch.as_tensor(empty if values is None else values, dtype=torch.float32)
             )
+        factors = None
+        if config.mf_factors:
+            shape = (config.n_items, config.mf_factors)
+            factors = torch.as_tensor(np.zeros(shape) if item_factors is None else item_factors)
+            if tuple(factors.shape) != shape:
+                raise ValueError(f"item_factors must be {list(shape)}, not {list(factors.shape)}")
+            factors = factors.to(torch.float32)
+        self.register_buffer("item_factors", factors)  # None: no buffer, as in older checkpoints
 
     def item_repr(self, items: torch.Tensor) -> torch.Tensor:
         """Content-aware item vectors [..., d] for item indices [...]."""
@@ -293,6 +304,15 @@ class UniRankModel(nn.Module):
         selected = head_out.gather(1, gather_index).squeeze(1)
         return selected[:, : cfg.dim], selected[:, cfg.dim :], anchor_vec, history_vec
 
+    def _mf_score(self, history: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+        """[B, N]: each candidate's item factors . the mean factors of the row's history items."""
+        assert self.item_factors is not None
+        real = (history > 0).to(self.item_factors.dtype).unsqueeze(-1)
+        mean = (self.item_factors[history] * real).sum(1) / real.sum(1).clamp(min=1.0)  # [B, k]
+        if candidates is None:
+            return mean @ self.item_factors[1:].T
+        return (self.item_factors[candidates] * mean.unsqueeze(1)).sum(-1)
+
     def _score(
         self,
         context: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
@@ -355,6 +375,8 @@ class UniRankModel(nn.Module):
             if cand_time is None:
                 raise ValueError("a model with time features needs the candidates' time features")
             cross = torch.cat([cross, cand_time.to(dot.dtype).expand(*dot.shape, -1)], dim=-1)
+        if self.item_factors is not None:
+            cross = torch.cat([cross, self._mf_score(history, candidates).unsqueeze(-1)], dim=-1)
         return dot + (cross * cross_weights.unsqueeze(1)).sum(-1)
 
 
@@ -384,6 +406,7 @@ def build_model_from_checkpoint(checkpoint: dict[str, Any]) -> UniRankModel:
         item_neighbours=state["item_neighbours"].numpy(),
         item_neighbour_weights=state["item_neighbour_weights"].numpy(),
         item_neighbour_shares=state["item_neighbour_shares"].numpy(),
+        item_factors=state["item_factors"].numpy() if config.mf_factors else None,
     )
     model.load_state_dict(state)
     model.eval()

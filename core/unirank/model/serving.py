@@ -46,9 +46,12 @@ class ServingModel(nn.Module):
     fraction of the training forward's nodes. Scores equal the training forward's up to float
     rounding (sums are taken in another order). Built by :func:`serving_model`.
 
-    Item-side rows are ``E = d + 2 + C`` wide::
+    Item-side rows are ``E = d + 2 + C (+ k)`` wide::
 
-        [ item vector (d) | log popularity | 1 if a real item | one-hot of categories 1..C ]
+        [ item vector (d) | log popularity | 1 if a real item | one-hot of categories 1..C | factors (k) ]
+
+    (the item factors of the MF score only with ``mf_factors``: the row's factor columns are the
+    head's MF weight times the history's mean factors).
 
     A candidate's row has its vector, popularity and categories (``item_columns``, the one table of
     ``E`` floats per item); an anchor / history row, built from the same table's vectors, its
@@ -87,7 +90,8 @@ class ServingModel(nn.Module):
         cfg = self.config = model.config
         d = cfg.dim
         self.n_category_columns = cfg.n_categories - 1 if cfg.n_categories - 1 <= category_columns_max else 0
-        width = self.width = d + 2 + self.n_category_columns
+        self.mf_at = d + 2 + self.n_category_columns  # the item factors' first column (if any)
+        width = self.width = self.mf_at + cfg.mf_factors
         self.n_heads = len(model.heads)
         device = model.item_emb.weight.device
         with torch.no_grad():
@@ -126,9 +130,9 @@ class ServingModel(nn.Module):
             hot = torch.zeros(cfg.n_items, cfg.n_categories, device=device).scatter_(
                 1, model.item_categories, 1.0
             )
-            columns[:, d + 2 :] = hot[:, 1:]
+            columns[:, d + 2 : self.mf_at] = hot[:, 1:]
             category_columns = torch.zeros(cfg.n_categories, width, device=device)
-            category_columns[1:, d + 2 :] = torch.eye(self.n_category_columns, device=device)
+            category_columns[1:, d + 2 : self.mf_at] = torch.eye(self.n_category_columns, device=device)
             self.register_buffer("category_columns", category_columns)
             self.register_buffer("item_categories", None)
         else:
@@ -136,6 +140,8 @@ class ServingModel(nn.Module):
             # Padding becomes -1, which no request category equals (category 0 matches nothing).
             categories = model.item_categories.masked_fill(model.item_categories == 0, -1)
             self.register_buffer("item_categories", categories)
+        if model.item_factors is not None:
+            columns[:, self.mf_at :] = model.item_factors
         self.register_buffer("item_columns", columns)
 
     def _token_tables(self, model: UniRankModel, device: torch.device) -> None:
@@ -170,8 +176,9 @@ class ServingModel(nn.Module):
         [query vector, popularity weight, zeros (width) | 1, anchor, history, category weights |
         overlap, co-anchor, co-share, co-history weights (| time feature weights)]."""
         d, width = self.config.dim, self.width
-        self.n_time = self.config.n_cross - N_CROSS_FEATURES
-        self.head_width = width + N_CROSS_FEATURES + self.n_time
+        self.n_mf = int(self.config.mf_factors > 0)
+        self.n_time = self.config.n_cross - N_CROSS_FEATURES - self.n_mf
+        self.head_width = width + self.config.n_cross
         cross_at = {
             d: 2,
             width + 1: 3,
@@ -181,7 +188,7 @@ class ServingModel(nn.Module):
             width + 5: 5,
             width + 6: 6,
             width + 7: 7,
-            **{width + N_CROSS_FEATURES + j: N_CROSS_FEATURES + j for j in range(self.n_time)},
+            **{width + N_CROSS_FEATURES + j: N_CROSS_FEATURES + j for j in range(self.n_time + self.n_mf)},
         }
         weights, biases = [], []
         for head in model.heads:
@@ -214,7 +221,8 @@ class ServingModel(nn.Module):
         real = (history > 0).to(torch.float32).unsqueeze(-1)  # [B, H, 1]: the history mean skips padding
         history_count = real.sum(1)
         per_item = history_count.clamp(min=1.0)
-        history_vectors = (self.item_columns[history][:, :, :d] * real).sum(1)
+        history_columns = self.item_columns[history]  # [B, H, width]
+        history_vectors = (history_columns[:, :, :d] * real).sum(1)
         history_row = self._item_row(history_vectors / per_item, history_count / per_item)
         query_sum = self.token_rows[query_tokens].sum(1)  # [B, d + 1]: embeddings, count
         if self.config.impute_context:
@@ -250,6 +258,12 @@ class ServingModel(nn.Module):
         if self.category_columns is not None:
             rows.append(self.category_columns[category].unsqueeze(1))
         row = torch.matmul(head[:, :, width : width + len(rows)], torch.cat(rows, 1))  # [B, 1, width]
+        if self.n_mf:
+            # The MF score: the candidates' factor columns against the history's mean factors,
+            # weighted, placed in the row's (otherwise zero) factor columns.
+            mf_weight = weight[:, self.head_width - 1 :]  # [B, 1]
+            mf_mean = (history_columns[:, :, self.mf_at :] * real).sum(1) / per_item
+            row = torch.cat([row[:, :, : self.mf_at], (mf_weight * mf_mean).unsqueeze(1)], 2)
         scores = (self.item_columns[candidates] * row).sum(-1)
         if self.item_categories is not None:
             match = (self.item_categories[candidates] == category.view(-1, 1, 1)).any(-1)
@@ -276,7 +290,8 @@ class ServingModel(nn.Module):
         if self.n_time:
             if candidate_time is None:
                 raise ValueError("a model with time features needs the candidates' time features")
-            time_weights = weight[:, width + N_CROSS_FEATURES :].unsqueeze(1)  # [B, 1, 3]
+            time_weights = weight[:, width + N_CROSS_FEATURES : width + N_CROSS_FEATURES + self.n_time]
+            time_weights = time_weights.unsqueeze(1)  # [B, 1, 3]
             scores = scores + (candidate_time * time_weights).sum(-1)
         return torch.where(candidates > 0, scores, self.padding_score)
 

@@ -26,11 +26,16 @@ TIME_CALIBRATED_FEATURES: tuple[tuple[str, int, tuple[float, ...]], ...] = (
     ("recent_popularity", N_CROSS_FEATURES, (1.0, 2.0, 4.0)),
 )
 """With time features, popularity now (the recent-popularity input) is calibrated too."""
+MF_STEPS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+"""With the MF score (``mf_factors``), the steps its weight may be raised by: the score of ALS,
+the peer that wins on sparse listening logs, whose weight only validation sets this way."""
 
 
 def calibrated_features(model: UniRankModel) -> tuple[tuple[str, int, tuple[float, ...]], ...]:
     """The signals :func:`calibrate_heads` may raise for ``model``."""
-    return CALIBRATED_FEATURES + (TIME_CALIBRATED_FEATURES if model.config.time_features else ())
+    config = model.config
+    mf = (("mf", config.mf_index, MF_STEPS),) if config.mf_factors else ()
+    return CALIBRATED_FEATURES + (TIME_CALIBRATED_FEATURES if config.time_features else ()) + mf
 
 
 def calibrate_heads(

@@ -93,7 +93,7 @@ class Prepared:
     """The training split's co-engagement, the model's co-engagement features (as ``unirank train``'s)."""
     peer_data: Any = None
     plays: Any = None
-    """The training plays (``TrainingPlays``) an ``item_init`` other than random fits; None if unused."""
+    """The training plays (``TrainingPlays``) an ALS init or the MF score fits; None if unused."""
 
 
 _WORKER_STATE: dict[str, Prepared] = {}
@@ -328,7 +328,7 @@ def run_compare(
     jobs = model_jobs(config, seed_list, ablations, coverage.trained, single_task, ablation_seeds)
     for job in jobs:
         job.verbose = progress is not None
-    if any(job.config.item_init != "random" for job in jobs):
+    if any(job.config.item_init != "random" or job.config.mf_factors for job in jobs):
         prepared.plays = TrainingPlays.from_logs(log, data_prep.split, catalog)
     say(f"[compare] {len(jobs)} models to train ({workers} at a time), then popularity and peers")
     runs = _run_jobs(jobs, prepared, workers, say)

@@ -18,7 +18,7 @@ WARM_START_MAX_STEPS = 200
 
 TASK_SAMPLINGS = ("sqrt", "equal", "proportional")
 RETIRED_TASKS = ("distil", "drop")
-ITEM_INITS = ("random", "als", "als_users")
+ITEM_INITS = ("random", "als", "als_users", "als_frozen")
 
 
 def _equal_per_task() -> dict[str, float]:
@@ -78,7 +78,12 @@ class TrainConfig:
     item_init: str = "random"
     """How the item embeddings start: ``random`` (normal, std 0.05), ``als`` (from ALS item factors
     of the training split's plays, rescaled to that spread: ``unirank.training.item_init``) or
-    ``als_users`` (the users' embeddings from its user factors too). Needs ``implicit``."""
+    ``als_users`` (the users' embeddings from its user factors too) or ``als_frozen`` (the item table
+    is ALS's and is not trained). Needs ``implicit``."""
+    mf_factors: int = 0
+    """Width of the MF score's item table (``unirank.training.item_init.mf_item_factors``: ALS on
+    the training plays, whitened), a cross feature every head weighs and calibration may raise;
+    0: no MF score. Adds ``4 * mf_factors`` bytes per item to the served tables. Needs ``implicit``."""
     calibrate_heads: bool = True
     """After training, raise a task head's weight on popularity and co-engagement where that
     raises the task's validation NDCG (``unirank.training.calibration.calibrate_heads``)."""
@@ -191,6 +196,8 @@ class TrainConfig:
             raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:<index>', not {self.device!r}")
         if self.retired_tasks not in RETIRED_TASKS:
             raise ValueError(f"retired_tasks must be one of {RETIRED_TASKS}, not {self.retired_tasks!r}")
+        if self.mf_factors < 0:
+            raise ValueError("mf_factors must be >= 0 (0: no MF score)")
         if self.item_init not in ITEM_INITS:
             raise ValueError(f"item_init must be one of {ITEM_INITS}, not {self.item_init!r}")
         if self.architecture not in ARCHITECTURES:

@@ -19,6 +19,7 @@ import torch
 
 from unirank.artifact import Catalog
 from unirank.model.net import UniRankModel
+from unirank.training.config import TrainConfig
 from unirank.training.examples import TrainingPlays, UserSplit
 from unirank.training.logs import LogData
 
@@ -52,6 +53,7 @@ def init_from_als(model: UniRankModel, plays: TrainingPlays, mode: str, seed: in
     """Overwrite ``model``'s item (and, for ``als_users``, user) embeddings with ALS factors.
 
     An item or user without training plays keeps its random vector; the padding rows stay zero.
+    ``als_frozen`` also keeps the item table out of training (items without plays: zero).
     """
     users, items = als_factors(plays.user_items, model.config.dim, seed)
     played_items = np.asarray(plays.user_items.sum(axis=0)).ravel() > 0
@@ -60,6 +62,9 @@ def init_from_als(model: UniRankModel, plays: TrainingPlays, mode: str, seed: in
         weight = model.item_emb.weight
         rows = torch.as_tensor(np.flatnonzero(played_items))
         weight[rows] = _rescaled(items[played_items]).to(weight.device)
+        if mode == "als_frozen":  # the table stays ALS's; an item without plays is its content alone
+            weight[torch.as_tensor(np.flatnonzero(~played_items))] = 0.0
+            model.item_emb.weight.requires_grad_(False)
         if mode == "als_users":
             played_users = np.asarray(plays.user_items.sum(axis=1)).ravel() > 0
             target = plays.user_index[played_users]
@@ -70,6 +75,31 @@ def init_from_als(model: UniRankModel, plays: TrainingPlays, mode: str, seed: in
             )
 
 
-def plays_if_needed(item_init: str, log: LogData, split: UserSplit, catalog: Catalog) -> TrainingPlays | None:
-    """The training plays an ``item_init`` fits, or None for ``random`` (nothing to fit)."""
-    return None if item_init == "random" else TrainingPlays.from_logs(log, split, catalog)
+def mf_item_factors(plays: TrainingPlays, factors: int, seed: int) -> np.ndarray:
+    """float32 [n_items + 1, factors]: the fixed item table of the model's MF score.
+
+    ALS's item factors ``Y``, whitened by ``G = Y'Y + reg I``: ``z_h . z_c = y_h' G^-1 y_c``, so
+    the history's summed factors against a candidate's are ALS's fold-in of that history without
+    the per-user confidence term (the solve a graph cannot do). On the sparse listening history's
+    validation rows this ranks as well as ALS's exact fold-in (notification 0.097 vs 0.095,
+    category 0.192 vs 0.184 NDCG@10, 16 factors; docs/training.md). Scaled to unit mean square
+    row norm; items without training plays (and the padding row) are zero.
+    """
+    _, items = als_factors(plays.user_items, factors, seed)
+    y = np.asarray(items, dtype=np.float64)
+    played = np.asarray(plays.user_items.sum(axis=0)).ravel() > 0
+    played[0] = False
+    y[~played] = 0.0
+    values, vectors = np.linalg.eigh(y.T @ y + ALS_PARAMS["regularization"] * np.eye(factors))
+    z = y @ (vectors @ np.diag(values**-0.5) @ vectors.T)
+    scale = float(np.sqrt((z[played] ** 2).sum(1).mean())) if played.any() else 1.0
+    return (z / max(scale, 1e-12)).astype(np.float32)
+
+
+def plays_if_needed(
+    config: TrainConfig, log: LogData, split: UserSplit, catalog: Catalog
+) -> TrainingPlays | None:
+    """The training plays ``item_init`` or the MF score fits, or None when neither is on."""
+    if config.item_init == "random" and not config.mf_factors:
+        return None
+    return TrainingPlays.from_logs(log, split, catalog)

@@ -137,7 +137,7 @@ def _train_artifact(
         + describe_counts(data.dataset)
     )
     config, _ = plan_tasks(data.dataset.counts(), config, log, say)
-    plays = plays_if_needed(config.item_init, data.log, data.split, data.catalog)
+    plays = plays_if_needed(config, data.log, data.split, data.catalog)
     result = train_model(
         data.dataset, data.catalog, config, progress, data.co_engagement, distributed=distributed, plays=plays
     )

@@ -29,7 +29,7 @@ from unirank.training.dataset import Dataset, StratifiedTaskSampler
 from unirank.training.distributed import Distributed
 from unirank.training.evaluate import TimeCache, sample_rows, validation_ndcg
 from unirank.training.examples import TrainingPlays
-from unirank.training.item_init import init_from_als
+from unirank.training.item_init import init_from_als, mf_item_factors
 from unirank.training.loss import RetiredTeachers, multitask_loss, task_weight_vector
 from unirank.training.sampling import BatchMaker, task_ratios
 
@@ -88,9 +88,13 @@ def neighbour_arrays(
 
 
 def build_model(
-    catalog: Catalog, config: TrainConfig, co_engagement: CoEngagement | None = None
+    catalog: Catalog,
+    config: TrainConfig,
+    co_engagement: CoEngagement | None = None,
+    item_factors: np.ndarray | None = None,
 ) -> UniRankModel:
-    """A fresh model sized for ``catalog``; item content (and co-engagement) goes into its buffers."""
+    """A fresh model sized for ``catalog``; item content (and co-engagement) goes into its buffers,
+    and with ``config.mf_factors`` the MF score's ``item_factors`` (zeros if not given)."""
     model_config = ModelConfig(
         n_items=len(catalog.items),
         n_users=len(catalog.users),
@@ -106,6 +110,7 @@ def build_model(
         impute_context=config.impute_context,
         time_features=config.time_features,
         recent_half_life_days=config.recent_half_life_days,
+        mf_factors=config.mf_factors,
     )
     neighbours = weights = shares = None
     if co_engagement is not None and config.co_engagement_neighbours > 0:
@@ -120,7 +125,28 @@ def build_model(
         item_neighbours=neighbours,
         item_neighbour_weights=weights,
         item_neighbour_shares=shares,
+        item_factors=item_factors,
     )
+
+
+def _fresh_model(
+    catalog: Catalog, config: TrainConfig, co_engagement: CoEngagement | None, plays: TrainingPlays | None
+) -> UniRankModel:
+    """:func:`build_model`, with the MF score's table and the ALS init fitted on ``plays``."""
+    if plays is None and (config.item_init != "random" or config.mf_factors):
+        raise ValueError(
+            f"item_init {config.item_init!r} and mf_factors {config.mf_factors} need the training plays "
+            "(train_model's plays)"
+        )
+    factors = (
+        mf_item_factors(plays, config.mf_factors, config.seed)
+        if plays is not None and config.mf_factors
+        else None
+    )
+    model = build_model(catalog, config, co_engagement, factors)
+    if plays is not None and config.item_init != "random":
+        init_from_als(model, plays, config.item_init, config.seed)
+    return model
 
 
 @contextlib.contextmanager
@@ -218,11 +244,7 @@ def _train(
     run_started = time.perf_counter()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    model = initial if initial is not None else build_model(catalog, config, co_engagement)
-    if initial is None and config.item_init != "random":
-        if plays is None:
-            raise ValueError(f"item_init {config.item_init!r} needs the training plays (train_model's plays)")
-        init_from_als(model, plays, config.item_init, config.seed)
+    model = initial if initial is not None else _fresh_model(catalog, config, co_engagement, plays)
     device = distributed.device if distributed is not None else torch.device(config.device)
     model.to(device)
     primary = distributed is None or distributed.primary

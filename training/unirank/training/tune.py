@@ -35,6 +35,8 @@ CONFIG_FORMAT = "unirank-tuned-config"
 CONFIG_VERSION = 1
 HALF_LIVES: tuple[float, ...] = (7.0, 30.0, 120.0)
 """Recent-popularity half-lives (days) the search tries: a week, a month, a season."""
+MF_FACTORS: tuple[int, ...] = (0, 16)
+"""The MF score's widths the search tries: none, or the 16 factors ALS's validation grid picks."""
 MIN_TRIAL_SECONDS = 30.0
 """A trial is not started when less than this is left of the budget."""
 
@@ -108,6 +110,7 @@ def suggest(trial: Any, base: TrainConfig, tasks: Sequence[str]) -> dict[str, An
         "popular_negative_share": trial.suggest_float("popular_negative_share", 0.2, 0.8),
         "time_features": trial.suggest_categorical("time_features", [True, False]),
         "item_init": trial.suggest_categorical("item_init", list(ITEM_INITS)),
+        "mf_factors": trial.suggest_categorical("mf_factors", list(MF_FACTORS)),
     }
     if values["time_features"]:
         values["recent_half_life_days"] = trial.suggest_categorical("recent_half_life_days", HALF_LIVES)
@@ -241,7 +244,7 @@ def _study(
             if time.perf_counter() > deadline + budget_s * 0.25:
                 raise optuna.TrialPruned()  # far over the budget: stop rather than overrun it
 
-        plays = plays_if_needed(trial_config.item_init, prepared.log, prepared.split, prepared.catalog)
+        plays = plays_if_needed(trial_config, prepared.log, prepared.split, prepared.catalog)
         result = train_model(
             prepared.dataset,
             prepared.catalog,
@@ -305,6 +308,7 @@ def _as_params(config: TrainConfig, tasks: Sequence[str]) -> dict[str, Any]:
         "retired_tasks": config.retired_tasks,
         "time_features": config.time_features,
         "item_init": config.item_init,
+        "mf_factors": config.mf_factors if config.mf_factors in MF_FACTORS else 16,
         "popular_negative_share": min(max(config.popular_negative_share, 0.2), 0.8),
     }
     if config.time_features:

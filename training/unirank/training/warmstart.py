@@ -68,6 +68,7 @@ FIXED_BY_PARENT: tuple[str, ...] = (
     "time_features",
     "recent_half_life_days",
     "impute_context",
+    "mf_factors",
     "co_engagement_neighbours",
 )
 """TrainConfig fields that shape the model or its inputs: a refit keeps the parent's."""
@@ -152,6 +153,8 @@ def warm_start_model(
             if name not in state or state[name].shape != parameter.shape:
                 raise ArtifactError(f"the parent's weights lack {name} {tuple(parameter.shape)}")
             parameter.copy_(state[name])
+        if model.item_factors is not None and parent.model.item_factors is not None:
+            model.item_factors.copy_(parent.model.item_factors)  # the MF score's table: the parent's
     return model
 
 
