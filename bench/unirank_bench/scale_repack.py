@@ -21,6 +21,7 @@ from pathlib import Path
 from unirank.artifact import load_artifact
 from unirank.artifact.ann import ITEM_INDEX, ItemIndex
 from unirank.artifact.store import CATALOG, CATALOG_JSON
+from unirank.model.serving import CO_ENGAGEMENT_ROW_MAX
 
 WRITTEN = ("schema_version", "model_version", "created_unix_ms", "model_config", "encoder",
            "training_data", "files", "onnx")  # fmt: skip
@@ -43,7 +44,11 @@ def needs_repack(path: Path) -> bool:
         if "title_keys.npy" not in catalog.namelist():  # the first catalog.npz had no title keys
             return True
     graph = onnx.load(str(path / "model.onnx"), load_external_data=False).graph
-    return any(tensor.name in OLDER_TABLES for tensor in graph.initializer)
+    if any(tensor.name in OLDER_TABLES for tensor in graph.initializer):
+        return True
+    # A catalogue past CO_ENGAGEMENT_ROW_MAX items now sums co-engagement at the candidates.
+    row = next((t for t in graph.initializer if t.name == "item_zeros"), None)
+    return row is not None and row.dims[-1] > CO_ENGAGEMENT_ROW_MAX
 
 
 def repack(path: Path) -> float:

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from unirank.artifact.features import INPUT_NAMES, OUTPUT_NAME
+from unirank.model import serving as serving_module
 from unirank.model.config import ModelConfig
 from unirank.model.net import UniRankModel, build_model_from_checkpoint, model_checkpoint
-from unirank.model.serving import CATEGORY_COLUMNS_MAX, serving_model
+from unirank.model.serving import CATEGORY_COLUMNS_MAX, ServingModel, co_engagement_at, serving_model
 from unirank.training.export import export_onnx, random_inputs, torch_scores
 from unirank.training.loss import multitask_loss
 from unirank.training.sampling import in_batch_candidates
@@ -61,6 +62,11 @@ SERVED_NODES = 120
 options to 89-116 (72-97 before its index tables held int32, cast where they index, and its anchor
 and history rows were built per call from the candidates' table instead of a second item table and
 a table of title sums: 332 bytes less per item), where exporting the training forward gave 252-289."""
+
+CO_ENGAGEMENT_AT_CANDIDATES_NODES = 30
+"""What summing co-engagement at the candidates adds to a graph: 29 nodes (106-116 -> 135-145) for
+the keys, their sort, the running sum, its scatter back to the keys' order and the two reads, most
+of them shape arithmetic on the dynamic number of candidates."""
 
 
 def _onnx_nodes(path: Path) -> int:
@@ -247,3 +253,33 @@ def test_the_mf_score_is_the_candidates_factors_against_the_history_mean_and_ser
         torch.testing.assert_close(serving_model(model)(**tensors), raised, rtol=0, atol=1e-5)
     real = inputs.candidates > 0
     np.testing.assert_allclose((raised - before).numpy()[real], expected[real], atol=1e-5)
+
+
+def test_co_engagement_at_the_candidates_sums_what_a_row_over_the_items_holds() -> None:
+    """Repeated neighbours add up, repeated and padding candidates read the same sums, and a
+    candidate nobody lists reads 0, as scattering over a [B, items] row and reading it does."""
+    rng = np.random.default_rng(0)
+    for batch, listed, n in ((1, 1, 1), (4, 30, 9), (7, 300, 120)):
+        index = torch.from_numpy(rng.integers(0, N_ITEMS, size=(batch, listed)))
+        values = torch.from_numpy(rng.normal(size=(batch, listed)).astype(np.float32))
+        candidates = torch.from_numpy(rng.integers(0, N_ITEMS, size=(batch, n)))
+        row = torch.zeros(batch, N_ITEMS).scatter_add(1, index, values).gather(1, candidates)
+        torch.testing.assert_close(co_engagement_at(index, values, candidates), row, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=OPTION_IDS)
+def test_large_catalogues_sum_co_engagement_at_the_candidates_and_score_the_same(
+    options: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond CO_ENGAGEMENT_ROW_MAX items the serving graph holds no [B, items] row: its torch
+    form and its ONNX export score as the training forward does."""
+    model = _model(impute_context=True, **{k: v for k, v in options.items() if k != "impute_context"})
+    serving = ServingModel(model, co_engagement_row_max=0)
+    assert serving.item_zeros is None
+    with torch.no_grad():
+        for batch in _serving_batches(model):
+            torch.testing.assert_close(serving(**batch), model(**batch), rtol=0, atol=1e-5)
+    monkeypatch.setattr(serving_module, "CO_ENGAGEMENT_ROW_MAX", 0)
+    export_onnx(model, tmp_path / "model.onnx", max_history=5, max_query_tokens=3)
+    _check_onnx_scores_like_training(model, tmp_path / "model.onnx")
+    assert _onnx_nodes(tmp_path / "model.onnx") < SERVED_NODES + CO_ENGAGEMENT_AT_CANDIDATES_NODES

@@ -23,6 +23,11 @@ INDEX_DTYPE = torch.int32
 """Item and token indices in the tables (neighbours, title tokens): half of int64, about 230 MB of
 ``model.onnx.data`` less at a million items; gathered rows are cast to int64 where they index."""
 
+CO_ENGAGEMENT_ROW_MAX = 100_000
+"""Up to this many items the serving graph sums co-engagement over a [B, items] row (a scatter,
+then read at the candidates: cheapest for small catalogues); with more it sums it at the
+candidates (:func:`co_engagement_at`), whose work and memory do not grow with the catalogue."""
+
 CATEGORY_COLUMNS_MAX = 64
 """Up to this many categories (padding aside) the serving graph matches them as one-hot columns of item rows;
 with more (where those columns would outgrow the item vector) it compares a candidate's category ids."""
@@ -63,7 +68,8 @@ class ServingModel(nn.Module):
     ``query + w_anchor * anchor + w_history * history + w_category * category``: the head's dot
     product, both similarities, popularity and the category match at once. Lexical overlap reads a
     multi-hot query as in training; the three co-engagement rows over the catalogue become one
-    scatter whose values already carry the head's weights.
+    scatter whose values already carry the head's weights, or, beyond
+    :data:`CO_ENGAGEMENT_ROW_MAX` items, one sum of those values at the candidates.
     """
 
     item_columns: torch.Tensor
@@ -74,7 +80,7 @@ class ServingModel(nn.Module):
     title_tokens: torch.Tensor
     token_real: torch.Tensor
     token_zeros: torch.Tensor
-    item_zeros: torch.Tensor
+    item_zeros: torch.Tensor | None
     user_rows: torch.Tensor
     category_rows: torch.Tensor
     task_rows: torch.Tensor
@@ -85,9 +91,17 @@ class ServingModel(nn.Module):
     anchor_neighbour_values: torch.Tensor
     padding_score: torch.Tensor
 
-    def __init__(self, model: UniRankModel, category_columns_max: int = CATEGORY_COLUMNS_MAX) -> None:
+    def __init__(
+        self,
+        model: UniRankModel,
+        category_columns_max: int = CATEGORY_COLUMNS_MAX,
+        co_engagement_row_max: int | None = None,
+    ) -> None:
+        """``co_engagement_row_max`` defaults to :data:`CO_ENGAGEMENT_ROW_MAX`."""
         super().__init__()
         cfg = self.config = model.config
+        row_max = CO_ENGAGEMENT_ROW_MAX if co_engagement_row_max is None else co_engagement_row_max
+        self.co_engagement_row = cfg.n_items <= row_max
         d = cfg.dim
         self.n_category_columns = cfg.n_categories - 1 if cfg.n_categories - 1 <= category_columns_max else 0
         self.mf_at = d + 2 + self.n_category_columns  # the item factors' first column (if any)
@@ -163,7 +177,8 @@ class ServingModel(nn.Module):
         )
         # [items, 2, K]: an anchor reads both rows, a history item the weights (row 0) alone.
         self.register_buffer("anchor_neighbour_values", values)
-        self.register_buffer("item_zeros", torch.zeros(1, self.config.n_items, device=device))
+        zeros = torch.zeros(1, self.config.n_items, device=device) if self.co_engagement_row else None
+        self.register_buffer("item_zeros", zeros)  # the row co-engagement is scattered over
 
     def _item_row(self, vectors: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """An anchor / history row [B, width] from item vectors [B, d] and the real-item share
@@ -285,8 +300,11 @@ class ServingModel(nn.Module):
         )
         index = torch.cat([self.neighbours[anchor_item], self.neighbours[history].flatten(1)], 1).long()
         values = torch.cat([anchor_values.flatten(1), history_values], 1)
-        co = (self.item_zeros * history_count).scatter_add(1, index, values)
-        scores = scores + co.gather(1, candidates)
+        if self.item_zeros is not None:
+            co = (self.item_zeros * history_count).scatter_add(1, index, values).gather(1, candidates)
+        else:
+            co = co_engagement_at(index, values, candidates)
+        scores = scores + co
         if self.n_time:
             if candidate_time is None:
                 raise ValueError("a model with time features needs the candidates' time features")
@@ -294,6 +312,22 @@ class ServingModel(nn.Module):
             time_weights = time_weights.unsqueeze(1)  # [B, 1, 3]
             scores = scores + (candidate_time * time_weights).sum(-1)
         return torch.where(candidates > 0, scores, self.padding_score)
+
+
+def co_engagement_at(index: torch.Tensor, values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """[B, N]: per row, the sum of ``values`` [B, M] whose ``index`` [B, M] is each of ``candidates``
+    [B, N], with no [B, items] row: the keys 2 * index and each candidate's 2c - 1 and 2c + 1 sorted
+    together, the values summed along that order (float64: exact to far below float32's rounding);
+    a candidate's sum is the running sum at 2c + 1 less that at 2c - 1. Work per row in M + 2N."""
+    n = candidates.shape[1]
+    keys = torch.cat([index * 2, candidates * 2 - 1, candidates * 2 + 1], 1)
+    probes = torch.zeros(candidates.shape[0], 2 * n, dtype=torch.float64, device=values.device)
+    summed = torch.cat([values.to(torch.float64), probes], 1)
+    _, order = torch.topk(keys, keys.shape[1], dim=1, largest=False)
+    running = summed.gather(1, order).cumsum(1)
+    at_keys = torch.zeros_like(running).scatter(1, order, running)  # back in the keys' order
+    below, through = at_keys[:, -2 * n : -n], at_keys[:, -n:]
+    return (through - below).to(values.dtype)
 
 
 def _bottom_layers(bottom: nn.Module) -> tuple[nn.Linear, nn.Linear]:
