@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from unirank.artifact import Catalog, Context, FeatureEncoder, TaskType
@@ -71,3 +73,39 @@ def test_time_features_take_one_time_per_row() -> None:
         assert alone.candidate_time is not None
         np.testing.assert_allclose(both[row], alone.candidate_time[0])
     assert not np.allclose(both[0], both[1])  # the times differ, so do the features
+
+
+def test_the_serving_state_gives_what_the_definition_gives(tmp_path: Path) -> None:
+    """ItemActivity keeps "none" as infinities in one table (one gather, no NaN pass per request);
+    its features equal time_features' on the NaN form, for items with and without events and
+    release years, the padding item and events folded in later; the NaN form survives a save."""
+    from unirank.artifact.activity import ActivitySpec, ItemActivity, time_features
+
+    rng = np.random.default_rng(3)
+    n, day = 400, 86_400_000.0
+    last = 1.5e12 + rng.random(n) * 300 * day
+    count = rng.random(n) * 40
+    first = last - rng.random(n) * 900 * day
+    release = np.where(rng.random(n) < 0.4, np.nan, 1.3e12 + rng.random(n) * 200 * day)
+    none = rng.random(n) < 0.2
+    last[none], first[none], count[none] = np.nan, np.nan, 0.0
+    activity = ItemActivity(ActivitySpec(), count, last, first, release)
+    activity.record(np.array([5, 5, 7, 0, n + 3]), np.array([1.6e12, 1.6e12 + day, 1.55e12, 1.6e12, 1.6e12]))
+    candidates = rng.integers(0, n, (3, 90))
+    candidates[:, :2] = 0
+    at = np.array([1.52e12, 1.58e12, 1.7e12])
+    expected = time_features(
+        activity.count[candidates],
+        activity.last_ms[candidates],
+        activity.first_ms[candidates],
+        activity.release_ms[candidates],
+        at[:, None],
+        activity.spec,
+    )
+    expected[candidates == 0] = 0.0
+    np.testing.assert_array_equal(activity.features(candidates, at), expected)
+    assert activity.count[5] > 1.0 and np.isnan(activity.last_ms[np.flatnonzero(none)[0]])
+    activity.save(tmp_path / "activity.npz")
+    again = ItemActivity.load(tmp_path / "activity.npz")
+    np.testing.assert_array_equal(again.features(candidates, at), expected)
+    assert again.newest_ms == activity.newest_ms == 1.6e12 + day

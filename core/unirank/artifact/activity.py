@@ -106,11 +106,23 @@ def time_features(
     return np.nan_to_num(out, copy=False, nan=0.0)
 
 
+_COUNT, _LAST, _FIRST, _RELEASE = range(4)
+"""Columns of :class:`ItemActivity`'s state table."""
+
+
 class ItemActivity:
     """Every item's decayed count, its time, and its first event: the serving state.
 
     Built from the artifact (the state at the end of the training logs), then folded forward with
     each recorded event (:meth:`record`); :meth:`features` reads it at a request's time.
+
+    The state is one float64 table [items, 4] (count, last event, first event, release), so a
+    request's candidates are one gather. "None" is an infinity that gives the feature's value for
+    it by itself: no last event is +inf (``max(t - inf, 0) = 0``: no decay of a zero count), no
+    first event or release year -inf (``exp(-inf) = 0``); the padding item 0 is "none" everywhere.
+    So no NaN pass is needed per request, and the numbers are the ones :func:`time_features` gives
+    with its NaNs (``tests/server/test_feature_encoder.py``). The NaN form is what the artifact
+    stores and :attr:`count`, :attr:`last_ms`, :attr:`first_ms` and :attr:`release_ms` return.
     """
 
     def __init__(
@@ -125,13 +137,45 @@ class ItemActivity:
         if not (len(last_ms) == len(first_ms) == len(release_ms) == n):
             raise ValueError("the item activity arrays differ in length")
         self.spec = spec
-        self.count = np.asarray(count, dtype=np.float64).copy()
-        self.last_ms = np.asarray(last_ms, dtype=np.float64).copy()
-        self.first_ms = np.asarray(first_ms, dtype=np.float64).copy()
-        self.release_ms = np.asarray(release_ms, dtype=np.float64).copy()
-        known = self.last_ms[np.isfinite(self.last_ms)]
+        state = np.empty((n, 4), dtype=np.float64)
+        state[:, _COUNT] = count
+        for column, values, none in (
+            (_LAST, last_ms, np.inf),
+            (_FIRST, first_ms, -np.inf),
+            (_RELEASE, release_ms, -np.inf),
+        ):
+            values = np.asarray(values, dtype=np.float64)
+            state[:, column] = np.where(np.isnan(values), none, values)
+        state[np.isinf(state[:, _LAST]), _COUNT] = 0.0  # a count without an event counts nothing
+        known = state[:, _LAST][np.isfinite(state[:, _LAST])]
         self.newest_ms = float(known.max()) if len(known) else math.nan
         """The newest event in the state (NaN: none)."""
+        if n:
+            state[0] = (0.0, np.inf, -np.inf, -np.inf)  # the padding item: every feature 0
+        self._state = state
+        self._neg_scales = -np.array(
+            [spec.tau_ms, spec.age_scale_days * DAY_MS, spec.age_scale_days * DAY_MS]
+        )
+
+    def _column(self, column: int) -> np.ndarray:
+        values = self._state[:, column]
+        return np.where(np.isinf(values), np.nan, values)
+
+    @property
+    def count(self) -> np.ndarray:
+        return self._state[:, _COUNT].copy()
+
+    @property
+    def last_ms(self) -> np.ndarray:
+        return self._column(_LAST)
+
+    @property
+    def first_ms(self) -> np.ndarray:
+        return self._column(_FIRST)
+
+    @property
+    def release_ms(self) -> np.ndarray:
+        return self._column(_RELEASE)
 
     def clock_ms(self, now_ms: float) -> float:
         """The time a request that states none is read at: ``now_ms``, or the newest event when
@@ -144,36 +188,39 @@ class ItemActivity:
 
     @property
     def n_items(self) -> int:
-        return len(self.count)
+        return len(self._state)
 
     def record(self, items: np.ndarray, times_ms: np.ndarray) -> None:
         """Fold events (item indices; 0 and unknown indices are skipped) into the state."""
-        tau = self.spec.tau_ms
+        tau, state = self.spec.tau_ms, self._state
         for item, at in zip(
             np.asarray(items).tolist(), np.asarray(times_ms, dtype=np.float64).tolist(), strict=True
         ):
             if not 0 < item < self.n_items:
                 continue
-            self.count[item], self.last_ms[item] = fold(self.count[item], self.last_ms[item], at, tau)
+            row = state[item]
+            last = float(row[_LAST])
+            row[_COUNT], row[_LAST] = fold(
+                float(row[_COUNT]), math.nan if last == math.inf else last, at, tau
+            )
             if not at <= self.newest_ms:  # NaN (no event yet) or newer
                 self.newest_ms = at
-            if not at >= self.first_ms[item]:  # NaN (no event yet) or earlier
-                self.first_ms[item] = at
+            if at < row[_FIRST] or row[_FIRST] == -math.inf:  # none yet, or earlier
+                row[_FIRST] = at
 
     def features(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
         """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] at each row's time [B]."""
         index = np.clip(np.asarray(candidates, dtype=np.int64), 0, self.n_items - 1)
-        at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * (index.ndim - 1)))
-        out = time_features(
-            self.count[index],
-            self.last_ms[index],
-            self.first_ms[index],
-            self.release_ms[index],
-            at,
-            self.spec,
-        )
-        out[index == 0] = 0.0
-        return out
+        state = self._state[index]  # [..., 4]: one gather
+        at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * index.ndim))
+        # The same steps as time_features: exp(max(t - time, 0) / -scale) for the last event, the
+        # first and the release (the infinities give 1, 0 and 0 for "none"), then the count.
+        out = np.subtract(at, state[..., _LAST:])
+        np.maximum(out, 0.0, out=out)
+        out /= self._neg_scales
+        np.exp(out, out=out)
+        out[..., 0] = np.log1p(state[..., _COUNT] * out[..., 0]) / self.spec.recent_norm
+        return out.astype(np.float32)
 
     def copy(self) -> ItemActivity:
         return ItemActivity(self.spec, self.count, self.last_ms, self.first_ms, self.release_ms)
