@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -15,6 +17,13 @@ from unirank.server.backends.base import BackendError
 from unirank.server.backends.onnx_backend import OnnxBackend, ScoringThreads
 
 from ..conftest import profile_with, running_server
+
+RECOMMEND = "/unirank.v1.RecommenderService/Recommend"
+
+
+async def _never() -> AsyncIterator[bytes]:
+    await asyncio.Event().wait()
+    yield b""  # pragma: no cover - never reached
 
 
 class _Recorder:
@@ -118,3 +127,48 @@ async def test_a_request_the_model_refuses_fails_alone_in_its_batch(artifact_dir
         assert backend.batch_stats().batches == 1  # one batch, answered member by member
     finally:
         await backend.close()
+
+
+async def test_a_call_alone_in_the_server_is_scored_on_the_loop_others_on_the_thread(
+    artifact_dir: Path,
+) -> None:
+    """cpu-realtime scores on one thread with batching; a call that is the only one open in the
+    server runs the model on the event loop instead (no hand-off to the thread and back). With a
+    second call open (here one that has not sent its message yet) calls go to the thread, and
+    ``inline_when_alone = false`` sends every call there."""
+    artifact = load_artifact(artifact_dir)
+    anchors = [artifact.catalog.items.key(i) for i in range(1, 6)]
+    queued = {"max_queued_rpcs": 64, "max_queue_wait_ms": 0}
+    async with (
+        running_server(profile_with(server=queued), artifact_dir) as server,
+        AsyncRecommenderClient(server.address) as client,
+    ):
+        backend = server.pipeline.runtime.backend
+        assert isinstance(backend, OnnxBackend) and not backend.inline
+        before = backend.inline_calls
+        for anchor in anchors:  # one at a time: each is alone
+            answer = await client.related_items(anchor, event_time_unix_ms=REQUEST_TIME_MS)
+            assert answer.items and not answer.fallback
+        assert backend.inline_calls - before == len(anchors)
+        assert server.calls.count == 0  # every call counted out again
+
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stalled = channel.stream_unary(RECOMMEND)(_never(), timeout=30)
+            while server.calls.count < 1:  # the call is open, its message never comes
+                await asyncio.sleep(0.01)
+            before, requests = backend.inline_calls, backend.batch_stats().requests
+            for anchor in anchors:
+                answer = await client.related_items(anchor, event_time_unix_ms=REQUEST_TIME_MS)
+                assert answer.items and not answer.fallback
+            assert backend.inline_calls == before  # not alone: on the scoring thread
+            assert backend.batch_stats().requests - requests == len(anchors)
+            stalled.cancel()
+        while server.calls.count:
+            await asyncio.sleep(0.01)
+
+    off = profile_with(server=queued, model={"inline_when_alone": False})
+    async with running_server(off, artifact_dir) as server, AsyncRecommenderClient(server.address) as client:
+        backend = server.pipeline.runtime.backend
+        assert isinstance(backend, OnnxBackend)
+        await client.related_items(anchors[0], event_time_unix_ms=REQUEST_TIME_MS)
+        assert backend.inline_calls == 0  # warm-up, drift reference and the call: all on the thread

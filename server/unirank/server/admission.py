@@ -15,6 +15,24 @@ SERVICE_TIME_WEIGHT = 0.1
 change), which deadline-aware admission compares with each call's remaining deadline."""
 
 
+class OpenCalls:
+    """Calls open in the server now, counted by the transport from the moment a call's handler
+    starts (before its request message has arrived) until it ends.
+
+    It is what tells a call that is alone from one among others: admission and the pipeline
+    count a call only once the event loop has reached it, and a loop that never suspends before
+    the model call reaches each of 32 concurrent calls alone in turn. Open calls are counted as
+    they arrive, so under concurrent load they stay above one.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def alone(self) -> bool:
+        """At most one call is open (the caller's own, or none for the server's own calls)."""
+        return self.count <= 1
+
+
 class Admission:
     """Execution slots for RPCs, a bounded FIFO of callers waiting for one, and draining.
 

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from unirank.artifact.store import ArtifactError, IncompleteArtifact
-from unirank.server.admission import Admission
+from unirank.server.admission import Admission, OpenCalls
 from unirank.server.codec import RequestLimits
 from unirank.server.config import Profile
 from unirank.server.gate import OfflineGate
@@ -100,6 +100,8 @@ class UniRankServer:
         self.admission = Admission(
             limits.max_concurrent_rpcs, limits.max_queued_rpcs, limits.max_queue_wait_ms / 1000.0
         )
+        self.calls = OpenCalls()
+        """Calls open in the server (the transport counts them): a model call made alone runs inline."""
         self.health = health.aio.HealthServicer()
         self.pipeline: RankingPipeline | None = None
         self.gate: OfflineGate | None = None  # built with the telemetry, in start()
@@ -162,7 +164,9 @@ class UniRankServer:
             stamp = fingerprint(version_dir)
         except OSError as exc:  # removed or unreadable since it was found
             raise ArtifactError(f"{version_dir}: {exc}") from exc
-        runtime = await ModelRuntime.load(version_dir, self.profile.model, telemetry.batch_observer)
+        runtime = await ModelRuntime.load(
+            version_dir, self.profile.model, telemetry.batch_observer, self.calls.alone
+        )
         self._check_fits(runtime, None)
         self._loaded = stamp
         if self.features is None:
@@ -170,7 +174,9 @@ class UniRankServer:
         self.pipeline = RankingPipeline(self.profile, runtime, telemetry, self.features)
         if self.profile.rollout.enabled:  # resumed: the versions its saved state serves are loaded
             observer = telemetry.batch_observer
-            load = functools.partial(ModelRuntime.load, section=self.profile.model, batch_observer=observer)
+            load = functools.partial(
+                ModelRuntime.load, section=self.profile.model, batch_observer=observer, alone=self.calls.alone
+            )
             rollout = self.rollout = await RolloutController.open(
                 self.artifact_path, self.pipeline, version_dir, telemetry.stats.kpis, load
             )
@@ -183,7 +189,9 @@ class UniRankServer:
         checked = await self._check_references(runtime)
         self._announce(runtime, self._references_before_measured(runtime))
         limits = self.profile.server
-        self.first_message = FirstMessageGuard(limits.connections.first_message_timeout_ms / 1000.0)
+        self.first_message = FirstMessageGuard(
+            limits.connections.first_message_timeout_ms / 1000.0, self.calls
+        )
         server = grpc.aio.server(
             interceptors=[
                 self.first_message,
@@ -370,7 +378,9 @@ class UniRankServer:
             if rollout is not None and (rollout.active or rollout.is_last_canary(target)):
                 return self.pipeline.runtime.version  # one rollout at a time, each version once
             try:
-                runtime = await ModelRuntime.load(target, self.profile.model, self.telemetry.batch_observer)
+                runtime = await ModelRuntime.load(
+                    target, self.profile.model, self.telemetry.batch_observer, self.calls.alone
+                )
                 try:
                     self._check_fits(runtime, self.pipeline.runtime)
                     pinned = self.rollout.serving_runtimes() if self.rollout is not None else {}

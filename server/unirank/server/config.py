@@ -58,6 +58,11 @@ class ModelSection(_Strict):
     no thread hand-off (lowest latency one call at a time), but the loop waits for every call,
     and a use-case's ``timeout_ms`` cannot interrupt one (no timer is set; torch always runs off
     the loop)."""
+    inline_when_alone: bool = True
+    """With ONNX Runtime on scoring threads: a model call made while no other call is open in the
+    server runs on the event loop instead (no hand-off to a scoring thread and back, which costs
+    more than the model call itself at a few hundred candidates). Under concurrent load calls go
+    to the scoring threads and batch as before."""
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     incomplete_version_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)

@@ -28,11 +28,15 @@ WARMUP_ATOL = 1e-4
 
 
 def make_backend(
-    artifact: Artifact, section: ModelSection, batch_observer: BatchObserver | None = None
+    artifact: Artifact,
+    section: ModelSection,
+    batch_observer: BatchObserver | None = None,
+    alone: Callable[[], bool] | None = None,
 ) -> ScoringBackend:
     """The profile's backend. torch is imported only when the profile asks for it.
 
-    ``batch_observer`` sees every batch a batching backend executes (telemetry).
+    ``batch_observer`` sees every batch a batching backend executes (telemetry); ``alone`` says
+    whether a call is the only one open in the server (``inline_when_alone``).
     """
     if section.backend == "onnxruntime":
         from unirank.server.backends.onnx_backend import OnnxBackend
@@ -43,6 +47,7 @@ def make_backend(
             workers=section.inference_workers,
             batching=section.batching if section.batching.enabled else None,
             batch_observer=batch_observer,
+            alone=alone if section.inline_when_alone else None,
         )
     try:
         from unirank.server.backends.torch_backend import TorchBackend
@@ -98,16 +103,18 @@ class ModelRuntime:
         path: str | Path,
         section: ModelSection,
         batch_observer: Callable[[str], BatchObserver | None] | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> ModelRuntime:
         """Verify and load the artifact off the event loop, start the backend and warm it up.
 
-        ``batch_observer(model_version)`` gives the observer of this version's batches, if any.
+        ``batch_observer(model_version)`` gives the observer of this version's batches, if any;
+        ``alone()`` whether a call is the only one open in the server (the transport counts them).
         """
         # The files this server never opens (the other backend's model) are not hashed.
         unread = (MODEL_TORCH,) if section.backend == "onnxruntime" else (MODEL_ONNX, MODEL_ONNX_DATA)
         artifact = await asyncio.to_thread(load_artifact, path, unread)
         try:
-            runtime = cls._assemble(artifact, section, batch_observer)
+            runtime = cls._assemble(artifact, section, batch_observer, alone)
         except (ArtifactError, BackendError):
             raise
         except Exception as exc:  # verified files whose content still cannot be served
@@ -131,6 +138,7 @@ class ModelRuntime:
         artifact: Artifact,
         section: ModelSection,
         batch_observer: Callable[[str], BatchObserver | None] | None,
+        alone: Callable[[], bool] | None = None,
     ) -> ModelRuntime:
         catalog = artifact.catalog
         categories = catalog.category_matrix()[:, 0]
@@ -141,7 +149,7 @@ class ModelRuntime:
             artifact=artifact,
             encoder=encoder,
             retriever=retriever,
-            backend=make_backend(artifact, section, observer),  # last: it may start threads
+            backend=make_backend(artifact, section, observer, alone),  # last: it may start threads
             maturity=np.asarray(catalog.maturity, dtype=np.int64),
             release_year=np.asarray(catalog.release_year, dtype=np.int64),
             primary_category=categories.astype(np.int64),

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from unirank.server.admission import OpenCalls
 from unirank.server.config import ServerSection
 from unirank.server.errors import DeadlineExceeded, InvalidArgument, ServingError
 from unirank.server.interceptors import abort_with
@@ -70,8 +71,10 @@ class FirstMessageGuard(grpc.aio.ServerInterceptor):
     opens and can stop waiting. It goes first, so it sees the handler every other interceptor built.
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, calls: OpenCalls | None = None) -> None:
         self.timeout_s = timeout_s
+        self.calls = calls if calls is not None else OpenCalls()
+        """Unary calls open now, from their handler's start to their end."""
         self.stalled = 0
         """Calls ended because their request message did not arrive in time."""
         self.waiting = 0
@@ -95,18 +98,22 @@ class FirstMessageGuard(grpc.aio.ServerInterceptor):
 
     def _bound(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         behaviour = handler.unary_unary
-        timeout_s = self.timeout_s
+        timeout_s, calls = self.timeout_s, self.calls
 
         async def bounded(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            self.waiting += 1
+            calls.count += 1
             try:
-                request = await first_message(context, timeout_s)
-            except grpc.aio.AbortError:
-                self.stalled += 1
-                raise
+                self.waiting += 1
+                try:
+                    request = await first_message(context, timeout_s)
+                except grpc.aio.AbortError:
+                    self.stalled += 1
+                    raise
+                finally:
+                    self.waiting -= 1
+                return await behaviour(request, context)
             finally:
-                self.waiting -= 1
-            return await behaviour(request, context)
+                calls.count -= 1
 
         return grpc.stream_unary_rpc_method_handler(
             bounded,

@@ -76,7 +76,8 @@ class ScoringThreads:
 
 class OnnxBackend:
     """Runs the artifact's ONNX graph on dedicated scoring threads (``InferenceSession.run``
-    releases the GIL), or inline on the event loop with ``workers = 0``.
+    releases the GIL), or inline on the event loop with ``workers = 0`` (or, given ``alone``,
+    whenever it says the call is the only one open in the server).
 
     With ``batching``, requests waiting for the model are scored together: one call per batch,
     on the scoring threads (or inline). Under concurrent load that amortises what a call costs
@@ -96,8 +97,10 @@ class OnnxBackend:
         batching: BatchingConfig | None = None,
         *,
         batch_observer: BatchObserver | None = None,
+        alone: Callable[[], bool] | None = None,
     ) -> None:
         self._model_path = model_path
+        self._alone = alone
         self._threads = threads
         self._workers = workers
         self._session: ort.InferenceSession | None = None
@@ -106,6 +109,8 @@ class OnnxBackend:
             self._score_batch, batching, observer=batch_observer
         )
         self._direct_calls = 0
+        self.inline_calls = 0
+        """Model calls run on the event loop (all of them with no scoring threads)."""
 
     @property
     def inline(self) -> bool:
@@ -173,8 +178,12 @@ class OnnxBackend:
         return results
 
     async def _call(self, inputs: ModelInputs) -> np.ndarray:
-        """One model call: inline (the loop waits for it) or on a scoring thread."""
-        return self.score_sync(inputs) if self._scoring is None else await self._scoring.submit(inputs)
+        """One model call: inline (the loop waits for it) or on a scoring thread; inline too when
+        ``alone()`` says no other call is open, as nothing could use the loop meanwhile."""
+        if self._scoring is None or (self._alone is not None and self._alone()):
+            self.inline_calls += 1
+            return self.score_sync(inputs)
+        return await self._scoring.submit(inputs)
 
     def batch_stats(self) -> BatcherStats:
         """Batches executed and their mean size (unbatched: every call is a batch of one)."""
