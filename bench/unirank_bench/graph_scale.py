@@ -1,7 +1,8 @@
 """How the serving graph's cost per request and its size grow with the catalogue.
 
-The graph scatters co-engagement over a [B, items] row and the query over a [B, tokens] row, then
-reads them at the candidates, and its tables hold a row per item. For each catalogue size this
+The graph scatters co-engagement over a [B, items] row (up to ``CO_ENGAGEMENT_ROW_MAX`` items;
+beyond, it sums it at the candidates) and the query over a [B, tokens] row, then reads them at the
+candidates, and its tables hold a row per item. For each catalogue size this
 builds a randomly initialised network of the demo's shape, exports its serving form to ONNX and
 times ONNX Runtime on one request (200 candidates, a full history and query) on one thread: the
 median of ``--calls`` calls, and the size of ``model.onnx``.
