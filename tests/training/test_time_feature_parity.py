@@ -167,7 +167,7 @@ async def test_an_artifact_from_before_the_time_features_still_loads_and_serves(
     artifact = load_artifact(artifact_dir)
     old = tmp_path / "old"
     old.mkdir()
-    model = build_model(artifact.catalog, TrainConfig(time_features=False))
+    model = build_model(artifact.catalog, TrainConfig(time_features=False, mf_factors=0))
     manifest = write_artifact(
         old,
         model,

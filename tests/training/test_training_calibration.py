@@ -39,7 +39,8 @@ def test_calibration_only_keeps_steps_that_raise_validation(data: PreparedData) 
     assert set(added) == set(NAMES.values())
     assert any(added.values())  # an untrained head gains from the plain signals
     calibrated = {index for _, index, _ in calibrated_features(model)}
-    assert len(calibrated) == 4  # popularity, co-engagement with history and anchor, popularity now
+    # popularity, co-engagement with history and anchor, popularity now, the MF score
+    assert len(calibrated) == 5
     for task, name in NAMES.items():
         assert after[task] >= before[task]
         change = model.heads[task - 1].cross.bias.detach() - biases[task - 1]

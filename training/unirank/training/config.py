@@ -80,10 +80,12 @@ class TrainConfig:
     of the training split's plays, rescaled to that spread: ``unirank.training.item_init``) or
     ``als_users`` (the users' embeddings from its user factors too) or ``als_frozen`` (the item table
     is ALS's and is not trained). Needs ``implicit``."""
-    mf_factors: int = 0
+    mf_factors: int = 16
     """Width of the MF score's item table (``unirank.training.item_init.mf_item_factors``: ALS on
     the training plays, whitened), a cross feature every head weighs and calibration may raise;
-    0: no MF score. Adds ``4 * mf_factors`` bytes per item to the served tables. Needs ``implicit``."""
+    0: no MF score (the model before it). Adds ``4 * mf_factors`` bytes per item to the served
+    tables. Needs ``implicit``. 16: validation picked it on MovieLens-small and the sparse shape
+    (docs/training.md)."""
     calibrate_heads: bool = True
     """After training, raise a task head's weight on popularity and co-engagement where that
     raises the task's validation NDCG (``unirank.training.calibration.calibrate_heads``)."""
