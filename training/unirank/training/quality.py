@@ -161,9 +161,11 @@ def _reading_notes(result: Mapping[str, Any]) -> list[str]:
         "## How to read it",
         "",
         "- **unified**: one model, every use-case, task type as an input (one head per task); "
-        "a task that stops improving retires and is distilled from its best snapshot, and each head's "
-        "weight on popularity and co-engagement is calibrated on validation "
-        "([training.md](training.md)). Trained with the data set's `--config` (`unirank tune`).",
+        "a task that stops improving retires and is distilled from its best snapshot; every model "
+        "(single-task too) scores with the co-engagement and MF-score inputs (`mf_factors`: ALS's item "
+        "factors of the training plays), and each head's weight on popularity, co-engagement and "
+        "the MF score is calibrated on validation ([training.md](training.md)). Trained with the "
+        "data set's `--config` (`unirank tune`).",
         "- **single_task**: one model per use-case, same architecture and budget (the same steps of "
         "the same batch size, all on its task), early-stopped on its own task.",
         "- **no_task_type**: the unified model without the task-type input (one shared head).",
