@@ -157,6 +157,9 @@ def test_refit_changes_the_weights(artifact_dir: Path, refit: tuple[Path, str]) 
     assert parent.keys() == child.keys()
     changed = [name for name in parent if not torch.equal(parent[name], child[name])]
     assert "item_emb.weight" in changed and any(name.startswith("heads.") for name in changed)
+    # The MF score's table is the parent's: fitted once on the parent's training plays, never trained.
+    assert "item_factors" in parent and parent["item_factors"].abs().sum() > 0
+    assert torch.equal(child["item_factors"], parent["item_factors"])
 
 
 def test_what_the_parent_does_not_know_is_dropped_and_counted(refit: tuple[Path, str]) -> None:
