@@ -8,8 +8,10 @@ far less sensitive to other processes on the machine than end-to-end latency und
 is the number to compare before and after a hot-path change. The steps:
 
 - ``decode``: ``codec.request_from_pb`` (validation + conversion) of parsed requests;
-- ``recommend``: ``RankingPipeline.recommend`` with the profile's real backend (the executor hop
-  included); the response cache is off so every request is ranked;
+- ``recommend``: ``RankingPipeline.recommend`` with the profile's real backend, as a server runs
+  it for a call that is alone (one request at a time: scored on the loop where the profile's
+  ``inline_when_alone`` says so, else with the hop to a scoring thread); the response cache is
+  off so every request is ranked;
 - ``encode_response``: ``codec.response_to_pb``;
 - ``score_only``: the backend's ``score_sync`` on the already encoded inputs (the model alone);
 - ``recommend_no_model``: ``recommend`` with a backend answering canned scores at no cost: the
@@ -168,7 +170,7 @@ async def measure(
     tasks = {name: task.model_copy(update={"cache": task.cache.model_copy(update={"enabled": False})})
              for name, task in profile.tasks.items()}  # fmt: skip
     profile = profile.model_copy(update={"tasks": tasks})
-    runtime = await ModelRuntime.load(artifact_dir, profile.model)
+    runtime = await ModelRuntime.load(artifact_dir, profile.model, alone=lambda: True)  # one call at a time
     try:
         pipeline = RankingPipeline(profile, runtime)
         ranked = [codec.request_from_pb(m) for m in messages]
