@@ -13,6 +13,7 @@ import torch
 from unirank.artifact import TASKS
 from unirank.training.config import TrainConfig
 from unirank.training.evaluate import sample_rows, validation_ndcg
+from unirank.training.item_init import plays_if_needed
 from unirank.training.pipeline import prepare_data
 from unirank.training.sources import load_logs
 from unirank.training.train import build_model, train_model
@@ -38,7 +39,8 @@ def main() -> None:
         validation_ndcg(model, ds, rows, cat)
         val = time.perf_counter() - t
         t = time.perf_counter()
-        train_model(ds, cat, cfg, progress=None, co_engagement=prep.co_engagement)
+        plays = plays_if_needed(cfg, log, prep.split, cat)
+        train_model(ds, cat, cfg, progress=None, co_engagement=prep.co_engagement, plays=plays)
         run = time.perf_counter() - t
         out[f"time_features={tf}"] = {
             "validation_pass_s": round(val, 1),

@@ -29,7 +29,9 @@ ALS_PARAMS: dict[str, Any] = {"regularization": 0.1, "alpha": 10.0, "iterations"
 """The factorisation's settings (``factors`` is the model's ``dim``)."""
 
 
-def als_factors(user_items: Any, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def als_factors(
+    user_items: Any, dim: int, seed: int, regularization: float = ALS_PARAMS["regularization"]
+) -> tuple[np.ndarray, np.ndarray]:
     """(user factors [n_users, dim], item factors [n_items + 1, dim]) of ALS on ``user_items``."""
     try:
         from implicit.cpu.als import AlternatingLeastSquares
@@ -39,7 +41,8 @@ def als_factors(user_items: Any, dim: int, seed: int) -> tuple[np.ndarray, np.nd
 
     with threadpool_limits(1, "blas"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # implicit's advice to do just that
-        model = AlternatingLeastSquares(factors=dim, random_state=seed, num_threads=1, **ALS_PARAMS)
+        params = {**ALS_PARAMS, "regularization": regularization}
+        model = AlternatingLeastSquares(factors=dim, random_state=seed, num_threads=1, **params)
         model.fit(user_items.tocsr().astype(np.float32), show_progress=False)
     return np.asarray(model.user_factors), np.asarray(model.item_factors)
 
@@ -75,7 +78,9 @@ def init_from_als(model: UniRankModel, plays: TrainingPlays, mode: str, seed: in
             )
 
 
-def mf_item_factors(plays: TrainingPlays, factors: int, seed: int) -> np.ndarray:
+def mf_item_factors(
+    plays: TrainingPlays, factors: int, seed: int, regularization: float = ALS_PARAMS["regularization"]
+) -> np.ndarray:
     """float32 [n_items + 1, factors]: the fixed item table of the model's MF score.
 
     ALS's item factors ``Y``, whitened by ``G = Y'Y + reg I``: ``z_h . z_c = y_h' G^-1 y_c``, so
@@ -85,12 +90,12 @@ def mf_item_factors(plays: TrainingPlays, factors: int, seed: int) -> np.ndarray
     category 0.192 vs 0.184 NDCG@10, 16 factors; docs/training.md). Scaled to unit mean square
     row norm; items without training plays (and the padding row) are zero.
     """
-    _, items = als_factors(plays.user_items, factors, seed)
+    _, items = als_factors(plays.user_items, factors, seed, regularization)
     y = np.asarray(items, dtype=np.float64)
     played = np.asarray(plays.user_items.sum(axis=0)).ravel() > 0
     played[0] = False
     y[~played] = 0.0
-    values, vectors = np.linalg.eigh(y.T @ y + ALS_PARAMS["regularization"] * np.eye(factors))
+    values, vectors = np.linalg.eigh(y.T @ y + regularization * np.eye(factors))
     z = y @ (vectors @ np.diag(values**-0.5) @ vectors.T)
     scale = float(np.sqrt((z[played] ** 2).sum(1).mean())) if played.any() else 1.0
     return (z / max(scale, 1e-12)).astype(np.float32)
