@@ -21,8 +21,9 @@ class OpenCalls:
 
     It is what tells a call that is alone from one among others: admission and the pipeline
     count a call only once the event loop has reached it, and a loop that never suspends before
-    the model call reaches each of 32 concurrent calls alone in turn. Open calls are counted as
-    they arrive, so under concurrent load they stay above one.
+    the model call reaches each of 32 concurrent calls alone in turn. Open calls are counted from
+    their handler's start, so calls waiting for their message or for the loop count each other.
+    Calls gRPC core holds before the server takes them up are not counted.
     """
 
     def __init__(self) -> None:

@@ -61,8 +61,9 @@ class ModelSection(_Strict):
     inline_when_alone: bool = True
     """With ONNX Runtime on scoring threads: a model call made while no other call is open in the
     server runs on the event loop instead (no hand-off to a scoring thread and back, which costs
-    more than the model call itself at a few hundred candidates). Under concurrent load calls go
-    to the scoring threads and batch as before."""
+    more than the model call itself at a few hundred candidates). A call that finds another one
+    open goes to the scoring threads and batches as before (calls gRPC core still holds, not yet
+    taken up by the server, are not seen: docs/benchmarks.md measures the share)."""
     warmup_requests: int = Field(8, ge=0, le=10_000)
     """Scoring calls made at start-up before health reports SERVING."""
     incomplete_version_timeout_s: float = Field(60.0, ge=0.0, le=86_400.0)
