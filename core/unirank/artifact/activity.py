@@ -210,8 +210,8 @@ class ItemActivity:
 
     def features(self, candidates: np.ndarray, at_ms: np.ndarray) -> np.ndarray:
         """float32 [B, N, N_TIME_FEATURES] for candidate indices [B, N] at each row's time [B]."""
-        index = np.clip(np.asarray(candidates, dtype=np.int64), 0, self.n_items - 1)
-        state = self._state[index]  # [..., 4]: one gather
+        index = np.asarray(candidates)
+        state = self._state.take(index, axis=0, mode="clip")  # [..., 4]: one gather, clipped in C
         at = np.asarray(at_ms, dtype=np.float64).reshape(-1, *([1] * index.ndim))
         # The same steps as time_features: exp(max(t - time, 0) / -scale) for the last event, the
         # first and the release (the infinities give 1, 0 and 0 for "none"), then the count.
