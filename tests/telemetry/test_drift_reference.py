@@ -93,3 +93,28 @@ async def test_the_server_serves_before_its_reference_is_measured_and_drift_foll
         assert drift.reference != offline
     finally:
         await server.stop(grace_s=1.0)
+
+
+async def test_the_reference_lets_calls_in_between_its_requests(artifact_dir: Path) -> None:
+    """The reference is measured after SERVING, with no call open, so its model calls can run on
+    the loop without suspending (inline_when_alone; inference_workers = 0 without batching, as
+    here): it yields between requests, so calls are answered meanwhile."""
+    from unirank.server.reference import top_scores
+
+    inline = profile_with(model={"inference_workers": 0, "batching": {"enabled": False}})
+    async with running_server(inline, artifact_dir) as server:
+        assert server.pipeline is not None
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        tops = await top_scores(server.pipeline, server.pipeline.runtime, 0, 20)
+        task.cancel()
+        measured = sum(len(scores) for scores in tops.values())
+        assert measured >= 20 and ticks >= measured, (ticks, measured)

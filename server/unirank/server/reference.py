@@ -9,6 +9,8 @@ therefore scores these requests itself at load, through the same retrieval, rule
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from unirank.artifact import Artifact, Context, TaskType
@@ -96,6 +98,9 @@ async def top_scores(
                 encoded, candidates = found
                 inputs = runtime.encoder.batch([encoded], candidates.items[None, :])
                 found_tops.append(float((await runtime.backend.score(inputs))[0].max()))
+            # Let calls in between: a model call made while no call is open runs inline
+            # (inline_when_alone) and never suspends, and this runs after SERVING.
+            await asyncio.sleep(0)
     return tops
 
 
