@@ -60,6 +60,12 @@ def _listens(pid: int, inodes: set[str]) -> bool:
     return False
 
 
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+"""A channel that opens its own connection: gRPC shares one between channels to the same target
+while it lives (a closed channel's may still be closing), and the kernel spreads connections,
+not channels, over the workers (CI once sent all 24 "new connections" to one worker)."""
+
+
 def _wait_health(client: RecommenderClient, wanted: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -93,7 +99,7 @@ def test_two_workers_share_the_port_and_health_reflects_both(artifact_dir: Path)
             assert len(workers) == 2, "both workers must listen on the shared port"
             # New connections are spread by the kernel; every one is answered.
             for _ in range(10):
-                with RecommenderClient(target, timeout=5) as fresh:
+                with RecommenderClient(target, timeout=5, channel_options=OWN_CONNECTION) as fresh:
                     assert fresh.search("zzqx").items
             os.kill(workers[0], signal.SIGKILL)
             assert _wait_health(client, "NOT_SERVING", 10), "health did not reflect a dead worker"
@@ -125,7 +131,7 @@ def test_two_workers_keep_one_set_of_metrics_and_one_monitor_view(artifact_dir: 
         with RecommenderClient(target, timeout=2) as client:
             assert _wait_health(client, "SERVING", 60), "workers never became SERVING"
         for _ in range(sent):  # a new connection each: the kernel spreads them over the workers
-            with RecommenderClient(target, timeout=5) as fresh:
+            with RecommenderClient(target, timeout=5, channel_options=OWN_CONNECTION) as fresh:
                 fresh.category("drama")
         # The supervisor's one endpoint has both workers' series, and they add up to what was sent.
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
