@@ -278,7 +278,7 @@ def run_compare(
     every method and seed. ``workers`` > 1 trains that many models at once in subprocesses.
     ``ablation_seeds`` N trains ``no_task_type`` and the ``ablations`` on seeds 0..N-1 only.
     """
-    from unirank.training.pipeline import prepare_data
+    from unirank.training.pipeline import prepare_data_for
     from unirank.training.sources import load_logs, parse_data_spec
 
     say = progress or (lambda _message: None)
@@ -297,13 +297,7 @@ def run_compare(
     spec = parse_data_spec(data)
     config = (config or TrainConfig()).replace(data=str(spec))
     log = load_logs(spec, size=config.size, seed=0)
-    data_prep = prepare_data(
-        log,
-        config.max_history,
-        config.max_query_tokens,
-        config.split_fractions,
-        co_engagement_window=config.co_engagement_window,
-    )
+    data_prep = prepare_data_for(log, config)
     dataset, catalog = data_prep.dataset, data_prep.catalog
     counts = dataset.counts()
     say(

@@ -81,6 +81,19 @@ def prepare_data(
     return PreparedData(log, split, catalog, encoder, dataset, co_engagement)
 
 
+def prepare_data_for(log: LogData, config: TrainConfig, catalog: Catalog | None = None) -> PreparedData:
+    """:func:`prepare_data` with a training config's history, query, split and co-engagement
+    knobs: how ``train``, ``compare``, ``tune`` and a warm start read their logs."""
+    return prepare_data(
+        log,
+        config.max_history,
+        config.max_query_tokens,
+        config.split_fractions,
+        catalog=catalog,
+        co_engagement_window=config.co_engagement_window,
+    )
+
+
 def check_out_dir(out_dir: Path) -> None:
     """Refuse to replace a directory that is neither empty nor an artifact (e.g. ``--out .``)."""
     if out_dir.exists() and (
@@ -124,13 +137,7 @@ def _train_artifact(
     started = time.perf_counter()
     spec = parse_data_spec(config.data)
     log = load_logs(spec, size=config.size, seed=config.seed, items=config.synthetic_items)
-    data = prepare_data(
-        log,
-        config.max_history,
-        config.max_query_tokens,
-        config.split_fractions,
-        co_engagement_window=config.co_engagement_window,
-    )
+    data = prepare_data_for(log, config)
     say(
         f"data {spec} size={config.size} seed={config.seed}: {log.n_items} items, {log.n_users} users, "
         f"{len(log.events)} events ({time.perf_counter() - started:.1f}s); train/validation/test rows: "

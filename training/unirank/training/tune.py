@@ -154,7 +154,7 @@ def tune(
     except ImportError:
         raise RuntimeError("unirank tune needs optuna: pip install -e '.[quality]'") from None
     from unirank.training.coverage import plan_tasks
-    from unirank.training.pipeline import prepare_data
+    from unirank.training.pipeline import prepare_data_for
     from unirank.training.sources import load_logs, parse_data_spec
     from unirank.training.train import torch_threads
 
@@ -165,13 +165,7 @@ def tune(
     spec = parse_data_spec(data)
     base = base.replace(data=str(spec))
     log = load_logs(spec, size=base.size, seed=0)
-    prepared = prepare_data(
-        log,
-        base.max_history,
-        base.max_query_tokens,
-        base.split_fractions,
-        co_engagement_window=base.co_engagement_window,
-    )
+    prepared = prepare_data_for(log, base)
     base, coverage = plan_tasks(prepared.dataset.counts(), base, log, lambda line: say(f"[tune] {line}"))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     targets: list[tuple[str, TrainConfig, tuple[str, ...]]] = [("unified", base, coverage.trained)]

@@ -50,7 +50,7 @@ from unirank.training.examples import UserSplit
 from unirank.training.pipeline import (
     check_out_dir,
     describe_counts,
-    prepare_data,
+    prepare_data_for,
     write_version,
 )
 from unirank.training.sources import load_logs, parse_data_spec
@@ -196,14 +196,7 @@ def _refit(
     catalog = dataclasses.replace(
         parent.artifact.catalog, popularity=catalog_from_logs(mapped, split).popularity
     )
-    data = prepare_data(
-        mapped,
-        config.max_history,
-        config.max_query_tokens,
-        config.split_fractions,
-        catalog=catalog,
-        co_engagement_window=config.co_engagement_window,
-    )
+    data = prepare_data_for(mapped, config, catalog)
     config, _ = plan_tasks(data.dataset.counts(), config, mapped, say)
     n_train = len(data.dataset.rows("train"))
     assert config.max_steps is not None
