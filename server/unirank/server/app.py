@@ -254,11 +254,7 @@ class UniRankServer:
             self._spawn(self._poll_artifacts(interval))
         if self.rollout is not None:
             self._spawn(self.rollout.run(self.profile.rollout.judge_interval_s))
-        self._reference_ready = asyncio.get_running_loop().create_task(
-            self._measure_references(runtime, checked)
-        )
-        self._background.add(self._reference_ready)
-        self._reference_ready.add_done_callback(self._background.discard)
+        self._reference_ready = self._spawn(self._measure_references(runtime, checked))
         log.info("serving profile %s, model %s on %s", self.profile.name, runtime.version, self.address)
 
     async def drift_reference_ready(self) -> None:
@@ -323,10 +319,11 @@ class UniRankServer:
     def _poll_interval(self) -> float:
         return self.profile.model.artifact_poll_interval_s
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _poll_artifacts(self, interval: float) -> None:
         while True:
