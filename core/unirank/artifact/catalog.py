@@ -122,13 +122,13 @@ class Vocab:
     def index_ignoring_case(self, key: str) -> int:
         """The index of ``key``, else of the one key equal to it ignoring case; 0 when unknown or
         when several keys differ only in case (``comedy`` finds ``Comedy``)."""
-        found = self._index.get(key, 0)
+        found = self.index(key)
         if found or not key:
             return found
         folded = self._folded
         if folded is None:  # built on first use: only vocabularies looked up this way pay for it
-            counts = Counter(k.casefold() for k in self._index)
-            folded = {k.casefold(): i for k, i in self._index.items() if counts[k.casefold()] == 1}
+            counts = Counter(k.casefold() for i, k in enumerate(self.keys) if i)
+            folded = {k.casefold(): i for i, k in enumerate(self.keys) if i and counts[k.casefold()] == 1}
             self._folded = folded
         return folded.get(key.casefold(), 0)
 
@@ -194,18 +194,6 @@ class HashedVocab(Vocab):
     def known_indices(self, keys: Iterable[str]) -> list[int]:
         """Indices of the known ``keys``, in order (unknown ones dropped)."""
         return [i for i in self.indices(list(keys)).tolist() if i]
-
-    def index_ignoring_case(self, key: str) -> int:
-        """As :meth:`Vocab.index_ignoring_case` (its table of folded keys built from the column)."""
-        found = self.index(key)
-        if found or not key:
-            return found
-        if self._folded is None:
-            counts = Counter(k.casefold() for k in self.keys)
-            self._folded = {
-                k.casefold(): i for i, k in enumerate(self.keys) if i and counts[k.casefold()] == 1
-            }
-        return self._folded.get(key.casefold(), 0)
 
 
 @dataclass
